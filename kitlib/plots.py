@@ -1,0 +1,248 @@
+"""Figures the notebooks show: label statistics, sample grids with mask overlays, fold balance.
+
+Every function returns a ``matplotlib.figure.Figure`` built without pyplot (no global figure state, nothing
+shown as a side effect): a notebook cell that ends with the call displays it once, and ``fig.savefig`` saves it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from kitlib.formats import class_presence, load_masks, read_image, target_columns
+from kitlib.presets import Preset, get_preset
+from kitlib.rle import rle_area
+
+__all__ = [
+    "CLASS_COLORS",
+    "label_table",
+    "overlay_masks",
+    "plot_label_summary",
+    "plot_cooccurrence",
+    "plot_image_sizes",
+    "plot_samples",
+    "plot_fold_balance",
+]
+
+#: RGB colours of mask overlays, class k gets CLASS_COLORS[k % len(CLASS_COLORS)] (tab10, 0..255).
+CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)  # fmt: skip
+
+
+def label_table(df: pd.DataFrame, preset: Preset | str) -> pd.DataFrame:
+    """Per image and class: presence and mask area as a fraction of the image (segmentation presets).
+
+    Args:
+        df: train table from ``kitlib.formats.load_competition``.
+    Returns:
+        DataFrame with ``image_id``, then ``<class>`` (bool presence) and ``<class>_area`` (float 0..1) for each
+        target class, and ``n_classes`` (int). RLE columns are measured without decoding; mask files are read.
+    Raises:
+        ValueError: classification preset.
+    """
+    preset = get_preset(preset)
+    presence = class_presence(df, preset)
+    out = pd.DataFrame(presence, columns=list(preset.target_classes))
+    out.insert(0, "image_id", df["image_id"].to_numpy())
+    n_pixels = (df["height"] * df["width"]).to_numpy(dtype=np.float64)
+    for k, cls in enumerate(preset.target_classes):
+        if "mask_path" in df.columns:
+            areas = [load_masks(row, preset)[:, :, k].sum() for _, row in df.iterrows()]
+        else:
+            areas = [rle_area(r, (h, w)) for r, h, w in zip(df[cls], df["height"], df["width"], strict=True)]
+        out[f"{cls}_area"] = np.asarray(areas, dtype=np.float64) / n_pixels
+    out["n_classes"] = presence.sum(axis=1)
+    return out
+
+
+def plot_label_summary(df: pd.DataFrame, preset: Preset | str) -> Figure:
+    """Class frequencies, classes per image and mask-area distributions (segmentation), or the label
+    distribution (classification)."""
+    preset = get_preset(preset)
+    if not preset.is_segmentation:
+        fig = Figure(figsize=(8, 3.5), layout="constrained")
+        ax = fig.add_subplot()
+        counts = df["label"].value_counts().reindex(range(len(preset.classes)), fill_value=0)
+        ax.barh([f"{i}: {c}" for i, c in enumerate(preset.classes)], counts.to_numpy(), color="tab:blue")
+        ax.set_xlabel("images")
+        ax.set_title(f"{preset.name}: {len(df)} images")
+        return fig
+    table = label_table(df, preset)
+    classes = list(preset.target_classes)
+    fig = Figure(figsize=(15, 3.8), layout="constrained")
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    ax1.bar(classes, table[classes].mean().to_numpy(), color=[np.array(_color(k)) / 255 for k in range(len(classes))])
+    ax1.set_ylabel("fraction of images")
+    ax1.set_title("class frequency")
+    ax1.tick_params(axis="x", rotation=45)
+    counts = table["n_classes"].value_counts().sort_index()
+    ax2.bar(counts.index.astype(str), counts.to_numpy(), color="tab:gray")
+    ax2.set_xlabel("classes present")
+    ax2.set_title("classes per image")
+    for k, cls in enumerate(classes):
+        areas = table.loc[table[cls], f"{cls}_area"]
+        if len(areas):
+            ax3.hist(areas, bins=20, range=(0, 1), histtype="step", label=cls, color=np.array(_color(k)) / 255)
+    ax3.set_xlabel("mask area / image area (non-empty masks)")
+    ax3.set_title("mask area distribution")
+    if len(classes) <= 12:
+        ax3.legend(fontsize=7)
+    return fig
+
+
+def plot_cooccurrence(df: pd.DataFrame, preset: Preset | str) -> Figure:
+    """Heatmap of P(class j present | class i present) over the train images (segmentation presets)."""
+    preset = get_preset(preset)
+    presence = class_presence(df, preset).astype(np.float64)
+    both = presence.T @ presence
+    conditional = both / np.maximum(np.diag(both)[:, None], 1)
+    classes = list(preset.target_classes)
+    fig = Figure(figsize=(1.0 + 0.6 * len(classes), 0.8 + 0.5 * len(classes)), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(conditional, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{conditional[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if conditional[i, j] < 0.6 else "black")  # fmt: skip
+    ax.set_title("P(column class | row class)")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def plot_image_sizes(df: pd.DataFrame) -> Figure:
+    """Image sizes (width x height, pixels) with their counts."""
+    sizes = df.groupby(["width", "height"]).size().reset_index(name="n")
+    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(sizes["width"], sizes["height"], s=20 + 80 * sizes["n"] / sizes["n"].max(), alpha=0.7)
+    for w, h, n in sizes.head(10).itertuples(index=False):
+        ax.annotate(f"{w}x{h}: {n}", (w, h), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("width (px)")
+    ax.set_ylabel("height (px)")
+    ax.set_title(f"image sizes ({len(df)} images)")
+    return fig
+
+
+def _color(k: int) -> tuple[int, int, int]:
+    return CLASS_COLORS[k % len(CLASS_COLORS)]
+
+
+def overlay_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.4, contour: bool = True) -> np.ndarray:
+    """Blend masks onto an image, one colour per channel (``CLASS_COLORS``), with their outlines.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        masks: (H, W, K) {0, 1} (any integer or bool dtype) at the image's size.
+        alpha: opacity of the fill, 0..1.
+        contour: draw each mask's outline at full opacity.
+    Returns:
+        (H, W, 3) uint8 RGB, a new array.
+    Raises:
+        ValueError: shapes that do not match.
+    """
+    import cv2
+
+    if image.ndim != 3 or masks.ndim != 3 or image.shape[:2] != masks.shape[:2]:
+        raise ValueError(f"image (H, W, 3) and masks (H, W, K) must match, got {image.shape} and {masks.shape}")
+    out = image.astype(np.float32)
+    for k in range(masks.shape[2]):
+        m = masks[:, :, k].astype(bool)
+        if m.any():
+            out[m] = (1 - alpha) * out[m] + alpha * np.asarray(_color(k), np.float32)
+    out = out.astype(np.uint8)
+    if contour:
+        thickness = max(1, round(max(image.shape[:2]) / 300))
+        for k in range(masks.shape[2]):
+            m = np.ascontiguousarray(masks[:, :, k], dtype=np.uint8)
+            if m.any():
+                contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+                cv2.drawContours(out, contours, -1, _color(k), thickness)
+    return out
+
+
+def plot_samples(
+    df: pd.DataFrame,
+    preset: Preset | str,
+    n: int = 8,
+    seed: int = 0,
+    max_side: int = 480,
+    cols: int = 4,
+    masks: dict[str, np.ndarray] | None = None,
+) -> Figure:
+    """A grid of images with their masks overlaid per class (segmentation) or their label (classification).
+
+    Args:
+        df: a table from ``load_competition`` (train, or test with ``masks`` given).
+        n: number of images, drawn at random with ``seed`` (all when fewer).
+        max_side: images are shrunk so that their longer side is at most this many pixels.
+        masks: optional (H, W, K) masks by image_id to draw instead of the table's targets (predictions).
+    Returns:
+        Figure with one panel per image; the legend maps colours to classes.
+    """
+    import cv2
+
+    preset = get_preset(preset)
+    rows_df = df.sample(n=min(n, len(df)), random_state=seed) if len(df) > n else df
+    cols = max(1, min(cols, len(rows_df)))
+    nrows = max(1, -(-len(rows_df) // cols))
+    fig = Figure(figsize=(4 * cols, 3.2 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, cols)).ravel()
+    has_targets = all(c in df.columns for c in target_columns(preset))
+    for ax, (_, row) in zip(axes, rows_df.iterrows(), strict=False):
+        image = read_image(row["image_path"])
+        scale = min(1.0, max_side / max(image.shape[:2]))
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        title = str(row["image_id"])
+        if preset.is_segmentation and (masks is not None or has_targets):
+            m = masks[row["image_id"]] if masks is not None else load_masks(row, preset)
+            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            m_small = cv2.resize(np.ascontiguousarray(m, dtype=np.uint8), size, interpolation=cv2.INTER_NEAREST)
+            shown = overlay_masks(small, m_small.reshape(size[1], size[0], -1))
+            present = [c for k, c in enumerate(preset.target_classes) if m[:, :, k].any()]
+            title += "\n" + (", ".join(present) if present else "(empty)")
+        else:
+            shown = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            if "label" in row.index:
+                title += f"\n{row['label']}: {preset.classes[int(row['label'])]}"
+        ax.imshow(shown)
+        ax.set_title(title, fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    if preset.is_segmentation:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=np.array(_color(k)) / 255, label=c) for k, c in enumerate(preset.target_classes)]
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8)
+    return fig
+
+
+def plot_fold_balance(df: pd.DataFrame, preset: Preset | str) -> Figure:
+    """Per fold: number of images and how often each class occurs (a table with a ``fold`` column)."""
+    preset = get_preset(preset)
+    if preset.is_segmentation:
+        presence = pd.DataFrame(class_presence(df, preset), columns=list(preset.target_classes))
+    else:
+        presence = pd.get_dummies(df["label"]).reindex(columns=range(len(preset.classes)), fill_value=False)
+        presence.columns = list(preset.classes)
+    presence["fold"] = df["fold"].to_numpy()
+    counts = presence.groupby("fold").sum()
+    sizes = presence.groupby("fold").size()
+    fig = Figure(figsize=(10, 3.5), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2, width_ratios=[1, 3])
+    ax1.bar(sizes.index.astype(str), sizes.to_numpy(), color="tab:gray")
+    ax1.set_xlabel("fold")
+    ax1.set_title("images per fold")
+    width = 0.8 / max(1, len(counts.columns))
+    x = np.arange(len(counts.index))
+    for k, cls in enumerate(counts.columns):
+        ax2.bar(x + k * width, counts[cls].to_numpy(), width, label=str(cls), color=np.array(_color(k)) / 255)
+    ax2.set_xticks(x + 0.4 - width / 2, counts.index.astype(str))
+    ax2.set_xlabel("fold")
+    ax2.set_title("images containing each class, per fold")
+    ax2.legend(fontsize=7, ncol=2)
+    return fig

@@ -1,0 +1,256 @@
+"""Competition presets: each competition's conventions as data, not code paths.
+
+A preset says what kind of task a competition is, how its labels are stored, how its RLE is ordered,
+what an empty mask looks like in a submission, at which resolution it is scored and with which metric.
+Code that needs a competition-specific behaviour reads a field here; nothing branches on a preset's name.
+
+The label formats name loaders in ``kitlib.formats.LOADERS``:
+
+- ``image_label_csv``: long CSV ``Image_Label,EncodedPixels`` with ``<image>_<class>`` keys (Understanding Clouds).
+- ``class_id_csv``: ``ImageId,ClassId,EncodedPixels``, one row per non-empty (image, class) (Severstal).
+- ``img_rle_csv``: ``img_id,img_path,mask_rle``, one binary mask per image (Dacon building).
+- ``mask_folder``: ``train/image/*`` with masks of the same name in ``train/label/*`` (ISBI 2012, Carvana).
+- ``coco_json``: a COCO instance file whose polygons become a multiclass semantic mask (trash sorting).
+- ``label_csv``: ``image_id,label`` image classification (Cassava).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["Preset", "PRESETS", "get_preset", "TASKS", "LABEL_FORMATS"]
+
+TASKS = ("binary", "multilabel", "multiclass", "classification")
+LABEL_FORMATS = ("image_label_csv", "class_id_csv", "img_rle_csv", "mask_folder", "coco_json", "label_csv")
+
+Task = Literal["binary", "multilabel", "multiclass", "classification"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One competition's conventions.
+
+    Attributes:
+        name: key in ``PRESETS``.
+        task: "binary" (one foreground class), "multilabel" (K independent masks, may overlap),
+            "multiclass" (one class per pixel; ``classes[0]`` is the background) or "classification".
+        classes: class names in the competition's order. Multiclass presets list the background first.
+        label_format: key of the loader in ``kitlib.formats.LOADERS``.
+        label_file: train label file or folder, relative to the data folder (a parameter of
+            ``load_competition``; this is the competition's own name).
+        image_dir: train image folder, relative to the data folder.
+        test_image_dir: test image folder, relative to the data folder.
+        test_file: file that lists the test images (CSV or COCO json) when the competition ships one;
+            None to take the ids from ``sample_submission`` or, failing that, the test folder listing.
+        sample_submission: sample submission file, relative to the data folder; None when there is none.
+        rle_order: "F" column-major (Understanding Clouds, Severstal) or "C" row-major (Dacon, Carvana).
+        empty_token: what a submission writes for an empty mask ("" on Kaggle, "-1" on Dacon).
+        submission_size: (height, width) in pixels at which the competition scores masks; None when
+            every test image is scored at its own size.
+        submission_format: "rle" (one RLE per image and class), "class_ids" (a flattened map of class
+            indices per image, trash contest) or "label" (one class label per image).
+        submission_columns: header of the submission CSV, in the competition's order.
+        metric: name of the competition metric (``kitlib.metrics``): "dice", "miou", "accuracy".
+        mask_suffix: for ``mask_folder``: mask file name = image stem + suffix + extension; "" when the mask
+            has the image's own name (ISBI). Carvana uses "_mask" and ``mask_ext`` ".gif".
+        mask_ext: for ``mask_folder``: mask file extension; "" = the image's own extension.
+        image_exts: file extensions that count as images when a folder is listed.
+        description: one line for humans.
+    """
+
+    name: str
+    task: Task
+    classes: tuple[str, ...]
+    label_format: str
+    label_file: str
+    image_dir: str
+    test_image_dir: str
+    sample_submission: str | None
+    submission_columns: tuple[str, ...]
+    metric: str
+    rle_order: Literal["F", "C"] = "F"
+    empty_token: str = ""
+    submission_size: tuple[int, int] | None = None
+    submission_format: Literal["rle", "class_ids", "label"] = "rle"
+    test_file: str | None = None
+    mask_suffix: str = ""
+    mask_ext: str = ""
+    image_exts: tuple[str, ...] = field(default=(".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif"))
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"preset {self.name!r}: task {self.task!r} not in {TASKS}")
+        if self.label_format not in LABEL_FORMATS:
+            raise ValueError(f"preset {self.name!r}: label_format {self.label_format!r} not in {LABEL_FORMATS}")
+        if self.rle_order not in ("F", "C"):
+            raise ValueError(f"preset {self.name!r}: rle_order must be 'F' or 'C', got {self.rle_order!r}")
+        if self.task == "binary" and len(self.classes) != 1:
+            raise ValueError(f"preset {self.name!r}: a binary task has exactly one class, got {self.classes}")
+        if self.task == "multiclass" and len(self.classes) < 2:
+            raise ValueError(f"preset {self.name!r}: multiclass needs the background plus at least one class")
+
+    @property
+    def is_segmentation(self) -> bool:
+        """True for binary, multilabel and multiclass segmentation."""
+        return self.task != "classification"
+
+    @property
+    def target_classes(self) -> tuple[str, ...]:
+        """Classes that get a target column / mask channel: every class but a multiclass background."""
+        return self.classes[1:] if self.task == "multiclass" else self.classes
+
+    @property
+    def num_classes(self) -> int:
+        """Number of model output channels: K masks (binary 1, multilabel K), C classes (multiclass,
+        background included) or C logits (classification)."""
+        return len(self.classes)
+
+    def replace(self, **changes) -> Preset:
+        """A copy with some fields changed, e.g. ``get_preset("masks").replace(mask_suffix="_mask")``.
+
+        Raises:
+            TypeError: a field name that does not exist.
+        """
+        return dataclasses.replace(self, **changes)
+
+
+_CLOUDS_CLASSES = ("Fish", "Flower", "Gravel", "Sugar")
+# Class order of the trash-sorting contest (boostcamp AI Tech, recycling semantic segmentation): pixel
+# value = index in this list, the background first.
+_TRASH_CLASSES = (
+    "Background", "General trash", "Paper", "Paper pack", "Metal", "Glass",
+    "Plastic", "Styrofoam", "Plastic bag", "Battery", "Clothing",
+)  # fmt: skip
+_CASSAVA_CLASSES = (
+    "Cassava Bacterial Blight (CBB)", "Cassava Brown Streak Disease (CBSD)", "Cassava Green Mottle (CGM)",
+    "Cassava Mosaic Disease (CMD)", "Healthy",
+)  # fmt: skip
+
+PRESETS: dict[str, Preset] = {
+    "clouds": Preset(
+        name="clouds",
+        task="multilabel",
+        classes=_CLOUDS_CLASSES,
+        label_format="image_label_csv",
+        label_file="train.csv",
+        image_dir="train_images",
+        test_image_dir="test_images",
+        sample_submission="sample_submission.csv",
+        submission_columns=("Image_Label", "EncodedPixels"),
+        metric="dice",
+        rle_order="F",
+        empty_token="",
+        submission_size=(350, 525),
+        description="Kaggle Understanding Clouds from Satellite Images (2019): 4 cloud patterns, 1400x2100, "
+        "scored at 350x525",
+    ),
+    "severstal": Preset(
+        name="severstal",
+        task="multilabel",
+        classes=("1", "2", "3", "4"),
+        label_format="class_id_csv",
+        label_file="train.csv",
+        image_dir="train_images",
+        test_image_dir="test_images",
+        sample_submission="sample_submission.csv",
+        submission_columns=("ImageId", "EncodedPixels", "ClassId"),
+        metric="dice",
+        rle_order="F",
+        empty_token="",
+        description="Kaggle Severstal Steel Defect Detection (2019): 4 defect classes, 256x1600",
+    ),
+    "dacon_building": Preset(
+        name="dacon_building",
+        task="binary",
+        classes=("building",),
+        label_format="img_rle_csv",
+        label_file="train.csv",
+        image_dir="train_img",
+        test_image_dir="test_img",
+        test_file="test.csv",
+        sample_submission="sample_submission.csv",
+        submission_columns=("img_id", "mask_rle"),
+        metric="dice",
+        rle_order="C",
+        empty_token="-1",
+        description="Dacon satellite building segmentation (2023): 1024x1024 train, 224x224 test, row-major RLE",
+    ),
+    "masks": Preset(
+        name="masks",
+        task="binary",
+        classes=("foreground",),
+        label_format="mask_folder",
+        label_file="train/label",
+        image_dir="train/image",
+        test_image_dir="test",
+        sample_submission=None,
+        submission_columns=("img", "rle_mask"),
+        metric="dice",
+        rle_order="C",
+        empty_token="",
+        description="Generic image folder + mask folder (ISBI 2012 membranes, Carvana): mask > 127 = foreground",
+    ),
+    "coco": Preset(
+        name="coco",
+        task="multiclass",
+        classes=_TRASH_CLASSES,
+        label_format="coco_json",
+        label_file="train.json",
+        image_dir=".",
+        test_image_dir=".",
+        test_file="test.json",
+        sample_submission="sample_submission.csv",
+        submission_columns=("image_id", "PredictionString"),
+        metric="miou",
+        rle_order="C",
+        submission_size=(256, 256),
+        submission_format="class_ids",
+        description="COCO instance labels -> multiclass semantic masks (trash-sorting contest, 11 classes, mIoU)",
+    ),
+    "cassava": Preset(
+        name="cassava",
+        task="classification",
+        classes=_CASSAVA_CLASSES,
+        label_format="label_csv",
+        label_file="train.csv",
+        image_dir="train_images",
+        test_image_dir="test_images",
+        sample_submission="sample_submission.csv",
+        submission_columns=("image_id", "label"),
+        metric="accuracy",
+        submission_format="label",
+        description="Kaggle Cassava Leaf Disease Classification (2020): 5 classes, 800x600, accuracy",
+    ),
+    "demo": Preset(
+        name="demo",
+        task="multilabel",
+        classes=("Stripes", "Dots", "Checker", "Blob"),
+        label_format="image_label_csv",
+        label_file="train.csv",
+        image_dir="train_images",
+        test_image_dir="test_images",
+        sample_submission="sample_submission.csv",
+        submission_columns=("Image_Label", "EncodedPixels"),
+        metric="dice",
+        rle_order="F",
+        empty_token="",
+        submission_size=(64, 96),
+        description="Synthetic competition in the Understanding Clouds layout (kitlib.demo), 128x192, scored at 64x96",
+    ),
+}
+
+
+def get_preset(name: str | Preset) -> Preset:
+    """Look up a preset by name (a ``Preset`` is returned as is).
+
+    Raises:
+        KeyError: unknown name; the message lists the valid ones.
+    """
+    if isinstance(name, Preset):
+        return name
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; options: {sorted(PRESETS)}")
+    return PRESETS[name]

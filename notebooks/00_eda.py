@@ -1,0 +1,100 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 EDA: look at the data, then fix the folds
+#
+# Reads a competition folder with its preset (`kitlib.presets`), checks it (missing files, malformed RLE and
+# duplicated ids fail here, with the ids), shows what the labels look like, and writes the cross-validation folds
+# that every later notebook uses: `artifacts/<exp>/folds.csv`.
+#
+# Headless: `jupytext --to ipynb --output - notebooks/00_eda.py | papermill - runs/demo/00_eda.ipynb -p exp demo`
+# (`./run_all.sh` does this for you).
+
+# %% tags=["parameters"]
+exp: str = "demo"  # artifacts/<exp>/ receives folds.csv
+preset: str = "demo"  # competition preset: clouds, severstal, dacon_building, masks, coco, cassava, demo
+data_dir: str = "data/demo"  # competition folder, as the competition ships it (relative to the repo root)
+label_file: str = ""  # train label file inside data_dir; empty means the competition's own name, e.g. train.csv
+drop_missing: bool = False  # keep only rows whose image file exists (else a missing file is an error)
+drop_invalid: bool = False  # drop images with a malformed RLE (else an error naming them)
+n_folds: int = 5  # K of the K-fold split; 0 writes no folds (a sample too small to split)
+seed: int = 42  # fold split seed
+group_col: str = ""  # optional column whose groups must not be split across folds
+n_samples: int = 8  # images in the sample grid
+artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)
+
+# %%
+# %matplotlib inline
+import logging
+
+from IPython.display import display
+
+from kitlib import plots
+from kitlib.config import project_path, save_config
+from kitlib.folds import make_folds, save_folds
+from kitlib.formats import load_competition
+from kitlib.presets import get_preset
+
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+logging.getLogger("kitlib").setLevel(logging.INFO)
+params = dict(exp=exp, preset=preset, data_dir=data_dir, label_file=label_file, drop_missing=drop_missing,
+              drop_invalid=drop_invalid, n_folds=n_folds, seed=seed, group_col=group_col)  # fmt: skip
+exp_dir = project_path(artifacts_root) / exp  # relative paths: from the repo root, wherever this runs
+save_config(exp_dir / "eda_config.json", params)
+cfg = get_preset(preset)
+print(f"{cfg.name}: {cfg.description}")
+
+# %% [markdown]
+# ## The train table
+# One row per image: `image_id, image_path, height, width` and the targets (RLE per class, mask path or label).
+
+# %%
+train = load_competition(cfg, project_path(data_dir), label_file=label_file or None, drop_missing=drop_missing,
+                         drop_invalid=drop_invalid)  # fmt: skip
+print(f"{len(train)} train images; table attrs: {train.attrs}")
+display(train.head())
+
+# %%
+test = load_competition(cfg, project_path(data_dir), split="test", drop_missing=True)
+print(f"{len(test)} test images present; dropped as missing: {test.attrs.get('dropped_missing', 0)}")
+plots.plot_image_sizes(train)
+
+# %% [markdown]
+# ## Labels
+# Class frequencies, classes per image and mask areas (segmentation) or the label distribution (classification).
+
+# %%
+plots.plot_label_summary(train, cfg)
+
+# %%
+if cfg.is_segmentation:
+    display(plots.plot_cooccurrence(train, cfg))
+
+# %% [markdown]
+# ## Samples with their masks
+
+# %%
+plots.plot_samples(train, cfg, n=n_samples, seed=seed)
+
+# %% [markdown]
+# ## Folds
+# Multilabel-stratified on class presence (segmentation), stratified on the label (classification); groups are
+# never split. Same seed, same folds.
+
+# %%
+if n_folds:
+    folds = make_folds(train, cfg, n_folds=n_folds, seed=seed, group_col=group_col or None)
+    save_folds(folds, exp_dir / "folds.csv")
+    print(f"wrote {exp_dir / 'folds.csv'}: {folds['fold'].value_counts().sort_index().to_dict()}")
+    display(plots.plot_fold_balance(folds, cfg))
