@@ -1,0 +1,105 @@
+"""kitlib.config and kitlib.presets: atomic writes, provenance, offline switch, light import, preset checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kitlib.config import (
+    atomic_path,
+    project_path,
+    project_root,
+    read_json,
+    run_info,
+    save_config,
+    save_npy,
+    set_offline,
+    write_json,
+)
+from kitlib.presets import PRESETS, Preset, get_preset
+from tests.conftest import REPO
+
+
+def test_atomic_path_keeps_old_file_on_error(tmp_path):
+    target = tmp_path / "sub" / "model.pt"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half written")
+        raise RuntimeError("killed")
+    assert read_json(target) == {"v": 1}
+    assert [p.name for p in target.parent.iterdir()] == ["model.pt"]  # no temporary file left behind
+
+
+def test_json_and_npy(tmp_path):
+    path = write_json(tmp_path / "a.json", {"x": np.float32(0.5), "arr": np.arange(3), "p": tmp_path})
+    assert read_json(path) == {"x": 0.5, "arr": [0, 1, 2], "p": str(tmp_path)}
+    (tmp_path / "bad.json").write_text('{"a": 1,,}')
+    with pytest.raises(ValueError, match=r"bad.json: invalid JSON at line 1"):
+        read_json(tmp_path / "bad.json")
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        read_json(tmp_path / "nope.json")
+    arr = np.arange(12, dtype=np.float16).reshape(3, 4)
+    np.testing.assert_array_equal(np.load(save_npy(tmp_path / "x.npy", arr)), arr)
+
+
+def test_save_config_records_provenance(tmp_path):
+    cfg = json.loads(save_config(tmp_path / "config.json", {"fold": 1, "lr": 1e-3}).read_text())
+    assert cfg["params"] == {"fold": 1, "lr": 1e-3}
+    assert cfg["run"]["versions"]["numpy"] == np.__version__
+    assert cfg["run"]["python"] == sys.version.split()[0]
+    assert "git_commit" in run_info()
+
+
+def test_set_offline(monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    set_offline()
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    set_offline(False)
+    assert os.environ["HF_HUB_OFFLINE"] == "0"
+
+
+def test_import_is_light():
+    """Importing the data-layer modules pulls in neither torch nor the network stack."""
+    code = (
+        "import sys, kitlib, kitlib.rle, kitlib.presets, kitlib.config, kitlib.formats, kitlib.folds; "
+        "heavy = [m for m in ('torch', 'timm', 'segmentation_models_pytorch', 'huggingface_hub', 'requests') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_project_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("KIT_ROOT", raising=False)
+    assert project_root(REPO / "notebooks") == REPO  # Jupyter opened in notebooks/
+    assert project_root(tmp_path) == tmp_path.resolve()
+    monkeypatch.setenv("KIT_ROOT", str(tmp_path))
+    assert project_path("data/demo") == tmp_path.resolve() / "data" / "demo"
+    assert project_path("/abs/x") == project_path("/abs/x").resolve()
+
+
+def test_presets():
+    assert set(PRESETS) >= {"clouds", "severstal", "dacon_building", "masks", "coco", "cassava", "demo"}
+    with pytest.raises(KeyError, match=r"unknown preset 'cloud'; options: \['cassava', 'clouds'"):
+        get_preset("cloud")
+    clouds = get_preset("clouds")
+    assert get_preset(clouds) is clouds
+    assert (clouds.rle_order, clouds.submission_size, clouds.num_classes) == ("F", (350, 525), 4)
+    dacon = get_preset("dacon_building")
+    assert (dacon.rle_order, dacon.empty_token, dacon.task) == ("C", "-1", "binary")
+    coco = get_preset("coco")
+    assert coco.classes[0] == "Background" and len(coco.target_classes) == 10 and coco.num_classes == 11
+    assert get_preset("cassava").target_classes == get_preset("cassava").classes
+    with pytest.raises(ValueError, match="binary task has exactly one class"):
+        clouds.replace(task="binary")
+    with pytest.raises(ValueError, match="rle_order"):
+        clouds.replace(rle_order="X")
+    with pytest.raises(TypeError):
+        clouds.replace(colour="red")
+    assert isinstance(clouds.replace(submission_size=None), Preset)
