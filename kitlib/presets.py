@@ -53,6 +53,9 @@ class Preset:
             indices per image, trash contest) or "label" (one class label per image).
         submission_columns: header of the submission CSV, in the competition's order.
         metric: name of the competition metric (``kitlib.metrics``): "dice", "miou", "accuracy".
+        dice_empty_score: Dice of an (image, class) pair whose truth and prediction are both empty: 1.0 on Kaggle
+            (Understanding Clouds, Severstal); None where the scorer leaves such pairs out of the mean (the Dacon
+            building contest's ``calculate_dice_scores`` returns None for them). ``kitlib.metrics`` ``empty_score``.
         mask_suffix: for ``mask_folder``: mask file name = image stem + suffix + extension; "" when the mask
             has the image's own name (ISBI). Carvana uses "_mask" and ``mask_ext`` ".gif".
         mask_ext: for ``mask_folder``: mask file extension; "" = the image's own extension.
@@ -74,6 +77,7 @@ class Preset:
     empty_token: str = ""
     submission_size: tuple[int, int] | None = None
     submission_format: Literal["rle", "class_ids", "label"] = "rle"
+    dice_empty_score: float | None = 1.0
     test_file: str | None = None
     mask_suffix: str = ""
     mask_ext: str = ""
@@ -174,6 +178,7 @@ PRESETS: dict[str, Preset] = {
         sample_submission="sample_submission.csv",
         submission_columns=("img_id", "mask_rle"),
         metric="dice",
+        dice_empty_score=None,
         rle_order="C",
         empty_token="-1",
         description="Dacon satellite building segmentation (2023): 1024x1024 train, 224x224 test, row-major RLE",
