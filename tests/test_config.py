@@ -33,6 +33,9 @@ def test_atomic_path_keeps_old_file_on_error(tmp_path):
         raise RuntimeError("killed")
     assert read_json(target) == {"v": 1}
     assert [p.name for p in target.parent.iterdir()] == ["model.pt"]  # no temporary file left behind
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
 
 
 def test_json_and_npy(tmp_path):
