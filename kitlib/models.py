@@ -39,6 +39,7 @@ import timm
 import torch
 from torch import nn
 
+from kitlib._private import listing
 from kitlib.config import atomic_path
 
 __all__ = [
@@ -127,7 +128,7 @@ class WeightsReport:
         for name in ("adapted", "skipped", "missing", "unexpected", "ignored"):
             keys = getattr(self, name)
             if keys:
-                parts.append(f"{len(keys)} {name} ({_first(keys)})")
+                parts.append(f"{len(keys)} {name} ({listing(keys)})")
         return "; ".join(parts)
 
 
@@ -575,7 +576,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"{file}: holds no state dict (got {type(obj).__name__})")
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"{file}: not a state dict, non-tensor entries {_first(bad)}")
+        raise ValueError(f"{file}: not a state dict, non-tensor entries {listing(bad)}")
     state_dict = {}
     for key, value in obj.items():
         while key.startswith(_STRIPPED_PREFIXES):
@@ -696,8 +697,8 @@ def _load_into(
     if fatal or mismatched:
         raise ValueError(
             f"{file}: weights do not fit the {what}: {len(fatal)} of its {len(target)} keys missing from the file "
-            f"({_first(fatal)}), {len(mismatched)} of another shape ({_first(mismatched)}); the module's keys look "
-            f"like {_first(list(target), 3)}, the file's like {_first(list(aligned), 3)}"
+            f"({listing(fatal)}), {len(mismatched)} of another shape ({listing(mismatched)}); the module's keys look "
+            f"like {listing(list(target), 3)}, the file's like {listing(list(aligned), 3)}"
         )
     # nn.Module's loader, not the encoder class's override: the head-key popping and renames it does are done above
     nn.Module.load_state_dict(module, loadable, strict=False)
@@ -721,11 +722,6 @@ def _is_input_conv_change(value: torch.Tensor, want: torch.Tensor) -> bool:
     """An RGB input convolution's weight for a module with other input channels (only dim 1 differs)."""
     same_rest = value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:]
     return value.ndim == want.ndim == 4 and value.shape[1] == 3 and same_rest
-
-
-def _first(items: list[str], n: int = 5) -> str:
-    shown = ", ".join(items[:n])
-    return shown + (f", ... {len(items) - n} more" if len(items) > n else "")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -821,7 +817,7 @@ def _check_config_builds(model_config: Mapping[str, Any], state_dict: Mapping[st
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
         raise ValueError(
             f"model_config does not rebuild this model: {len(diff)} keys differ "
-            f"({_first([f'{k} {have.get(k)} vs config {want.get(k)}' for k in diff], 3)})"
+            f"({listing([f'{k} {have.get(k)} vs config {want.get(k)}' for k in diff], 3)})"
         )
 
 
