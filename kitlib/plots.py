@@ -23,6 +23,8 @@ __all__ = [
     "plot_image_sizes",
     "plot_samples",
     "plot_fold_balance",
+    "plot_history",
+    "plot_predictions",
 ]
 
 #: RGB colours of mask overlays, class k gets CLASS_COLORS[k % len(CLASS_COLORS)] (tab10, 0..255).
@@ -245,4 +247,110 @@ def plot_fold_balance(df: pd.DataFrame, preset: Preset | str) -> Figure:
     ax2.set_xlabel("fold")
     ax2.set_title("images containing each class, per fold")
     ax2.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def plot_history(history: pd.DataFrame, monitor: str | None = None) -> Figure:
+    """Learning curves of a ``history.csv`` (``kitlib.engine.fit``): losses, validation scores, learning rates.
+
+    Args:
+        history: one row per epoch with ``epoch``, ``train_*``, ``valid_*`` and ``lr_*`` columns.
+        monitor: the column that picked ``best.pt``; its best epoch is marked.
+    Returns:
+        Figure with three panels: train/valid loss, validation scores, learning rate per group (log scale).
+    """
+    epochs = history["epoch"].to_numpy() + 1
+    fig = Figure(figsize=(15, 3.6), layout="constrained")
+    ax_loss, ax_score, ax_lr = fig.subplots(1, 3)
+    for col, style in (("train_loss", "-"), ("valid_loss", "--")):
+        if col in history:
+            ax_loss.plot(epochs, history[col], style, label=col)
+    ax_loss.set_title("loss")
+    scores = [c for c in history.columns if c.startswith("valid_") and c != "valid_loss"]
+    for col in scores:
+        ax_score.plot(epochs, history[col], marker=".", label=col)
+    if monitor in history and history[monitor].notna().any():
+        minimise = monitor.endswith(("loss", "error"))
+        best = int(history[monitor].idxmin() if minimise else history[monitor].idxmax())
+        for ax in (ax_loss, ax_score):
+            ax.axvline(epochs[best], color="grey", lw=0.8, ls=":", label=f"best {monitor}")
+    ax_score.set_title("validation scores (training resolution)")
+    for col in [c for c in history.columns if c.startswith("lr_")]:
+        ax_lr.plot(epochs, history[col], label=col)
+    ax_lr.set_yscale("log")
+    ax_lr.set_title("learning rate at epoch start")
+    for ax in (ax_loss, ax_score, ax_lr):
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_predictions(
+    df: pd.DataFrame,
+    preset: Preset | str,
+    probs: np.ndarray,
+    threshold: float = 0.5,
+    n: int = 4,
+    seed: int = 0,
+    max_side: int = 360,
+) -> Figure:
+    """Images beside their true and predicted masks (segmentation), or with true and predicted labels.
+
+    Args:
+        df: table rows aligned with ``probs`` (targets optional: without them only predictions are drawn).
+        probs: (N, K, H, W) uint8 0..255 or float 0..1 at any resolution (binary/multilabel: > threshold;
+            multiclass: argmax over C); (N, C) for classification.
+        threshold: probability cut for binary/multilabel masks.
+        n, seed: how many rows, drawn at random with ``seed``.
+        max_side: longer side of the drawn images in pixels.
+    Returns:
+        Figure: one row per image (image + truth, image + prediction) or one panel per image (classification).
+    """
+    import cv2
+
+    preset = get_preset(preset)
+    if len(df) != len(probs):
+        raise ValueError(f"df has {len(df)} rows, probs {len(probs)}")
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(df), size=min(n, len(df)), replace=False))
+    has_targets = all(c in df.columns for c in target_columns(preset))
+    if not preset.is_segmentation:
+        fig = Figure(figsize=(3.2 * len(rows), 3.4), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(rows)))
+        for ax, i in zip(axes, rows, strict=True):
+            row = df.iloc[i]
+            p = np.asarray(probs[i], dtype=np.float32)
+            title = f"{row['image_id']}\npred {int(p.argmax())} ({p.max():.2f})"
+            if has_targets:
+                title += f", true {int(row['label'])}"
+            ax.imshow(read_image(row["image_path"]))
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        return fig
+    cols = 2 if has_targets else 1
+    fig = Figure(figsize=(4.2 * cols, 3.2 * len(rows)), layout="constrained")
+    axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
+    for r, i in enumerate(rows):
+        row = df.iloc[i]
+        image = read_image(row["image_path"])
+        scale = min(1.0, max_side / max(image.shape[:2]))
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        p = np.asarray(probs[i])
+        p = p.astype(np.float32) / 255.0 if p.dtype == np.uint8 else p.astype(np.float32)
+        if preset.task == "multiclass":
+            labels = p.argmax(0)
+            pred = np.stack([labels == k + 1 for k in range(len(preset.target_classes))], axis=-1)
+        else:
+            pred = (p > threshold).transpose(1, 2, 0)
+        pred = cv2.resize(pred.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).reshape(size[1], size[0], -1)
+        panels = [("prediction", pred)]
+        if has_targets:
+            truth = cv2.resize(load_masks(row, preset), size, interpolation=cv2.INTER_NEAREST)
+            panels.insert(0, ("truth", truth.reshape(size[1], size[0], -1)))
+        for c, (name, masks) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(overlay_masks(small, masks))
+            ax.set_title(f"{row['image_id']}: {name}", fontsize=8)
+            ax.axis("off")
     return fig
