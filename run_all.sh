@@ -11,17 +11,22 @@
 #   --folds N         number of folds (default 5)
 #   --label-file F    train label file inside DIR when it is not the competition's own name
 #   --params F.yaml   extra notebook parameters (papermill -f); the options above take precedence
+#   --gpus 0,1        GPU ids: the folds of 10_train run in parallel, one per GPU (CUDA_VISIBLE_DEVICES), and every
+#                     notebook after 00_eda gets -p device cuda; without it the folds run one after another
+#   --ensemble NAME   30_ensemble writes artifacts/NAME/ (the experiments of an `exps:` line in --params, else this
+#                     one) and 40_submit predicts with it; without it 40_submit uses this experiment alone
 #   --force           rerun notebooks that already completed
 #
 # Resumable: each notebook that completes writes runs/NAME/.done/<notebook> last, holding a hash of the notebook
 # and its parameters; a rerun skips those and reruns the one that failed or was killed. Fails fast with the failing
-# notebook's path. Notebooks that do not exist yet are skipped.
+# notebook's path (with --gpus, the other folds still running are stopped). Notebooks that do not exist yet are
+# skipped. At the end it prints the CV score (artifacts/NAME/cv.json, or the ensemble's) and the submission path.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source scripts/bootstrap.sh
 
-preset=demo data="" exp="" folds=5 label_file="" params_file="" force=0
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+preset=demo data="" exp="" folds=5 label_file="" params_file="" force=0 gpus="" ensemble=""
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset) preset="$2"; shift 2 ;;
@@ -30,12 +35,17 @@ while [ $# -gt 0 ]; do
     --folds) folds="$2"; shift 2 ;;
     --label-file) label_file="$2"; shift 2 ;;
     --params) params_file="$2"; shift 2 ;;
+    --gpus) gpus="$2"; shift 2 ;;
+    --ensemble) ensemble="$2"; shift 2 ;;
     --force) force=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
 done
 exp="${exp:-$preset}"
+if [ -n "$gpus" ] && ! [[ "$gpus" =~ ^[0-9]+(,[0-9]+)*$ ]]; then
+  echo "error: --gpus takes comma-separated GPU ids such as 0,1; got $gpus" >&2; exit 2
+fi
 if [ -z "$data" ]; then
   if [ "$preset" != demo ]; then echo "error: --data DIR is required for preset $preset" >&2; exit 2; fi
   data="data/demo"
@@ -51,6 +61,7 @@ common=(-p exp "$exp" -p preset "$preset" -p data_dir "$data" -p n_folds "$folds
         -p artifacts_root "$PWD/artifacts")
 [ -z "$params_file" ] || common=(-f "$params_file" "${common[@]}")
 progress=(--no-progress-bar); [ -t 2 ] && progress=(--progress-bar)
+device=(); [ -z "$gpus" ] || device=(-p device cuda)
 
 # run_notebook NAME OUTPUT_STEM [extra papermill args...]
 run_notebook() {
@@ -72,12 +83,80 @@ run_notebook() {
   echo "$key" > "$marker.tmp" && mv "$marker.tmp" "$marker"
 }
 
+# kill_tree PID: SIGTERM a process and all its descendants (a fold's papermill and its kernel), the tree listed first.
+tree_pids() {
+  local child
+  echo "$1"
+  for child in $(pgrep -P "$1" 2>/dev/null || true); do tree_pids "$child"; done
+}
+kill_tree() {
+  local pid
+  for pid in $(tree_pids "$1"); do kill -TERM "$pid" 2>/dev/null || true; done
+}
+
+# run_folds: the folds of 10_train; with --gpus, GPU i runs folds i, i+G, ... while the other GPUs run theirs.
+run_folds() {
+  if [ -z "$gpus" ]; then
+    for ((fold = 0; fold < folds; fold++)); do run_notebook 10_train "10_train_fold$fold" "${device[@]}" -p fold "$fold"; done
+    return 0
+  fi
+  local ids pids=() i gpu
+  IFS=, read -r -a ids <<< "$gpus"
+  for i in "${!ids[@]}"; do
+    gpu="${ids[$i]}"
+    (
+      export CUDA_VISIBLE_DEVICES="$gpu"
+      for ((fold = i; fold < folds; fold += ${#ids[@]})); do
+        run_notebook 10_train "10_train_fold$fold" "${device[@]}" -p fold "$fold"
+      done
+    ) &
+    pids+=($!)
+  done
+  local status done_pid pid rest
+  while [ "${#pids[@]}" -gt 0 ]; do
+    status=0
+    wait -n -p done_pid "${pids[@]}" || status=$?
+    rest=()
+    for pid in "${pids[@]}"; do [ "$pid" = "$done_pid" ] || rest+=("$pid"); done
+    pids=("${rest[@]+"${rest[@]}"}")
+    if [ "$status" != 0 ]; then
+      # fail fast: stop the other GPUs' folds (each job's papermill and kernel included)
+      for pid in "${pids[@]+"${pids[@]}"}"; do kill_tree "$pid"; done
+      wait 2>/dev/null || true
+      echo "[run_all] FAILED: a fold of 10_train (see the FAILED line above); the other folds were stopped" >&2
+      exit 1
+    fi
+  done
+}
+
 for name in 00_eda 10_train 20_oof 30_ensemble 40_submit; do
   [ -f "notebooks/$name.py" ] || continue
   if [ "$name" = 10_train ]; then
-    for ((fold = 0; fold < folds; fold++)); do run_notebook "$name" "${name}_fold$fold" -p fold "$fold"; done
-  else
+    run_folds
+  elif [ "$name" = 00_eda ]; then
     run_notebook "$name" "$name"
+  elif [ "$name" = 30_ensemble ]; then
+    # the experiments to blend: an `exps:` line of --params, else this experiment alone; the weights go to
+    # artifacts/<--ensemble NAME>/, else artifacts/<exp>/ensemble/ (never a folder shared by experiments)
+    blend=(-p ensemble_name "${ensemble:-$exp/ensemble}")
+    [ -n "$params_file" ] && grep -q '^exps:' "$params_file" || blend+=(-p exps "$exp")
+    run_notebook "$name" "$name" "${device[@]}" "${blend[@]}"
+  elif [ "$name" = 40_submit ] && [ -n "$ensemble" ]; then
+    run_notebook "$name" "$name" "${device[@]}" -p ensemble "$ensemble"
+  else
+    run_notebook "$name" "$name" "${device[@]}"
   fi
 done
 echo "[run_all] finished: executed notebooks in $runs/, artifacts in artifacts/$exp/"
+for cv in "artifacts/$exp/cv.json" ${ensemble:+"artifacts/$ensemble/cv.json"}; do
+  [ -f "$cv" ] || continue
+  python - "$cv" <<'PY' || true
+import json, sys
+path = sys.argv[1]
+cv = json.load(open(path))
+score = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else json.dumps(v)
+parts = [f"{k} {score(cv[k])}" for k in ("cv_postprocessed", "cv") if k in cv]
+print(f"[run_all] CV ({path}): " + (", ".join(parts) or json.dumps(cv)))
+PY
+done
+[ ! -f "$runs/submission.csv" ] || echo "[run_all] submission: $runs/submission.csv"

@@ -6,7 +6,9 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["listing", "progress"]
+import numpy as np
+
+__all__ = ["listing", "progress", "to_numpy"]
 
 
 def listing(items: Iterable[object], n: int = 5) -> str:
@@ -24,3 +26,12 @@ def progress(iterable: Iterable[Any] | None = None, **kwargs: Any):
     if not sys.stderr.isatty():
         kwargs.setdefault("mininterval", 30.0)
     return tqdm(iterable, **kwargs)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A numpy view of ``x``: torch tensors via ``.detach().cpu().numpy()``, ndarrays (memmaps too) as they are."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch.Tensor, without importing torch
+        return x.detach().cpu().numpy()
+    return np.asarray(x)

@@ -292,6 +292,7 @@ def build_transforms(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     augment: str = "light",
+    crop: tuple[int, int] | None = None,
 ):
     """albumentations pipeline for one stage: resize, augment (train only), normalise.
 
@@ -308,11 +309,15 @@ def build_transforms(
         mean, std: per-channel normalisation in 0..1 units (as timm gives them, see ``normalization_for``):
             ``(pixel / 255 - mean) / std``.
         augment: "none", "flips" or "light"; ignored for "valid" and "test".
+        crop: (height, width) of a random crop taken after the resize, train stage only: training on tiles of the
+            full-resolution image while validating on whole images, as the U-Net paper did on ISBI 2012
+            (Ronneberger et al. 2015); None for no crop.
     Returns:
         ``A.Compose``: ``transform(image=(H, W, 3) uint8[, mask=(H, W[, K]) uint8])`` ->
-        ``{"image": (height, width, 3) float32, "mask": (height, width[, K]) uint8}``.
+        ``{"image": (height, width, 3) float32, "mask": (height, width[, K]) uint8}`` (the crop size when cropping).
     Raises:
-        ValueError: unknown stage or augment (the message lists the options); height or width < 1.
+        ValueError: unknown stage or augment (the message lists the options); height or width < 1; a crop larger
+            than the resized image.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; options: {list(STAGES)}")
@@ -322,6 +327,11 @@ def build_transforms(
         raise ValueError(f"height and width must be >= 1, got {height}x{width}")
     A = _albumentations()
     steps = [A.Resize(int(height), int(width), interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)]
+    if crop is not None and stage == "train":
+        crop_h, crop_w = (int(v) for v in crop)
+        if not (1 <= crop_h <= int(height) and 1 <= crop_w <= int(width)):
+            raise ValueError(f"crop {crop_h}x{crop_w} must fit in the resized {height}x{width} image")
+        steps.append(A.RandomCrop(crop_h, crop_w))
     if stage == "train" and augment != "none":
         steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
         if augment == "light":

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from kitlib._private import listing, progress
+from kitlib._private import listing, progress, to_numpy
 from kitlib.metrics import dice_per_image_class
 
 __all__ = [
@@ -129,7 +129,7 @@ class ScoreFn:
 
 
 def _check_labels(labels: Any) -> np.ndarray:
-    y = _as_array(labels)
+    y = to_numpy(labels)
     if y.ndim != 1 or y.size == 0:
         raise ValueError(f"labels must be a non-empty (N,) array of class indices, got shape {y.shape}")
     if y.dtype.kind not in "iu":
@@ -207,7 +207,7 @@ def dice_score_fn(masks: Any, threshold: float | Sequence[float] = 0.5, empty_sc
         ValueError: masks not 4-D, a threshold per class of the wrong length; when scoring, a blend of another
             shape than the masks.
     """
-    true = _as_array(masks)
+    true = to_numpy(masks)
     if true.ndim != 4 or true.shape[0] == 0:
         raise ValueError(f"masks must be a non-empty (N, K, H, W) array, got shape {true.shape}")
     thr = np.asarray(threshold, dtype=np.float64)
@@ -227,15 +227,6 @@ def dice_score_fn(masks: Any, threshold: float | Sequence[float] = 0.5, empty_sc
 
 
 # ------------------------------------------------------------------------------------------------------- the models
-
-
-def _as_array(x: Any) -> np.ndarray:
-    """A numpy view of ``x``: torch tensors via ``.detach().cpu().numpy()``, ndarrays (memmaps too) as they are."""
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch.Tensor, without importing torch
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 @dataclass(frozen=True)
@@ -310,7 +301,7 @@ def _models(oofs: Sequence[Any] | Mapping[str, Any], names: Sequence[str] | None
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"model names must be unique; repeated: {listing(dup)}")
-    arrays = [_as_array(a) for a in arrays]
+    arrays = [to_numpy(a) for a in arrays]
     first = arrays[0]
     for i, (a, name) in enumerate(zip(arrays, names, strict=True)):
         if a.dtype != np.uint8 and a.dtype.kind != "f":
@@ -327,7 +318,7 @@ def _rows(rows: Any, n: int) -> np.ndarray:
     """(n',) int64 row indices from None (all), indices, or an (N,) bool mask."""
     if rows is None:
         return np.arange(n, dtype=np.int64)
-    r = _as_array(rows)
+    r = to_numpy(rows)
     if r.dtype == np.bool_:
         if r.shape != (n,):
             raise ValueError(f"a boolean rows mask must have shape ({n},), got {r.shape}")
@@ -748,7 +739,7 @@ def cv_weights(
         TypeError: non-integer folds.
     """
     models = _models(oofs, names)
-    f = _as_array(folds)
+    f = to_numpy(folds)
     if f.shape != (models.n_rows,):
         raise ValueError(f"folds must have shape ({models.n_rows},) like the OOFs' rows, got {f.shape}")
     if f.dtype.kind not in "iu":

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from kitlib._private import to_numpy
+
 __all__ = [
     "dice_per_image_class",
     "dice_per_class",
@@ -46,15 +48,6 @@ _CHUNK_ELEMENTS = 1 << 24
 # Masks with at least this many pixels are counted one (image, class) pair at a time: np.count_nonzero over one
 # contiguous mask is several times faster than a sum over an axis; smaller masks are counted in one vectorised call.
 _LOOP_MIN_PIXELS = 4096
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """A numpy view of ``x``: torch tensors via ``.detach().cpu().numpy()``, ndarrays (memmaps too) as they are."""
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch.Tensor, without importing torch
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def _check_same_shape(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> None:
@@ -122,7 +115,7 @@ def _count_per_pair(b: np.ndarray) -> np.ndarray:
 
 
 def _check_masks(pred_masks: Any, true_masks: Any) -> tuple[np.ndarray, np.ndarray]:
-    pred, true = _to_numpy(pred_masks), _to_numpy(true_masks)
+    pred, true = to_numpy(pred_masks), to_numpy(true_masks)
     _check_same_shape(pred, true, ("pred_masks", "true_masks"))
     if pred.ndim != 4 or pred.size == 0:
         raise ValueError(
@@ -265,7 +258,7 @@ class ConfusionMatrix:
                 counted from a batch that raises.
             TypeError: a non-integer dtype (float logits or probs: argmax them first).
         """
-        pred, true = _to_numpy(pred_labels), _to_numpy(true_labels)
+        pred, true = to_numpy(pred_labels), to_numpy(true_labels)
         _check_same_shape(pred, true, ("pred_labels", "true_labels"))
         _check_integer(pred, "pred_labels")
         _check_integer(true, "true_labels")
@@ -381,7 +374,7 @@ def pixel_accuracy(pred: Any, true: Any, ignore_index: int | None = None, chunk_
     Raises:
         ValueError: shapes differ (both are named); no pixel to count.
     """
-    p, t = _to_numpy(pred), _to_numpy(true)
+    p, t = to_numpy(pred), to_numpy(true)
     _check_same_shape(p, t, ("pred", "true"))
     if p.ndim == 0:
         p, t = p.reshape(1), t.reshape(1)
@@ -427,7 +420,7 @@ def accuracy(pred_labels: Any, true_labels: Any) -> float:
         ValueError: shapes that do not match (both are named), no sample.
         TypeError: float (N,) predictions (ambiguous: pass (N, C) scores or class indices), non-integer labels.
     """
-    p, t = _to_numpy(pred_labels), _to_numpy(true_labels)
+    p, t = to_numpy(pred_labels), to_numpy(true_labels)
     if t.ndim != 1 or p.ndim not in (1, 2) or p.shape[0] != t.shape[0]:
         raise ValueError(
             f"pred_labels shape {p.shape} does not match true_labels shape {t.shape}: expected (N,) or (N, C) "

@@ -62,7 +62,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from kitlib._private import progress
+from kitlib._private import progress, to_numpy
 from kitlib.config import atomic_write_text, read_json
 
 __all__ = [
@@ -93,15 +93,6 @@ _U8_VALUES = np.arange(256, dtype=np.float64) / 255.0  # exactly what np.float64
 
 
 # ------------------------------------------------------------------------------------------------------------ inputs
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    """A numpy view of ``x``: torch tensors via ``.detach().cpu().numpy()``, ndarrays (memmaps too) as they are."""
-    if isinstance(x, np.ndarray):
-        return x
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # a torch.Tensor, without importing torch
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def _check_probs_dtype(probs: np.ndarray, name: str = "probs") -> None:
@@ -169,7 +160,7 @@ def _binary_masks(chunk: np.ndarray, offset: int, name: str = "masks") -> np.nda
 
 
 def _check_pair(probs: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
-    p, m = _to_numpy(probs), _to_numpy(masks)
+    p, m = to_numpy(probs), to_numpy(masks)
     _check_probs_dtype(p)
     if p.ndim != 4 or p.size == 0:
         raise ValueError(f"probs must be a non-empty (N, C, H, W) array, got shape {p.shape}")
@@ -314,7 +305,7 @@ def binarize(probs: Any, threshold: float) -> np.ndarray:
     Raises:
         TypeError: a dtype other than uint8 or float. ValueError: a NaN threshold.
     """
-    p = _to_numpy(probs)
+    p = to_numpy(probs)
     _check_probs_dtype(p)
     cut = _cutoff(threshold, p.dtype)
     if p.dtype == np.uint8:
@@ -366,7 +357,7 @@ def remove_small_components(mask: Any, min_area: int) -> np.ndarray:
         Kaggle-kernel ``post_process(probability, threshold, min_size)`` (Severstal UNet starter kernel, reused in
         Understanding Clouds): ``cv2.connectedComponents`` (8-connectivity by default), keep ``p.sum() > min_size``.
     """
-    m = _to_numpy(mask)
+    m = to_numpy(mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be (H, W), got shape {m.shape}")
     b = (m != 0).view(np.uint8) if m.dtype != np.uint8 else np.minimum(m, 1)
@@ -391,7 +382,7 @@ def apply_threshold_min_area(probs: Any, thresholds: Any, min_areas: Any = 0) ->
         ValueError: ``probs`` not 3-D; ``thresholds`` / ``min_areas`` of the wrong length.
         TypeError: a probs dtype other than uint8 or float.
     """
-    p = _to_numpy(probs)
+    p = to_numpy(probs)
     _check_probs_dtype(p)
     if p.ndim != 3:
         raise ValueError(f"probs must be one image (C, H, W), got shape {p.shape}")
@@ -425,7 +416,7 @@ def triplet_masks(
         SIIM-ACR Pneumothorax 1st place, sneddy/pneumothorax-segmentation README, "Triplet scheme of inference":
         ``mask[classification_mask.sum() < min_contour_area] = 0; mask = mask > bot_score_threshold``.
     """
-    p = _to_numpy(probs)
+    p = to_numpy(probs)
     _check_probs_dtype(p)
     if p.ndim != 3:
         raise ValueError(f"probs must be one image (C, H, W), got shape {p.shape}")
@@ -675,7 +666,7 @@ def top_k_class_probs(probs: Any, k: int, chunk_size: int | None = None) -> np.n
         Understanding Clouds 1st place, pudae/kaggle-understanding-clouds ``tools/evaluate.py``:
         ``np.mean(np.sort(predictions[c].flatten())[-17500:])``.
     """
-    p = _to_numpy(probs)
+    p = to_numpy(probs)
     _check_probs_dtype(p)
     if p.ndim != 4:
         raise ValueError(f"probs must be (N, C, H, W), got shape {p.shape}")
@@ -731,7 +722,7 @@ def combine_class_probs(top_k_probs: Any, head_probs: Any, head_weight: float = 
     Raises:
         ValueError: shapes differ; ``head_weight`` outside [0, 1].
     """
-    a, b = np.asarray(_to_numpy(top_k_probs), np.float64), np.asarray(_to_numpy(head_probs), np.float64)
+    a, b = np.asarray(to_numpy(top_k_probs), np.float64), np.asarray(to_numpy(head_probs), np.float64)
     if a.shape != b.shape:
         raise ValueError(f"top_k_probs shape {a.shape} != head_probs shape {b.shape}")
     if not 0.0 <= head_weight <= 1.0:
@@ -753,7 +744,7 @@ def force_one_class(class_probs: Any, keep: Any) -> np.ndarray:
         Understanding Clouds 1st place (pudae ``tools/evaluate.py``): the largest class prob of each image is set to
         1.0 before gating, so every image has at least one class.
     """
-    probs, kept = np.asarray(_to_numpy(class_probs)), np.array(_to_numpy(keep), dtype=bool)
+    probs, kept = np.asarray(to_numpy(class_probs)), np.array(to_numpy(keep), dtype=bool)
     if probs.shape != kept.shape or probs.ndim not in (1, 2):
         raise ValueError(f"class_probs shape {probs.shape} and keep shape {kept.shape} must match, (N, C) or (C,)")
     p2, k2 = probs.reshape(-1, probs.shape[-1]), kept.reshape(-1, kept.shape[-1])
@@ -770,7 +761,7 @@ def class_presence(masks: Any, chunk_size: int | None = None) -> np.ndarray:
     Raises:
         ValueError: not 4-D.
     """
-    m = _to_numpy(masks)
+    m = to_numpy(masks)
     if m.ndim != 4:
         raise ValueError(f"masks must be (N, C, H, W), got shape {m.shape}")
     out = np.empty(m.shape[:2], dtype=bool)
@@ -796,8 +787,8 @@ def precision_recall_table(scores: Any, labels: Any) -> pd.DataFrame:
     Raises:
         ValueError: shapes differ, not 1-D, empty, NaN scores, labels outside {0, 1}.
     """
-    s = np.asarray(_to_numpy(scores), dtype=np.float64)
-    y = np.asarray(_to_numpy(labels))
+    s = np.asarray(to_numpy(scores), dtype=np.float64)
+    y = np.asarray(to_numpy(labels))
     if s.ndim != 1 or s.shape != y.shape or s.size == 0:
         raise ValueError(f"scores {s.shape} and labels {y.shape} must be the same non-empty (N,) shape")
     if np.isnan(s).any():
@@ -852,7 +843,7 @@ def classifier_thresholds(class_probs: Any, labels: Any, criterion: str = "f1") 
     Raises:
         ValueError: shapes differ or are not (N, C); an unknown criterion (the options are named); x outside [0, 1].
     """
-    probs, y = np.asarray(_to_numpy(class_probs), dtype=np.float64), np.asarray(_to_numpy(labels))
+    probs, y = np.asarray(to_numpy(class_probs), dtype=np.float64), np.asarray(to_numpy(labels))
     if probs.ndim != 2 or probs.shape != y.shape:
         raise ValueError(f"class_probs {probs.shape} and labels {y.shape} must be the same (N, C) shape")
     match = _CRITERION.match(criterion.strip())
@@ -901,8 +892,8 @@ def gate_masks(masks: Any, class_probs: Any, thresholds: Any) -> np.ndarray:
         Understanding Clouds 1st place (pudae ``tools/evaluate.py``): ``np.logical_and(mask > thres, cls_score >
         cls_thres)``.
     """
-    m = _to_numpy(masks)
-    probs = np.asarray(_to_numpy(class_probs), dtype=np.float64)
+    m = to_numpy(masks)
+    probs = np.asarray(to_numpy(class_probs), dtype=np.float64)
     if m.ndim not in (3, 4) or probs.shape != m.shape[:-2]:
         raise ValueError(f"masks {m.shape} must be (C, H, W) or (N, C, H, W), class_probs {probs.shape} (C,) or (N, C)")
     thr = np.asarray(thresholds, dtype=np.float64)
@@ -1068,7 +1059,7 @@ def apply_postprocess(probs: Any, params: PostProcess, class_probs: Any = None) 
     Raises:
         ValueError: ``probs`` does not have ``params.num_classes`` classes; a gate without class probs nor ``top_k``.
     """
-    p = _to_numpy(probs)
+    p = to_numpy(probs)
     if p.ndim != 3 or p.shape[0] != params.num_classes:
         raise ValueError(f"probs must be (C, H, W) with C = {params.num_classes}, got shape {p.shape}")
     if params.threshold is not None:
@@ -1081,7 +1072,7 @@ def apply_postprocess(probs: Any, params: PostProcess, class_probs: Any = None) 
         if params.top_k is None:
             raise ValueError("the gate needs class_probs: pass them or set top_k in the PostProcess")
         class_probs = top_k_class_probs(p[None], params.top_k)[0]
-    probs_c = np.asarray(_to_numpy(class_probs), dtype=np.float64)
+    probs_c = np.asarray(to_numpy(class_probs), dtype=np.float64)
     if probs_c.shape != (params.num_classes,):
         raise ValueError(f"class_probs must be ({params.num_classes},), got shape {probs_c.shape}")
     keep = probs_c > np.asarray(params.classifier_threshold)

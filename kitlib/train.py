@@ -71,6 +71,8 @@ class TrainConfig:
             loads pretrained weights (offline: a file). Classification presets use ``model_name`` and
             ``encoder_weights`` with ``create_classifier``.
         height, width: training and validation resolution in pixels (multiples of 32 for most encoders).
+        crop_height, crop_width: train on random crops of this size of the resized images (0: whole images);
+            validation and OOF stay on whole images.
         batch_size, epochs, encoder_lr, decoder_lr, weight_decay: AdamW with differential learning rates.
         scheduler, warmup_epochs, pct_start: ``engine.make_scheduler`` ("onecycle", "cosine", "constant").
         loss, loss_kwargs: a ``kitlib.losses.RECIPES`` name, or a ``LOSSES`` name built with ``loss_kwargs`` (the
@@ -102,6 +104,8 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     height: int = 256
     width: int = 256
+    crop_height: int = 0
+    crop_width: int = 0
     batch_size: int = 8
     epochs: int = 10
     encoder_lr: float = 2.5e-5
@@ -243,13 +247,13 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
         decoder_lr=3e-3,
         weight_decay=1e-4,
         scheduler="onecycle",
-        loss="combo",
-        loss_kwargs={"terms": {"bce": 1.0, "dice": 1.0}},
+        loss="bce",
         augment="flips",
         monitor="valid_pixel_error",
-        recipe_source="ISBI 2012 membranes on a CPU: a slim Unet resnet18 from scratch at half resolution, BCE + "
-        "Dice, OneCycle at 3e-3 (U-Net, Ronneberger et al. 2015, trained from scratch with flips and elastic "
-        "deformation; the kit's recipe fits 2 CPU cores).",
+        recipe_source="ISBI 2012 membranes on a CPU: pixel-wise cross-entropy as in U-Net (Ronneberger et al. 2015), "
+        "who trained from scratch with flips and elastic deformation at full resolution; here a slim Unet-resnet18 "
+        "from scratch at half resolution (256x256), flips, OneCycle at 3e-3, 30 epochs: about 95 s a fold on 2 "
+        "CPU cores. The best epoch is picked on validation pixel error.",
     ),
     "demo": dict(
         arch="unet",
@@ -460,6 +464,12 @@ def _build_model(cfg: TrainConfig, preset: Preset) -> tuple[torch.nn.Module, dic
     return model, model_config
 
 
+def _crop(cfg: TrainConfig) -> tuple[int, int] | None:
+    if cfg.crop_height or cfg.crop_width:
+        return (cfg.crop_height or cfg.height, cfg.crop_width or cfg.width)
+    return None
+
+
 def _build_loss(cfg: TrainConfig, preset: Preset) -> torch.nn.Module:
     mode = preset.task if preset.is_segmentation else None
     if cfg.loss in RECIPES:
@@ -506,7 +516,10 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         engine.barrier()
         cache = cache or build_cache(full_df, preset, cache_dir, cfg.height, cfg.width)
     train_ds = make_dataset(
-        train_df, preset, build_transforms("train", cfg.height, cfg.width, mean, std, cfg.augment), cache
+        train_df,
+        preset,
+        build_transforms("train", cfg.height, cfg.width, mean, std, cfg.augment, crop=_crop(cfg)),
+        cache,
     )
     valid_ds = make_dataset(valid_df, preset, build_transforms("valid", cfg.height, cfg.width, mean, std), cache)
     train_loader = engine.make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, info, drop_last=None)

@@ -452,3 +452,17 @@ def test_real_clouds_image_through_dataset(clouds_dir, tmp_path):
     np.testing.assert_allclose(fractions[:2], [932312 / 2_940_000, 1156107 / 2_940_000], atol=0.01)
     assert fractions[2:] == [0.0, 0.0]
     assert ImageCache.open(cache.cache_dir, df, preset).meta["preset"] == "clouds"
+
+
+def test_train_crop_keeps_image_and_mask_aligned_and_valid_stays_whole():
+    image, masks = _aligned_pair(2)
+    crop = (H // 2, W // 2)
+    transform = build_transforms("train", H, W, mean=(0, 0, 0), std=(1, 1, 1), augment="none", crop=crop)
+    for _ in range(10):
+        out = transform(image=image, mask=masks)
+        assert out["image"].shape[:2] == crop and out["mask"].shape == (*crop, 2)
+        np.testing.assert_array_equal(out["image"][:, :, 0] > 0.5, out["mask"][:, :, 0] == 1)
+    valid = build_transforms("valid", H, W, crop=crop)(image=image, mask=masks)
+    assert valid["image"].shape[:2] == (H, W)
+    with pytest.raises(ValueError, match="must fit"):
+        build_transforms("train", H, W, crop=(H + 1, W))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -14,18 +17,55 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 
+def _env() -> dict:
+    return dict(os.environ, KIT_VENV=os.environ.get("VIRTUAL_ENV") or str(REPO / ".venv"))
+
+
 def _run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, KIT_VENV=os.environ.get("VIRTUAL_ENV") or str(REPO / ".venv"))
-    return subprocess.run(["bash", str(REPO / "run_all.sh"), *args], capture_output=True, text=True, env=env,
+    return subprocess.run(["bash", str(REPO / "run_all.sh"), *args], capture_output=True, text=True, env=_env(),
                           timeout=900)  # fmt: skip
+
+
+def _cleanup(name: str) -> None:
+    for root in ("runs", "artifacts"):
+        shutil.rmtree(REPO / root / name, ignore_errors=True)
 
 
 @pytest.fixture
 def exp():
     name = f"pytest-{uuid.uuid4().hex[:8]}"
     yield name
-    for root in ("runs", "artifacts"):
-        shutil.rmtree(REPO / root / name, ignore_errors=True)
+    _cleanup(name)
+
+
+@pytest.fixture
+def exp2():
+    name = f"pytest-{uuid.uuid4().hex[:8]}"
+    yield name
+    _cleanup(name)
+
+
+# Tiny settings for every notebook (papermill -f): a 24-image demo trains 2 folds in seconds on a CPU.
+TINY_YAML = """encoder_name: tu-test_resnet.r160_in1k
+height: 64
+width: 96
+batch_size: 4
+epochs: 3
+device: cpu
+num_workers: 0
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """(demo data folder, params YAML)."""
+    from kitlib.demo import make_demo
+
+    root = tmp_path_factory.mktemp("run_all_tiny")
+    data = make_demo(root / "data", n_train=12, n_test=4, height=64, width=96)
+    params = root / "tiny.yaml"
+    params.write_text(TINY_YAML)
+    return data, params
 
 
 def test_run_all_demo_then_resume(exp):
@@ -53,8 +93,66 @@ def test_run_all_fails_fast_with_the_notebook_path(exp, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--bogus"], "unknown option --bogus"), (["--preset", "masks"], "--data DIR is required"),
-     (["--preset", "masks", "--data", "/nonexistent"], "data folder not found")],
+     (["--preset", "masks", "--data", "/nonexistent"], "data folder not found"),
+     (["--gpus", "a,b"], "--gpus takes comma-separated GPU ids")],
 )  # fmt: skip
 def test_run_all_rejects_bad_options(args, message):
     result = _run(*args)
     assert result.returncode == 2 and message in result.stderr
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants (the papermill kernels start sessions of their own, outside the process group)."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid] + [p for child in found for p in _tree(int(child))]
+
+
+def test_run_all_tiny_end_to_end_and_killed_mid_fold(tiny, exp, exp2):
+    """An uninterrupted tiny run writes a valid submission and prints the submission path; a run SIGKILLed while
+    fold 1 trains (once its last.pt exists) resumes on the rerun to the same submission bytes."""
+    from kitlib.submit import validate_submission
+
+    data, params = tiny
+    args = ("--data", str(data), "--folds", "2", "--params", str(params))
+    reference = _run("--exp", exp, *args)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    submission = REPO / "runs" / exp / "submission.csv"
+    assert f"[run_all] submission: runs/{exp}/submission.csv" in reference.stdout
+    assert validate_submission(submission, data / "sample_submission.csv", "demo")["images"] == 4
+
+    proc = subprocess.Popen(["bash", str(REPO / "run_all.sh"), "--exp", exp2, *args], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    fold1 = REPO / "artifacts" / exp2 / "fold1"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None and not (fold1 / "last.pt").exists():
+        time.sleep(0.05)
+    tree = _tree(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:  # the kernel too, as a crash of the machine would
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    assert (fold1 / "last.pt").exists() and not (fold1 / "done.json").exists(), "killed too late (or too early)"
+    assert not (REPO / "runs" / exp2 / ".done" / "10_train_fold1").exists()
+
+    rerun = _run("--exp", exp2, *args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "10_train_fold0: done already, skipped" in rerun.stdout and "10_train_fold1: running" in rerun.stdout
+    assert (REPO / "runs" / exp2 / "submission.csv").read_bytes() == submission.read_bytes()
+
+
+def test_run_all_gpus_fails_fast_with_the_fold_notebook_path(tiny, exp):
+    """--gpus passes device cuda: on a machine without CUDA the parallel folds fail, and run_all stops with the
+    failing fold notebook's path (with CUDA the folds train, one per GPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the folds would train")
+    data, params = tiny
+    result = _run("--exp", exp, "--data", str(data), "--folds", "2", "--params", str(params), "--gpus", "0,1")
+    assert result.returncode == 1
+    assert "FAILED: 10_train_fold" in result.stderr and f"runs/{exp}/10_train_fold" in result.stderr
+    assert not (REPO / "runs" / exp / ".done" / "10_train_fold0").exists()
+    assert not (REPO / "runs" / exp / "submission.csv").exists()

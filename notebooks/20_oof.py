@@ -1,0 +1,125 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 20 OOF: the experiment's cross-validation score and its post-processing
+#
+# Gathers the held-out predictions of every fold (`artifacts/<exp>/fold<k>/oof_probs.npy`, from `10_train`) into
+# `artifacts/<exp>/oof_probs.npy` (rows in `folds.csv` order, `kitlib.oof.gather_oof`), scores them per class with the
+# competition's metric, and searches per-class post-processing on them (threshold x min_area, optionally the triplet
+# scheme) for binary and multilabel segmentation. Multiclass segmentation is decoded by argmax and classification by
+# the top class: they get the CV only.
+#
+# Writes `artifacts/<exp>/`: `oof_probs.npy`, `oof_ids.csv` (+ `oof_cls_probs.npy`), `oof_masks.npy` (the truth at the
+# scoring resolution), `postprocess.json` (read by `40_submit`), `cv.json`, `oof_config.json`.
+#
+# Headless: `jupytext --to ipynb --output - notebooks/20_oof.py | papermill - out.ipynb -p exp demo`
+
+# %% tags=["parameters"]
+exp: str = "demo"  # artifacts/<exp>/ holds folds.csv and fold<k>/ (from 10_train)
+preset: str = "demo"  # competition preset: clouds, severstal, dacon_building, masks, coco, cassava, demo
+data_dir: str = "data/demo"  # competition folder (relative to the repo root)
+n_folds: int = 5  # passed by run_all; the folds themselves come from folds.csv
+label_file: str = ""  # train label file inside data_dir; empty: the one training used
+artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)
+thresholds: str = "0.2,0.3,0.4,0.5,0.6,0.7"  # pixel thresholds to search (comma-separated, or a list)
+min_areas: str = "0,100,500,2000,5000,10000"  # components of at most this many pixels are removed (at scoring size)
+triplet: bool = False  # also search the triplet scheme (SIIM-ACR 1st place); the better mean Dice wins
+top_thresholds: str = "0.5,0.6,0.7"  # triplet: top_score_threshold values
+min_contour_areas: str = "0,100,1000,5000"  # triplet: pixels above the top threshold needed to keep a class
+bottom_thresholds: str = "0.3,0.4,0.5"  # triplet: bottom_score_threshold values
+num_workers: int = None  # threads of the search; None: the usable CPUs (at most 8)
+n_samples: int = 4  # OOF images drawn with their predicted masks
+seed: int = 42  # which images are drawn
+
+# %%
+# %matplotlib inline
+import logging
+
+from IPython.display import display
+
+from kitlib import oof, plots
+from kitlib.config import project_path, save_config
+
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+logging.getLogger("kitlib").setLevel(logging.INFO)
+params = dict(exp=exp, preset=preset, data_dir=data_dir, label_file=label_file, artifacts_root=artifacts_root,
+              thresholds=thresholds, min_areas=min_areas, triplet=triplet, top_thresholds=top_thresholds,
+              min_contour_areas=min_contour_areas, bottom_thresholds=bottom_thresholds)  # fmt: skip
+exp_dir = project_path(artifacts_root) / exp
+save_config(exp_dir / "oof_config.json", params)
+experiment = oof.load_experiment(exp_dir, preset, data_dir, label_file)
+print(f"{exp}: {len(experiment.df)} images in {experiment.n_folds} folds, preset {experiment.preset.name}")
+
+# %% [markdown]
+# ## Gather the folds
+# One array in `folds.csv` order; missing folds or ids fail here, named.
+
+# %%
+oof.gather_oof(exp_dir)
+oof_probs, oof_ids, oof_cls_probs = oof.read_gathered(exp_dir)
+assert oof_ids == experiment.df["image_id"].astype(str).tolist()
+targets = oof.oof_targets(experiment, tuple(oof_probs.shape[-2:]))
+print(f"oof_probs {oof_probs.dtype} {oof_probs.shape}; targets {targets.dtype} {targets.shape}")
+
+# %% [markdown]
+# ## CV per class
+# Probability 0.5 for binary / multilabel masks (no post-processing), argmax otherwise.
+
+# %%
+raw = oof.cv_report(oof_probs, targets, experiment.preset)
+display(raw)
+
+# %% [markdown]
+# ## Post-processing search
+# Per class, the (threshold, min_area) with the best OOF Dice (`kitlib.postprocess.search_thresholds`); with
+# `triplet`, also the triplet scheme, and the scheme with the better mean Dice over classes wins.
+
+# %%
+search = experiment.preset.task in oof.POSTPROCESS_TASKS
+post_params, tables, post = None, {}, None
+if search:
+    grids = dict(top_thresholds=oof.parse_grid(top_thresholds), bottom_thresholds=oof.parse_grid(bottom_thresholds),
+                 min_contour_areas=oof.parse_grid(min_contour_areas, int))  # fmt: skip
+    post_params, tables = oof.search_postprocess(
+        oof_probs, targets, experiment.preset, oof.parse_grid(thresholds), oof.parse_grid(min_areas, int),
+        triplet=grids if triplet else None, num_workers=num_workers,
+    )  # fmt: skip
+    post = oof.cv_report(oof_probs, targets, experiment.preset, postprocess=post_params)
+    print(f"winner: {post_params.meta['method']}")
+    display(tables["best"])
+else:
+    print(f"{experiment.preset.task}: no threshold search (argmax)")
+
+# %% [markdown]
+# ## Save `cv.json` and `postprocess.json`
+
+# %%
+summary = oof.save_cv(exp_dir, experiment.preset, raw, post, post_params,
+                      extra={"exp": exp, "n_images": len(oof_ids), "n_folds": experiment.n_folds})  # fmt: skip
+print(f"CV {summary['metric']}: {summary['cv']} raw, {summary['cv_postprocessed']} post-processed")
+display(raw.merge(post if post is not None else raw, on=["class", "n"], suffixes=("_raw", "_post")))
+
+# %% [markdown]
+# ## Score surface
+# Mean Dice of each class over the threshold x min_area grid; the red box is the chosen cell.
+
+# %%
+oof.plot_search_heatmaps(tables["threshold"]) if search else "no search for this task"
+
+# %% [markdown]
+# ## OOF images
+# A few held-out images: truth beside the prediction at probability 0.5.
+
+# %%
+plots.plot_predictions(experiment.df, experiment.preset, oof_probs, n=n_samples, seed=seed)

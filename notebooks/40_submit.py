@@ -1,0 +1,100 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 40 Submit: predict the test set and write the submission
+#
+# Loads every fold's `best.pt` of `artifacts/<exp>/` (or of each experiment of `artifacts/<ensemble>/weights.json`,
+# from `30_ensemble`), predicts the test images batch by batch (each model at its own input size, averaged at the
+# competition's scoring resolution, with optional TTA), applies the post-processing of `postprocess.json` (from
+# `20_oof` / `30_ensemble`; threshold 0.5 when there is none), and writes `runs/<exp>/submission.csv`, validated
+# against the competition's sample submission (ids, order, RLE ends) before it is written.
+#
+# Headless: `jupytext --to ipynb --output - notebooks/40_submit.py | papermill - out.ipynb -p exp demo`
+# (`./run_all.sh` runs it last).
+
+# %% tags=["parameters"]
+exp: str = "demo"  # artifacts/<exp>/ holds fold<k>/best.pt (from 10_train)
+preset: str = "demo"  # competition preset: clouds, severstal, dacon_building, masks, coco, cassava, demo
+data_dir: str = "data/demo"  # competition folder with the test images (relative to the repo root)
+n_folds: int = 0  # use folds 0..n_folds-1 of exp; 0 (or an ensemble): every fold<k>/best.pt found
+label_file: str = ""  # passed by run_all; unused here
+artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)
+ensemble: str = ""  # artifacts/<ensemble>/ with weights.json (30_ensemble); empty: exp alone, weight 1
+tta: str = "none"  # test-time augmentation: none, hflip, vflip, flips, d4
+batch_size: int = 8  # test images per batch
+num_workers: int = 0  # DataLoader processes
+device: str = "auto"  # auto, cpu, cuda
+submission_path: str = ""  # submission CSV; empty: runs/<exp>/submission.csv (relative to the repo root)
+n_samples: int = 4  # test images shown with their predicted masks
+seed: int = 0  # which test images are shown
+
+# %%
+# %matplotlib inline
+import json
+import logging
+
+from IPython.display import display
+
+from kitlib import inference, plots
+from kitlib.config import project_path, save_config
+from kitlib.formats import load_competition
+from kitlib.presets import get_preset
+
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+logging.getLogger("kitlib").setLevel(logging.INFO)
+root = project_path(artifacts_root)
+out_path = project_path(submission_path or f"runs/{exp}/submission.csv")
+params = dict(exp=exp, preset=preset, data_dir=data_dir, n_folds=n_folds, artifacts_root=artifacts_root,
+              ensemble=ensemble, tta=tta, batch_size=batch_size, device=device, out=str(out_path))  # fmt: skip
+save_config(out_path.with_name("submission_config.json"), params)
+cfg = get_preset(preset)
+print(f"{cfg.name}: {cfg.description}")
+
+# %% [markdown]
+# ## Models and post-processing
+
+# %%
+folds = list(range(n_folds)) if n_folds > 0 and not ensemble else None
+members = inference.load_members(root, exp, ensemble, folds=folds, device=device)
+for models, weight in members:
+    print(f"weight {weight:.3f}: {[str(m.path.relative_to(root)) for m in models]} at {models[0].height}x"
+          f"{models[0].width}")  # fmt: skip
+postprocess = inference.load_postprocess(root / (ensemble or exp), preset)
+print("post-processing:", "argmax" if postprocess is None else json.dumps(postprocess.to_dict(), default=str))
+
+# %% [markdown]
+# ## Predict and write
+# One pass over the test images; rows are ordered like the sample submission and validated before the file is
+# written.
+
+# %%
+test_df = load_competition(preset, project_path(data_dir), split="test")
+shown = test_df.sample(n=min(n_samples, len(test_df)), random_state=seed)
+batches = inference.predict_test(members, test_df, preset, batch_size=batch_size, tta=tta, num_workers=num_workers)
+result = inference.make_submission(batches, test_df, preset, project_path(data_dir), out_path, postprocess,
+                                   keep_masks=shown["image_id"].tolist())  # fmt: skip
+print(json.dumps(result.summary, indent=1))
+display(result.submission.head(8))
+
+# %% [markdown]
+# ## A few test images with their predicted masks
+
+# %%
+if cfg.is_segmentation:
+    display(plots.plot_samples(shown, cfg, n=len(shown), masks=result.masks))
+else:
+    display(result.submission[result.submission.iloc[:, 0].isin(shown["image_id"])])
+
+# %%
+print(f"submission: {result.path}")

@@ -1,0 +1,102 @@
+"""20_oof and 30_ensemble under papermill on a tiny trained demo: 24 images, 3 folds, 2 epochs, two seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kitlib import train
+from kitlib.config import read_json
+from kitlib.demo import make_demo
+from kitlib.folds import make_folds, save_folds
+from kitlib.formats import load_competition
+from kitlib.postprocess import PostProcess
+from kitlib.presets import get_preset
+from tests.test_notebooks import run_notebook
+from tests.test_train import TINY
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """Two tiny experiments ("a" seed 0, "b" seed 1) on the same folds.csv, every fold trained for 2 epochs."""
+    root = tmp_path_factory.mktemp("oof_exp")
+    data = make_demo(root / "data", n_train=24, n_test=4, height=64, width=96)
+    folds = make_folds(load_competition("demo", data), "demo", n_folds=3, seed=0)
+    artifacts = root / "artifacts"
+    for exp, seed in (("a", 0), ("b", 1)):
+        save_folds(folds, artifacts / exp / "folds.csv")
+        for fold in range(3):
+            cfg = train.train_config("demo", **{**TINY, "epochs": 2}, exp=exp, fold=fold, seed=seed,
+                                     data_dir=str(data), artifacts_root=str(artifacts))  # fmt: skip
+            train.train_fold(cfg)
+    return {"data_dir": str(data), "artifacts_root": str(artifacts), "root": root}
+
+
+def _ensemble(path: Path, params: dict) -> dict:
+    return run_notebook("30_ensemble", path, **params)
+
+
+def _common(trained) -> dict:
+    return dict(preset="demo", data_dir=trained["data_dir"], artifacts_root=trained["artifacts_root"], n_folds=3)
+
+
+def test_20_oof(trained, tmp_path):
+    triplet = dict(triplet=True, top_thresholds="0.5,0.6", min_contour_areas="0,50", bottom_thresholds="0.4")
+    run_notebook("20_oof", tmp_path / "oof.ipynb", exp="a", thresholds="0.3,0.5", min_areas="0,20", **triplet,
+                 **_common(trained))  # fmt: skip
+    exp_dir = Path(trained["artifacts_root"]) / "a"
+    probs = np.load(exp_dir / "oof_probs.npy", mmap_mode="r")
+    assert probs.shape == (24, 4, 64, 96) and probs.dtype == np.uint8
+    ids = pd.read_csv(exp_dir / "oof_ids.csv", dtype=str)["image_id"].tolist()
+    assert ids == pd.read_csv(exp_dir / "folds.csv", dtype=str)["image_id"].tolist()
+    assert np.load(exp_dir / "oof_masks.npy", mmap_mode="r").shape == probs.shape
+    cv = read_json(exp_dir / "cv.json")
+    assert cv["metric"] == "dice" and set(cv["per_class"]) == set(get_preset("demo").target_classes)
+    assert 0 <= cv["cv"] <= 1 and cv["cv_postprocessed"] >= cv["cv"] - 1e-9  # 0.5 / area 0 or better
+    post = PostProcess.from_json(exp_dir / "postprocess.json")
+    assert post.meta["method"] in ("threshold", "triplet") and post.num_classes == 4
+    if post.meta["method"] == "threshold":
+        assert set(post.threshold) <= {0.3, 0.5} and set(post.min_area) <= {0, 20}
+    assert cv["postprocess"] == post.meta["method"]
+
+
+def test_30_ensemble_one_and_two_experiments(trained, tmp_path):
+    common = _common(trained)
+    grids = dict(thresholds="0.3,0.5", min_areas="0,20")
+    run_notebook("20_oof", tmp_path / "oof_b.ipynb", exp="b", **grids, **common)
+    one = _ensemble(tmp_path / "ens1.ipynb", dict(exps="a", ensemble_name="ens1", **grids, **common))
+    root = Path(trained["artifacts_root"])
+    w1 = read_json(root / "ens1" / "weights.json")
+    assert w1["exps"] == ["a"] and w1["weights"] == [1.0]
+    # one experiment: the blend is its OOF, so post-processing is what 20_oof found with the same grid
+    np.testing.assert_array_equal(np.load(root / "ens1" / "oof_probs.npy"), np.load(root / "a" / "oof_probs.npy"))
+    assert read_json(root / "ens1" / "cv.json")["cv"] == pytest.approx(read_json(root / "a" / "cv.json")["cv"])
+    assert (root / "ens1" / "config.json").is_file() and one["cells"]
+
+    _ensemble(tmp_path / "ens2.ipynb", dict(exps="a,b", method="nelder-mead", fit_rows=12, **grids, **common))
+    w2 = read_json(root / "ensemble" / "weights.json")
+    assert w2["exps"] == ["a", "b"] and len(w2["weights"]) == 2 and sum(w2["weights"]) == pytest.approx(1.0)
+    assert w2["method"] == "nelder-mead" and 0 <= w2["score"] <= 1 and w2["score"] >= w2["equal_score"] - 1e-9
+    cv = read_json(root / "ensemble" / "cv.json")
+    assert cv["metric"] == "dice" and cv["cv_postprocessed"] is not None
+    post = PostProcess.from_json(root / "ensemble" / "postprocess.json")
+    assert post.num_classes == 4
+    assert json.loads((root / "ensemble" / "config.json").read_text())["params"]["exps"] == "a,b"
+
+
+def test_30_ensemble_refuses_other_folds(trained, tmp_path):
+    root = Path(trained["artifacts_root"])
+    other = root / "c"
+    other.mkdir()
+    probs = np.load(root / "a" / "oof_probs.npy")
+    np.save(other / "oof_probs.npy", probs[:-1])
+    ids = pd.read_csv(root / "a" / "oof_ids.csv", dtype=str)[:-1]
+    ids.to_csv(other / "oof_ids.csv", index=False)
+    with pytest.raises(AssertionError, match="different OOF rows"):
+        _ensemble(tmp_path / "bad.ipynb", dict(exps="a,c", out="bad", **_common(trained)))
