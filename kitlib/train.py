@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -54,6 +55,7 @@ __all__ = [
     "score_oof",
     "read_oof",
     "fold_tables",
+    "fold_run_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -480,8 +482,35 @@ def _build_loss(cfg: TrainConfig, preset: Preset) -> torch.nn.Module:
     return create_loss(cfg.loss, **kwargs)
 
 
+def fold_run_id(cfg: TrainConfig) -> str:
+    """``cfg.run_id()`` combined with the content of the experiment's ``folds.csv``: a new split is a new run."""
+    folds_path = cfg.exp_dir / "folds.csv"
+    folds = hashlib.sha256(folds_path.read_bytes()).hexdigest() if folds_path.is_file() else "no-folds"
+    return hashlib.sha256(f"{cfg.run_id()}:{folds}".encode()).hexdigest()[:16]
+
+
+def _set_aside_other_run(fold_dir: Path, run_id: str) -> None:
+    """Move a fold folder written by another configuration (other parameters or folds) to ``fold<k>.previous/``
+    (replacing an older one), so the new run starts clean and the last one's checkpoints are kept, not mixed in."""
+    config_path = fold_dir / "config.json"
+    if not config_path.is_file():
+        return
+    previous = read_json(config_path).get("params", {}).get("run_id")
+    if previous == run_id:
+        return
+    aside = fold_dir.with_name(fold_dir.name + ".previous")
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.replace(fold_dir, aside)
+    log.warning("%s was written by another configuration (run_id %s); moved to %s", fold_dir, previous, aside)
+
+
 def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, Any]:
     """Train fold ``cfg.fold`` and write its artifacts (module docstring); resumes a killed run from ``last.pt``.
+
+    The fold folder belongs to one configuration (``fold_run_id``: the training parameters and ``folds.csv``): a
+    finished fold of the same configuration is returned as it is; a folder of another one is moved to
+    ``fold<k>.previous/`` first.
 
     Works in one process and under ``torchrun`` (DDP: each rank trains on its shard, rank 0 writes files; the OOF
     rows are predicted in shards and written into one file).
@@ -494,17 +523,20 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         at the scoring resolution (None when stopped early by ``stop_after_epoch``).
     Raises:
         FileNotFoundError: no ``folds.csv`` for the experiment.
-        ValueError: a fold that does not exist; a ``last.pt`` of another configuration.
+        ValueError: a fold that does not exist.
         NonFiniteLossError: the loss became NaN/inf.
     """
     preset = get_preset(cfg.preset)
     info, device = engine.init_distributed(cfg.device)
     fold_dir = cfg.fold_dir
+    run_id = fold_run_id(cfg)
     done_path = fold_dir / "done.json"
-    if done_path.is_file() and read_json(done_path).get("run_id") == cfg.run_id():
+    if done_path.is_file() and read_json(done_path).get("run_id") == run_id:
         return read_json(done_path)
     if info.is_main:
-        save_config(fold_dir / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id(), "world_size": info.world_size})
+        _set_aside_other_run(fold_dir, run_id)
+        save_config(fold_dir / "config.json", {**cfg.to_dict(), "run_id": run_id, "world_size": info.world_size})
+    engine.barrier()
 
     full_df, train_df, valid_df = fold_tables(cfg)
     mean, std = normalization_for(cfg.encoder_name if preset.is_segmentation else cfg.model_name)
@@ -545,7 +577,7 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         model, train_loader, valid_loader, _build_loss(cfg, preset), optimizer, preset, fold_dir, model_config,
         epochs, device, scheduler=scheduler, amp=cfg.amp, accumulate=cfg.accumulate,
         clip_grad_norm=cfg.clip_grad_norm, ema_decay=cfg.ema_decay, channels_last=cfg.channels_last,
-        monitor=cfg.monitor or None, patience=cfg.patience, seed=cfg.seed, run_id=cfg.run_id(),
+        monitor=cfg.monitor or None, patience=cfg.patience, seed=cfg.seed, run_id=run_id,
         extra={"fold": cfg.fold, "preset": preset.name, "exp": cfg.exp}, stop_after_epoch=stop_after_epoch,
     )  # fmt: skip
     out = {
@@ -577,7 +609,7 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         write_csv(fold_dir / "oof_ids.csv", pd.DataFrame({"image_id": ids}), index=False)
         out["scores"] = score_oof(np.load(oof_path, mmap_mode="r"), valid_df, preset)
         write_json(fold_dir / "scores.json", out["scores"])
-        write_json(done_path, {**out, "run_id": cfg.run_id()})
+        write_json(done_path, {**out, "run_id": run_id})
     engine.barrier()
     return out
 

@@ -99,4 +99,4 @@ def test_30_ensemble_refuses_other_folds(trained, tmp_path):
     ids = pd.read_csv(root / "a" / "oof_ids.csv", dtype=str)[:-1]
     ids.to_csv(other / "oof_ids.csv", index=False)
     with pytest.raises(AssertionError, match="different OOF rows"):
-        _ensemble(tmp_path / "bad.ipynb", dict(exps="a,c", out="bad", **_common(trained)))
+        _ensemble(tmp_path / "bad.ipynb", dict(exps="a,c", ensemble_name="bad", **_common(trained)))

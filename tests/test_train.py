@@ -116,13 +116,28 @@ def test_train_fold_writes_the_artifacts(demo_exp):
     assert probs.dtype == np.uint8 and probs.shape == (len(ids), 4, 64, 96)  # the demo's scoring resolution
     assert np.load(fold_dir / "oof_cls_probs.npy").shape == (len(ids), 4)
     config = json.loads((fold_dir / "config.json").read_text())
-    assert config["params"]["run_id"] == cfg.run_id() and "versions" in config["run"]
+    assert config["params"]["run_id"] == train.fold_run_id(cfg) and "versions" in config["run"]
     assert set(out["scores"]) >= {"dice", "dice_per_class", "pixel_error"}
     assert train.train_fold(cfg)["scores"] == out["scores"]  # done.json: nothing to redo
     from kitlib.models import load_model
 
     model, ckpt = load_model(fold_dir / "best.pt")
     assert ckpt["fold"] == 0 and ckpt["epoch"] == out["best_epoch"]
+
+
+def test_a_new_split_retrains_and_keeps_the_previous_run(demo_exp):
+    cfg = _config(demo_exp, "resplit", epochs=1)
+    first = train.train_fold(cfg)
+    folds_path = cfg.exp_dir / "folds.csv"
+    folds = pd.read_csv(folds_path, dtype={"image_id": str})
+    folds["fold"] = (folds["fold"] + 1) % 3  # another split: fold 0 now holds other images
+    folds.to_csv(folds_path, index=False)
+    second = train.train_fold(cfg)
+    assert second["scores"]["n_images"] == int((folds["fold"] == 0).sum())
+    _, ids = train.read_oof(cfg.fold_dir)
+    assert ids == folds.loc[folds["fold"] == 0, "image_id"].tolist()
+    previous = cfg.fold_dir.with_name("fold0.previous")
+    assert json.loads((previous / "done.json").read_text())["best_epoch"] == first["best_epoch"]
 
 
 def test_same_seed_gives_identical_oof_bytes(demo_exp):
