@@ -43,8 +43,13 @@ from kitlib.postprocess import (
     apply_postprocess,
     best_per_class,
     binarize,
+    class_presence,
+    classifier_thresholds,
+    combine_class_probs,
+    scale_top_k,
     search_thresholds,
     search_triplet,
+    top_k_class_probs,
 )
 from kitlib.presets import Preset, get_preset
 from kitlib.train import TrainConfig, fold_tables, iter_target_masks, read_oof
@@ -59,6 +64,7 @@ __all__ = [
     "cv_report",
     "search_postprocess",
     "plot_search_heatmaps",
+    "search_gate",
     "parse_grid",
     "check_same_ids",
     "blend_score_fn",
@@ -329,6 +335,7 @@ def cv_report(
     threshold: float = 0.5,
     postprocess: PostProcess | None = None,
     chunk_size: int | None = None,
+    cls_probs: Any = None,
 ) -> pd.DataFrame:
     """The preset's metric per class and overall, a chunk of rows at a time.
 
@@ -340,6 +347,7 @@ def cv_report(
         threshold: binary/multilabel: a pixel is foreground where p > threshold (``kitlib.postprocess.binarize``).
         postprocess: binary/multilabel: apply these settings per image instead of ``threshold``.
         chunk_size: rows per chunk; None for about 16 MB of probs.
+        cls_probs: (N, K) classification-head probs passed to a gated ``postprocess`` (``head_weight``).
     Returns:
         DataFrame, one row per class then ``"overall"``; columns ``class``, the metric, ``n``:
         dice: mean Dice over images per class (pairs with both masks empty score ``dice_empty_score``, or are skipped
@@ -381,7 +389,12 @@ def cv_report(
     for sl in _chunks(p.shape, p.dtype.itemsize, chunk_size):
         chunk = np.asarray(p[sl])
         if postprocess is not None:
-            pred = np.stack([apply_postprocess(img, postprocess) for img in chunk]) if len(chunk) else chunk
+            heads = [None] * len(chunk) if cls_probs is None else np.asarray(cls_probs[sl])
+            pred = (
+                np.stack([apply_postprocess(img, postprocess, head) for img, head in zip(chunk, heads, strict=True)])
+                if len(chunk)
+                else chunk
+            )
         else:
             pred = binarize(chunk, threshold)
         dice[sl] = dice_per_image_class(pred, np.asarray(y[sl]), empty_score=preset.dice_empty_score)
@@ -465,6 +478,77 @@ def search_postprocess(
             meta.update(method="triplet", search_dice=tbest["dice"])
     params = dataclasses.replace(params, meta=meta)
     return params, {"threshold": grid, "triplet": tgrid, "best": summary}
+
+
+def search_gate(
+    oof_probs: Any,
+    oof_masks: Any,
+    preset: str | Preset,
+    params: PostProcess,
+    cls_probs: Any = None,
+    top_k: int | None = None,
+    head_weights: Sequence[float] = (0.5,),
+    criterion: str = "f1",
+    chunk_size: int | None = None,
+) -> tuple[PostProcess, pd.DataFrame]:
+    """Add an image-level class gate to ``params`` when it raises the OOF score (Understanding Clouds 1st place).
+
+    The gate's class probabilities are the mean of the top-K pixel probabilities (``top_k_class_probs``; K = 17,500
+    at 350 x 525 scaled to the OOF resolution by default), alone or averaged with the classification head's
+    (``cls_probs``, one candidate per ``head_weights``); per-class thresholds are read off the OOF precision-recall
+    curve (``classifier_thresholds``, ``criterion``); each candidate is tried with and without forcing the most
+    probable class on (``force_one_class``). Every candidate is scored with ``cv_report`` on the same OOF; the best
+    one is kept only if it beats ``params`` without a gate.
+
+    Args:
+        oof_probs: (N, K, H, W) uint8 or float probs; oof_masks: (N, K, H, W) {0, 1}.
+        preset: binary or multilabel.
+        params: the binarisation chosen by ``search_postprocess``.
+        cls_probs: (N, K) head probs (``oof_cls_probs.npy``), or None.
+        top_k: K; None scales 17,500 at 350 x 525 to (H, W).
+        head_weights: weights of the head in the averaged candidates (used only with ``cls_probs``).
+        criterion: ``classifier_thresholds`` criterion ("f1", "precision>=0.9", ...).
+    Returns:
+        ``(params, table)``: the chosen ``PostProcess`` (its ``meta["gate"]`` says which candidate won) and one row per
+        candidate: ``gate`` (description), ``head_weight``, ``force_one_class``, ``dice`` (overall OOF score).
+    Raises:
+        ValueError: a preset that is not binary/multilabel.
+    """
+    preset = get_preset(preset)
+    if preset.task not in POSTPROCESS_TASKS:
+        raise ValueError(f"preset {preset.name!r} ({preset.task}): no class gate")
+    k = top_k or scale_top_k(tuple(oof_probs.shape[-2:]))
+    labels = class_presence(oof_masks, chunk_size=chunk_size)
+    top = top_k_class_probs(oof_probs, k, chunk_size=chunk_size)
+    base = dataclasses.replace(params, classifier_threshold=None, force_one_class=False, top_k=None, head_weight=None)
+    rows = [("none", None, False, _overall(cv_report(oof_probs, oof_masks, preset, postprocess=base,
+                                                      chunk_size=chunk_size)))]  # fmt: skip
+    candidates = [(0.0, top)]
+    if cls_probs is not None:
+        head = np.asarray(cls_probs, dtype=np.float32)
+        candidates += [(float(w), combine_class_probs(top, head, w)) for w in head_weights if w > 0]
+    best, best_score = base, rows[0][3]
+    for weight, probs_c in candidates:
+        thresholds = classifier_thresholds(probs_c, labels, criterion)
+        for force in (False, True):
+            cand = dataclasses.replace(
+                base, classifier_threshold=list(thresholds), force_one_class=force, top_k=k,
+                head_weight=weight or None,
+            )  # fmt: skip
+            score = _overall(cv_report(oof_probs, oof_masks, preset, postprocess=cand, chunk_size=chunk_size,
+                                       cls_probs=cls_probs if weight else None))  # fmt: skip
+            name = f"top-{k}" + (f" + head x {weight:g}" if weight else "")
+            rows.append((name, weight, force, score))
+            if score > best_score:
+                best, best_score = cand, score
+    table = pd.DataFrame(rows, columns=["gate", "head_weight", "force_one_class", "dice"])
+    winner = table.loc[table["dice"].idxmax()]
+    meta = {**params.meta, "gate": str(winner["gate"]) if best is not base else "none", "gate_dice": best_score}
+    return dataclasses.replace(best, meta=meta), table
+
+
+def _overall(report: pd.DataFrame) -> float:
+    return float(report.loc[report["class"] == "overall"].iloc[0, 1])
 
 
 def plot_search_heatmaps(df: pd.DataFrame, key: str = "dice") -> Figure:

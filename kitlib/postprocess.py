@@ -947,7 +947,11 @@ class PostProcess:
         top_score_threshold, min_contour_area, bottom_score_threshold: the triplet scheme (``search_triplet``).
         classifier_threshold: a class is kept on an image when its class prob is > this (``classifier_thresholds``).
         force_one_class: the most probable class of an image always passes the gate (needs ``classifier_threshold``).
-        top_k: when class probs are needed and none are passed, use ``top_k_class_probs`` with this K.
+        top_k: the gate's class probs are ``top_k_class_probs`` of the image with this K (Clouds 1st place); None:
+            the class probs passed to ``apply_postprocess`` (an external classifier) are used as they are.
+        head_weight: with ``top_k``, the gate averages the top-K probs with the class probs passed to
+            ``apply_postprocess`` (a classification head): ``(1 - w) * top_k + w * head`` (``combine_class_probs``);
+            None or 0: top-K alone.
         meta: free-form provenance (search scores, source experiment); saved as is.
 
     Example (``notebooks/20_oof.py`` then ``40_submit.py``)::
@@ -970,6 +974,7 @@ class PostProcess:
     classifier_threshold: list[float] | None = None
     force_one_class: bool = False
     top_k: int | None = None
+    head_weight: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     _FLOATS = ("threshold", "top_score_threshold", "bottom_score_threshold", "classifier_threshold")
@@ -996,6 +1001,10 @@ class PostProcess:
             raise ValueError(f"per-class lists must have one value per class; lengths: {lengths}")
         if self.top_k is not None:
             self.top_k = int(self.top_k)
+        if self.head_weight is not None:
+            self.head_weight = float(self.head_weight)
+            if not 0.0 <= self.head_weight <= 1.0 or self.top_k is None:
+                raise ValueError(f"head_weight must be in [0, 1] and needs top_k; got {self.head_weight}")
         self.force_one_class = bool(self.force_one_class)
 
     @property
@@ -1052,8 +1061,8 @@ def apply_postprocess(probs: Any, params: PostProcess, class_probs: Any = None) 
     Args:
         probs: (C, H, W) float in [0, 1] or uint8 0..255, one image.
         params: the settings.
-        class_probs: (C,) image-level class probs for the gate; when None and a gate is set, they are computed with
-            ``top_k_class_probs(probs, params.top_k)``.
+        class_probs: (C,) image-level class probs for the gate: an external classifier's (``params.top_k`` None), or
+            a classification head's to average with the top-K probs (``params.head_weight``); ignored otherwise.
     Returns:
         (C, H, W) uint8 {0, 1}.
     Raises:
@@ -1068,10 +1077,14 @@ def apply_postprocess(probs: Any, params: PostProcess, class_probs: Any = None) 
         masks = triplet_masks(p, params.top_score_threshold, params.min_contour_area, params.bottom_score_threshold)
     if not params.needs_class_probs:
         return masks
-    if class_probs is None:
-        if params.top_k is None:
-            raise ValueError("the gate needs class_probs: pass them or set top_k in the PostProcess")
-        class_probs = top_k_class_probs(p[None], params.top_k)[0]
+    if params.top_k is not None:
+        top_k = top_k_class_probs(p[None], params.top_k)[0]
+        if params.head_weight and class_probs is not None:
+            class_probs = combine_class_probs(top_k[None], to_numpy(class_probs)[None], params.head_weight)[0]
+        else:
+            class_probs = top_k
+    elif class_probs is None:
+        raise ValueError("the gate needs class_probs: pass them or set top_k in the PostProcess")
     probs_c = np.asarray(to_numpy(class_probs), dtype=np.float64)
     if probs_c.shape != (params.num_classes,):
         raise ValueError(f"class_probs must be ({params.num_classes},), got shape {probs_c.shape}")

@@ -193,3 +193,27 @@ def test_plot_search_heatmaps():
                        "min_area": [0] * 4, "dice": [0.1, 0.2, 0.3, np.nan]})  # fmt: skip
     fig = oof.plot_search_heatmaps(df)
     assert len(fig.axes) >= 2 and "A" in fig.axes[0].get_title()
+
+
+def test_search_gate_keeps_a_gate_only_when_it_helps():
+    from kitlib.oof import search_gate
+    from kitlib.postprocess import PostProcess, apply_postprocess
+
+    # class 0 present on images 0-1 (a solid block); images 2-3 carry faint noise above the pixel threshold, which the
+    # top-K gate removes: the gated Dice is 1.0 where the plain threshold scores the noisy images 0.
+    probs = np.zeros((4, 1, 8, 8), dtype=np.uint8)
+    masks = np.zeros((4, 1, 8, 8), dtype=np.uint8)
+    probs[:2, 0, :4, :4] = 250
+    masks[:2, 0, :4, :4] = 1
+    probs[2:, 0, 0, 0] = 140  # one stray pixel above 0.5
+    base = PostProcess(threshold=[0.5], min_area=[0])
+    params, table = search_gate(probs, masks, "masks", base, top_k=4)
+    assert table.loc[table["gate"] == "none", "dice"].item() == pytest.approx(0.5)
+    assert params.classifier_threshold is not None and params.top_k == 4
+    assert params.meta["gate_dice"] == pytest.approx(1.0)
+    gated = [apply_postprocess(p, params) for p in probs]
+    assert all(g.sum() == 0 for g in gated[2:]) and all(g.sum() == 16 for g in gated[:2])
+    # nothing to gain: perfect probabilities keep the plain threshold
+    clean = masks * 255
+    params, _ = search_gate(clean, masks, "masks", base, top_k=4)
+    assert params.classifier_threshold is None and params.meta["gate"] == "none"
