@@ -65,6 +65,7 @@ __all__ = [
     "search_postprocess",
     "plot_search_heatmaps",
     "search_gate",
+    "search_from_params",
     "parse_grid",
     "check_same_ids",
     "blend_score_fn",
@@ -545,6 +546,45 @@ def search_gate(
     winner = table.loc[table["dice"].idxmax()]
     meta = {**params.meta, "gate": str(winner["gate"]) if best is not base else "none", "gate_dice": best_score}
     return dataclasses.replace(best, meta=meta), table
+
+
+def search_from_params(
+    oof_probs: Any,
+    oof_masks: Any,
+    preset: str | Preset,
+    thresholds: str | Sequence[float],
+    min_areas: str | Sequence[int],
+    triplet: bool = False,
+    top_thresholds: str | Sequence[float] = (),
+    min_contour_areas: str | Sequence[int] = (),
+    bottom_thresholds: str | Sequence[float] = (),
+    gate: bool = False,
+    top_k: int | None = None,
+    cls_probs: Any = None,
+    num_workers: int | None = None,
+) -> tuple[PostProcess, dict[str, pd.DataFrame | None]]:
+    """The post-processing search of ``20_oof`` / ``30_ensemble`` from their notebook parameters: the grids as
+    comma-separated strings or lists (``parse_grid``), ``search_postprocess`` (threshold x min_area, optionally the
+    triplet), then, with ``gate``, ``search_gate``.
+
+    Returns:
+        ``(params, tables)`` as ``search_postprocess``, plus ``tables["gate"]`` (``search_gate``'s table, or None).
+    """
+    grids = None
+    if triplet:
+        grids = dict(
+            top_thresholds=parse_grid(top_thresholds),
+            min_contour_areas=parse_grid(min_contour_areas, int),
+            bottom_thresholds=parse_grid(bottom_thresholds),
+        )
+    params, tables = search_postprocess(
+        oof_probs, oof_masks, preset, parse_grid(thresholds), parse_grid(min_areas, int), triplet=grids,
+        num_workers=num_workers,
+    )  # fmt: skip
+    tables["gate"] = None
+    if gate:
+        params, tables["gate"] = search_gate(oof_probs, oof_masks, preset, params, cls_probs, top_k=top_k or None)
+    return params, tables
 
 
 def _overall(report: pd.DataFrame) -> float:

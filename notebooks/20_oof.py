@@ -94,18 +94,14 @@ display(raw)
 search = experiment.preset.task in oof.POSTPROCESS_TASKS
 post_params, tables, post = None, {}, None
 if search:
-    grids = dict(top_thresholds=oof.parse_grid(top_thresholds), bottom_thresholds=oof.parse_grid(bottom_thresholds),
-                 min_contour_areas=oof.parse_grid(min_contour_areas, int))  # fmt: skip
-    post_params, tables = oof.search_postprocess(
-        oof_probs, targets, experiment.preset, oof.parse_grid(thresholds), oof.parse_grid(min_areas, int),
-        triplet=grids if triplet else None, num_workers=num_workers,
+    post_params, tables = oof.search_from_params(
+        oof_probs, targets, experiment.preset, thresholds, min_areas, triplet, top_thresholds, min_contour_areas,
+        bottom_thresholds, gate=gate, top_k=top_k, cls_probs=oof_cls_probs, num_workers=num_workers,
     )  # fmt: skip
-    print(f"winner: {post_params.meta['method']}")
+    print(f"winner: {post_params.meta['method']}, gate: {post_params.meta.get('gate', 'not searched')}")
     display(tables["best"])
-    if gate:  # image-level class gate: top-K pixel probs (+ the classification head), thresholds from the PR curve
-        post_params, gates = oof.search_gate(oof_probs, targets, experiment.preset, post_params, oof_cls_probs,
-                                             top_k=top_k or None)  # fmt: skip
-        display(gates)
+    if tables["gate"] is not None:  # top-K pixel probs (+ the head), thresholds from the PR curve
+        display(tables["gate"])
     post = oof.cv_report(oof_probs, targets, experiment.preset, postprocess=post_params, cls_probs=oof_cls_probs)
 else:
     print(f"{experiment.preset.task}: no threshold search (argmax)")

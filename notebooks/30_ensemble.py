@@ -46,6 +46,8 @@ top_thresholds: str = "0.5,0.6,0.7"  # triplet: top_score_threshold values
 min_contour_areas: str = "0,100,1000,5000"  # triplet: pixels above the top threshold needed to keep a class
 bottom_thresholds: str = "0.3,0.4,0.5"  # triplet: bottom_score_threshold values
 num_workers: int = None  # threads of the post-processing search; None: the usable CPUs (at most 8)
+gate: bool = True  # also try an image-level class gate on top-K pixel probs; kept only when it raises the CV
+top_k: int = 0  # pixels averaged into a class probability; 0: 17500 at 350x525 scaled to the OOF size
 seed: int = 42  # row sample and differential evolution
 
 # %%
@@ -152,11 +154,9 @@ blended = oof.write_blend(oofs, weights, out_dir, ids)
 raw = oof.cv_report(blended, targets, experiment.preset)
 post_params, tables, post = None, {}, None
 if experiment.preset.task in oof.POSTPROCESS_TASKS:
-    grids = dict(top_thresholds=oof.parse_grid(top_thresholds), bottom_thresholds=oof.parse_grid(bottom_thresholds),
-                 min_contour_areas=oof.parse_grid(min_contour_areas, int))  # fmt: skip
-    post_params, tables = oof.search_postprocess(
-        blended, targets, experiment.preset, oof.parse_grid(thresholds), oof.parse_grid(min_areas, int),
-        triplet=grids if triplet else None, num_workers=num_workers,
+    post_params, tables = oof.search_from_params(
+        blended, targets, experiment.preset, thresholds, min_areas, triplet, top_thresholds, min_contour_areas,
+        bottom_thresholds, gate=gate, top_k=top_k, num_workers=num_workers,
     )  # fmt: skip
     post_params.meta.update(exps=names, weights=[float(w) for w in weights])
     post = oof.cv_report(blended, targets, experiment.preset, postprocess=post_params)
