@@ -38,7 +38,7 @@ from kitlib import engine
 from kitlib.config import project_path, read_json, save_config, write_csv, write_json
 from kitlib.data import build_cache, build_transforms, make_dataset, normalization_for
 from kitlib.folds import attach_folds, load_folds
-from kitlib.formats import load_competition, load_masks
+from kitlib.formats import load_competition, load_masks, masks_to_label_map
 from kitlib.losses import LOSSES, RECIPES, SEGMENTATION_LOSSES, create_loss, create_recipe
 from kitlib.metrics import ConfusionMatrix, dice_per_image_class
 from kitlib.models import create_classifier, create_model
@@ -356,10 +356,7 @@ def iter_target_masks(df: pd.DataFrame, preset: str | Preset, size: tuple[int, i
             masks = cv2.resize(masks, (width, height), interpolation=cv2.INTER_NEAREST)
             masks = masks.reshape(height, width, -1)
         if preset.task == "multiclass":
-            labels = np.zeros((height, width), dtype=np.uint8)
-            for k in range(masks.shape[2]):
-                labels[masks[:, :, k] > 0] = k + 1
-            yield labels
+            yield masks_to_label_map(masks)
         else:
             yield np.ascontiguousarray(masks.transpose(2, 0, 1))
 
@@ -396,7 +393,7 @@ def score_oof(oof_probs: np.ndarray, df: pd.DataFrame, preset: str | Preset, thr
         wrong += int(np.count_nonzero(pred != (masks > 0)))
         total += masks.size
     dice = np.stack(dice)
-    per_class = np.nanmean(np.where(np.isnan(dice), np.nan, dice), axis=0) if len(dice) else dice
+    per_class = np.nanmean(dice, axis=0)
     return {
         "dice": float(np.nanmean(dice)),
         "dice_per_class": dict(zip(preset.target_classes, map(float, per_class), strict=True)),
