@@ -15,6 +15,10 @@
 #                     notebook after 00_eda gets -p device cuda; without it the folds run one after another
 #   --ensemble NAME   30_ensemble writes artifacts/NAME/ (the experiments of an `exps:` line in --params, else this
 #                     one) and 40_submit predicts with it; without it 40_submit uses this experiment alone
+#   --gate-exp NAME   a presence classifier experiment (trained with `arch: classifier` in --params, and --until
+#                     20_oof) that 20_oof and 30_ensemble try as the gate of this experiment's masks
+#   --until NB        stop after this notebook (00_eda, 10_train, 20_oof, 30_ensemble), e.g. 20_oof for a presence
+#                     classifier, which gates another experiment and submits nothing itself
 #   --force           rerun notebooks that already completed
 #
 # Resumable: each notebook that completes writes runs/NAME/.done/<notebook> last, holding a hash of the notebook
@@ -25,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source scripts/bootstrap.sh
 
-preset=demo data="" exp="" folds=5 label_file="" params_file="" force=0 gpus="" ensemble=""
+preset=demo data="" exp="" folds=5 label_file="" params_file="" force=0 gpus="" ensemble="" gate_exp="" until=""
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,12 +41,17 @@ while [ $# -gt 0 ]; do
     --params) params_file="$2"; shift 2 ;;
     --gpus) gpus="$2"; shift 2 ;;
     --ensemble) ensemble="$2"; shift 2 ;;
+    --gate-exp) gate_exp="$2"; shift 2 ;;
+    --until) until="$2"; shift 2 ;;
     --force) force=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
 done
 exp="${exp:-$preset}"
+if [ -n "$until" ] && ! [[ "$until" =~ ^(00_eda|10_train|20_oof|30_ensemble|40_submit)$ ]]; then
+  echo "error: --until takes 00_eda, 10_train, 20_oof, 30_ensemble or 40_submit; got $until" >&2; exit 2
+fi
 if [ -n "$gpus" ] && ! [[ "$gpus" =~ ^[0-9]+(,[0-9]+)*$ ]]; then
   echo "error: --gpus takes comma-separated GPU ids such as 0,1; got $gpus" >&2; exit 2
 fi
@@ -62,6 +71,7 @@ common=(-p exp "$exp" -p preset "$preset" -p data_dir "$data" -p n_folds "$folds
 [ -z "$params_file" ] || common=(-f "$params_file" "${common[@]}")
 progress=(--no-progress-bar); [ -t 2 ] && progress=(--progress-bar)
 device=(); [ -z "$gpus" ] || device=(-p device cuda)
+gate=(); [ -z "$gate_exp" ] || gate=(-p gate_exp "$gate_exp")
 
 # run_notebook NAME OUTPUT_STEM [extra papermill args...]
 run_notebook() {
@@ -135,17 +145,20 @@ for name in 00_eda 10_train 20_oof 30_ensemble 40_submit; do
     run_folds
   elif [ "$name" = 00_eda ]; then
     run_notebook "$name" "$name"
+  elif [ "$name" = 20_oof ]; then
+    run_notebook "$name" "$name" "${device[@]}" "${gate[@]}"
   elif [ "$name" = 30_ensemble ]; then
     # the experiments to blend: an `exps:` line of --params, else this experiment alone; the weights go to
     # artifacts/<--ensemble NAME>/, else artifacts/<exp>/ensemble/ (never a folder shared by experiments)
     blend=(-p ensemble_name "${ensemble:-$exp/ensemble}")
     [ -n "$params_file" ] && grep -q '^exps:' "$params_file" || blend+=(-p exps "$exp")
-    run_notebook "$name" "$name" "${device[@]}" "${blend[@]}"
+    run_notebook "$name" "$name" "${device[@]}" "${blend[@]}" "${gate[@]}"
   elif [ "$name" = 40_submit ] && [ -n "$ensemble" ]; then
     run_notebook "$name" "$name" "${device[@]}" -p ensemble "$ensemble"
   else
     run_notebook "$name" "$name" "${device[@]}"
   fi
+  [ "$name" != "$until" ] || { echo "[run_all] stopped after $name (--until)"; break; }
 done
 echo "[run_all] finished: executed notebooks in $runs/, artifacts in artifacts/$exp/"
 for cv in "artifacts/$exp/cv.json" ${ensemble:+"artifacts/$ensemble/cv.json"}; do
@@ -160,3 +173,6 @@ print(f"[run_all] CV ({path}): " + (", ".join(parts) or json.dumps(cv)))
 PY
 done
 [ ! -f "$runs/submission.csv" ] || echo "[run_all] submission: $runs/submission.csv"
+if [ "$preset" = demo ] && [ -f "$runs/submission.csv" ] && [ -f "$data/demo.json" ]; then
+  echo "[run_all] demo $(python -m kitlib.demo "$data" --score "$runs/submission.csv") (hidden test_truth.csv)" || true
+fi

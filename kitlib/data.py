@@ -262,13 +262,55 @@ class ClassificationDataset(_TableDataset):
         return item
 
 
+class PresenceDataset(Dataset):
+    """A binary/multilabel ``SegmentationDataset`` whose targets are the classes present on each image: the
+    training data of a separate presence classifier that gates the masks at inference.
+
+    Presence is read off the *transformed* mask, so a crop or shift that removes a class also removes its label.
+
+    Source: the Severstal Steel Defect Detection top solutions ran a multilabel classifier first and kept a class's
+    masks only where it fired (12th place, Yakubovskiy et al.: "Multilabel Classification -> Multilabel
+    Segmentation", BCE, thresholds chosen on F1); Understanding Clouds teams gated masks the same way.
+
+    Args:
+        dataset: a ``SegmentationDataset`` of a binary or multilabel preset.
+    Items:
+        As the wrapped dataset, with ``mask`` replaced by (K,) float32 {0, 1}: 1 where the class has any pixel.
+    Raises:
+        ValueError: a multiclass or classification dataset.
+    """
+
+    def __init__(self, dataset: SegmentationDataset):
+        if not isinstance(dataset, SegmentationDataset) or dataset.preset.task not in ("binary", "multilabel"):
+            raise ValueError("PresenceDataset wraps a binary or multilabel SegmentationDataset")
+        self.dataset = dataset
+        self.preset = dataset.preset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.dataset[i]
+        if "mask" in item:
+            item["mask"] = (item["mask"].flatten(1).amax(1) > 0.5).float()
+        return item
+
+
 def make_dataset(
-    df: pd.DataFrame, preset: str | Preset, transform=None, cache: ImageCache | None = None
-) -> SegmentationDataset | ClassificationDataset:
-    """``SegmentationDataset`` or ``ClassificationDataset`` according to ``preset.task``."""
+    df: pd.DataFrame, preset: str | Preset, transform=None, cache: ImageCache | None = None, presence: bool = False
+) -> SegmentationDataset | ClassificationDataset | PresenceDataset:
+    """``SegmentationDataset`` or ``ClassificationDataset`` according to ``preset.task``; with ``presence`` (binary
+    and multilabel presets), a ``PresenceDataset`` over the segmentation one.
+
+    Raises:
+        ValueError: ``presence`` for a multiclass or classification preset.
+    """
     preset = get_preset(preset)
+    if presence and preset.task not in ("binary", "multilabel"):
+        raise ValueError(f"preset {preset.name!r} ({preset.task}): presence targets need a binary/multilabel preset")
     cls = SegmentationDataset if preset.is_segmentation else ClassificationDataset
-    return cls(df, preset, transform=transform, cache=cache)
+    dataset = cls(df, preset, transform=transform, cache=cache)
+    return PresenceDataset(dataset) if presence else dataset
 
 
 def _image_tensor(image: np.ndarray) -> torch.Tensor:

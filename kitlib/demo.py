@@ -51,7 +51,7 @@ from kitlib.config import atomic_write_bytes, read_json, write_csv, write_json
 from kitlib.presets import PRESETS
 from kitlib.rle import rle_encode
 
-__all__ = ["make_demo", "DEMO_VERSION", "MARKER", "TRUTH_FILE", "JPEG_QUALITY", "main"]
+__all__ = ["make_demo", "score_submission", "DEMO_VERSION", "MARKER", "TRUTH_FILE", "JPEG_QUALITY", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -321,8 +321,57 @@ def make_demo(
     return data_dir
 
 
+def score_submission(submission: str | os.PathLike, data_dir: str | os.PathLike) -> dict:
+    """Score a demo submission against the hidden ``test_truth.csv``, as Kaggle would score it on the private set.
+
+    The truth is decoded at the image size and resized to the scoring size (64, 96) with nearest-neighbour
+    interpolation (the module docstring); the submission is decoded at the scoring size.
+
+    Args:
+        submission: a submission CSV (``Image_Label,EncodedPixels``) for the demo's test images.
+        data_dir: the demo folder (``demo.json``, ``test_truth.csv``).
+    Returns:
+        ``{"dice": mean Dice over (image, class) pairs (1 when both masks are empty), "dice_per_class": {...},
+        "empty_dice": the score of an all-empty submission, "n_images"}``.
+    Raises:
+        FileNotFoundError: not a demo folder, or no submission file.
+        ValueError: the submission lacks rows of the truth (the message names the first few) or has bad RLE.
+    """
+    from kitlib.metrics import dice_per_image_class
+    from kitlib.rle import rle_decode
+    from kitlib.submit import read_submission
+
+    data_dir = Path(data_dir)
+    params = read_json(data_dir / MARKER)
+    truth = read_submission(data_dir / TRUTH_FILE).set_index(_PRESET.submission_columns[0]).iloc[:, 0]
+    pred = read_submission(submission).set_index(_PRESET.submission_columns[0]).iloc[:, 0]
+    missing = [key for key in truth.index if key not in pred.index]
+    if missing:
+        raise ValueError(f"{submission}: {len(missing)} row(s) of the truth missing, e.g. {missing[:3]}")
+    h, w = int(params["height"]), int(params["width"])
+    size = tuple(_PRESET.submission_size)
+    image_ids = sorted({key.rsplit("_", 1)[0] for key in truth.index})
+    true = np.zeros((len(image_ids), len(_CLASSES), *size), np.uint8)
+    got = np.zeros_like(true)
+    for i, image_id in enumerate(image_ids):
+        for k, name in enumerate(_CLASSES):
+            key = f"{image_id}_{name}"
+            mask = rle_decode(truth[key], (h, w), order=_PRESET.rle_order)
+            true[i, k] = cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+            got[i, k] = rle_decode(pred[key], size, order=_PRESET.rle_order)
+    dice = dice_per_image_class(got, true, empty_score=1.0)
+    empty = dice_per_image_class(np.zeros_like(true), true, empty_score=1.0)
+    return {
+        "dice": float(dice.mean()),
+        "dice_per_class": dict(zip(_CLASSES, map(float, dice.mean(0)), strict=True)),
+        "empty_dice": float(empty.mean()),
+        "n_images": len(image_ids),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m kitlib.demo DATA_DIR [--seed S] [--n-train N] [--n-test N] [--overwrite]``."""
+    """Command line: ``python -m kitlib.demo DATA_DIR [--seed S] [--n-train N] [--n-test N] [--overwrite]``;
+    ``python -m kitlib.demo DATA_DIR --score SUBMISSION.csv`` prints the submission's test Dice."""
     parser = argparse.ArgumentParser(prog="python -m kitlib.demo", description="Write the synthetic demo competition.")
     parser.add_argument("data_dir", help="folder to write the demo competition into, e.g. data/demo")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -331,7 +380,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--height", type=int, default=128, help="image height in pixels (default 128)")
     parser.add_argument("--width", type=int, default=192, help="image width in pixels (default 192)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if a complete demo is there")
+    parser.add_argument("--score", metavar="SUBMISSION", help="score this submission on the hidden test truth")
     args = parser.parse_args(argv)
+    if args.score:
+        result = score_submission(args.score, args.data_dir)
+        print(f"test Dice {result['dice']:.4f} (all-empty {result['empty_dice']:.4f}) on {result['n_images']} images")
+        return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     path = make_demo(args.data_dir, seed=args.seed, n_train=args.n_train, n_test=args.n_test, height=args.height,
                      width=args.width, overwrite=args.overwrite)  # fmt: skip

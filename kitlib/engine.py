@@ -402,7 +402,9 @@ class Scorer:
     """Validation scores accumulated batch by batch as sums, so DDP ranks add them up exactly.
 
     - binary / multilabel: ``dice`` (mean over (image, class) pairs at probability 0.5, the preset's rule for
-      both-empty pairs) and ``pixel_error`` (fraction of wrong pixels over all classes);
+      both-empty pairs) and ``pixel_error`` (fraction of wrong pixels over all classes); a presence classifier's
+      (N, K) logits count as one-pixel masks, so ``pixel_error`` is 1 - its accuracy over (image, class) pairs and
+      ``dice`` its accuracy when both-empty pairs score 1;
     - multiclass: ``miou`` (confusion matrix over the dataset, background included) and ``pixel_accuracy``;
     - classification: ``accuracy``.
 
@@ -421,6 +423,8 @@ class Scorer:
         logits, target = logits.detach().float().cpu(), target.detach().cpu()
         task = self.preset.task
         if task in ("binary", "multilabel"):
+            if logits.dim() == 2:  # a presence classifier (N, K): each (image, class) is a one-pixel mask
+                logits, target = logits[..., None, None], target[..., None, None]
             pred = (logits > 0).numpy()
             true = target.numpy() > 0.5
             dice = dice_per_image_class(pred, true, empty_score=self.preset.dice_empty_score)

@@ -47,6 +47,7 @@ __all__ = [
     "default_postprocess",
     "ensemble_weights",
     "load_fold_models",
+    "load_gate_models",
     "load_members",
     "load_postprocess",
     "masks_from_probs",
@@ -169,7 +170,8 @@ def load_fold_models(
             raise FileNotFoundError(f"{path}: no such checkpoint (fold {fold} of {exp_dir.name} is not trained)")
         params = _fold_params(fold_dir)
         preset = get_preset(params["preset"])
-        name = params["encoder_name"] if preset.is_segmentation else params["model_name"]
+        presence = params.get("arch") == "classifier"  # a presence classifier (kitlib.train.PRESENCE_ARCH)
+        name = params["encoder_name"] if preset.is_segmentation and not presence else params["model_name"]
         mean, std = normalization_for(name)
         model, _ = load_model(path, map_location=device)
         if params.get("channels_last"):
@@ -225,6 +227,26 @@ def load_members(
         for name, weight in ensemble_weights(artifacts_root, exp, ensemble)
         if weight > 0
     ]
+
+
+def load_gate_models(
+    artifacts_root: str | os.PathLike, postprocess: PostProcess | None, device: str | torch.device = "cpu"
+) -> list[FoldModel] | None:
+    """The presence classifier that gates the masks, when ``postprocess.gate_exp`` names one: every fold's
+    ``best.pt`` of ``artifacts/<gate_exp>/`` (``10_train`` with ``arch="classifier"``); None otherwise.
+
+    Raises:
+        FileNotFoundError: as ``load_fold_models`` (the gate experiment is not there).
+        ValueError: the gate experiment's models are not presence classifiers (the message names the checkpoint).
+    """
+    if postprocess is None or not postprocess.gate_exp:
+        return None
+    models = load_fold_models(Path(artifacts_root) / postprocess.gate_exp, None, device)
+    for m in models:
+        if m.params.get("arch") != "classifier":
+            raise ValueError(f"{m.path}: gate_exp {postprocess.gate_exp!r} must be a presence classifier "
+                             f"(10_train with arch='classifier'), got arch {m.params.get('arch')!r}")  # fmt: skip
+    return models
 
 
 def default_postprocess(preset: str | Preset) -> PostProcess | None:
@@ -302,13 +324,15 @@ def predict_test(
     tta: str | Sequence[str] = "none",
     num_workers: int = 0,
     desc: str = "test",
+    gate_models: Sequence[FoldModel] | None = None,
 ) -> Iterator[Batch]:
     """Ensemble probabilities of the test images, batch by batch.
 
     Each batch is read once per distinct (input size, normalisation) of the models; every model's probabilities
     (TTA-averaged, ``kitlib.tta``) are resized (bilinear) to the scoring size and averaged: the mean over an
     experiment's folds, then the weighted mean over experiments. A classification head's probabilities are
-    averaged over the models that have one.
+    averaged over the models that have one; with ``gate_models`` (a presence classifier, ``load_gate_models``)
+    the class probabilities are instead the mean of its folds' sigmoid outputs.
 
     Args:
         members: ``[(fold models, weight), ...]`` (``load_members``), or the fold models of one experiment.
@@ -318,6 +342,7 @@ def predict_test(
         batch_size: images per batch.
         tta: a ``kitlib.tta`` name ("none", "hflip", "vflip", "flips", "d4") or a list of transforms.
         num_workers: DataLoader processes per input transform.
+        gate_models: presence classifier folds whose mean probabilities become ``cls_probs``.
     Yields:
         ``(image_ids, probs, cls_probs)``: probs (B, K, H, W) float32 in [0, 1] on the CPU (segmentation; a list
         of B (K, H_i, W_i) tensors when the preset has no submission size and the batch's images differ in
@@ -331,15 +356,17 @@ def predict_test(
     weighted = [(m, float(w) / len(models)) for models, w in members for m in models if w > 0 and models]
     if not weighted:
         raise ValueError("predict_test needs at least one model with a weight > 0")
-    for m, _ in weighted:
+    gate_models = list(gate_models or [])
+    for m in [m for m, _ in weighted] + gate_models:
         if m.params["preset"] != preset.name:
             raise ValueError(f"{m.path}: trained for preset {m.params['preset']!r}, predicting for {preset.name!r}")
     total = sum(w for _, w in weighted)
-    weighted = [(m, w / total) for m, w in weighted]
+    # (model, weight, is_gate): the gate's folds are averaged on their own and read from the same batches
+    weighted = [(m, w / total, False) for m, w in weighted] + [(m, 1.0 / len(gate_models), True) for m in gate_models]
     test_df = test_df.reset_index(drop=True)
-    groups: dict[tuple, list[tuple[FoldModel, float]]] = {}
-    for m, w in weighted:
-        groups.setdefault(m.transform_key, []).append((m, w))
+    groups: dict[tuple, list[tuple[FoldModel, float, bool]]] = {}
+    for m, w, is_gate in weighted:
+        groups.setdefault(m.transform_key, []).append((m, w, is_gate))
     loaders = [_loader(test_df, preset, key, batch_size, num_workers) for key in groups]
     size_of = dict(zip(test_df["image_id"].astype(str), zip(test_df["height"], test_df["width"], strict=True),
                        strict=True))  # fmt: skip
@@ -352,16 +379,18 @@ def predict_test(
         else:
             sizes = [(int(size_of[i][0]), int(size_of[i][1])) for i in ids]
         common = sizes[0] if len(set(sizes)) == 1 else None
-        probs_sum, cls_sum, cls_weight = None, None, 0.0
+        probs_sum, cls_sum, cls_weight, gate_sum = None, None, 0.0, None
         for batch, group in zip(batches, groups.values(), strict=True):
-            for m, w in group:
+            for m, w, is_gate in group:
                 device = next(m.model.parameters()).device
                 _, probs, cls_probs = next(engine.predict(
-                    m.model, [batch], device, activation=activation,
-                    out_size=common if preset.is_segmentation else None,
+                    m.model, [batch], device, activation="sigmoid" if is_gate else activation,
+                    out_size=common if preset.is_segmentation and not is_gate else None,
                     amp_dtype=engine.resolve_amp(m.amp, device), channels_last=m.channels_last, tta=tta, desc=desc,
                 ))  # fmt: skip
-                if preset.is_segmentation and common is None:
+                if is_gate:
+                    gate_sum = probs * w if gate_sum is None else gate_sum + probs * w
+                elif preset.is_segmentation and common is None:
                     probs = _resize_each(probs, sizes)
                     probs_sum = (
                         [p * w for p in probs]
@@ -374,7 +403,7 @@ def predict_test(
                     cls_sum = cls_probs * w if cls_sum is None else cls_sum + cls_probs * w
                     cls_weight += w
         cls_mean = None if cls_sum is None else cls_sum / cls_weight
-        yield ids, probs_sum, cls_mean
+        yield ids, probs_sum, cls_mean if gate_sum is None else gate_sum
 
 
 def _sample_or_ids(preset: Preset, data_dir: Path, test_df: pd.DataFrame) -> tuple[pd.DataFrame | None, Any]:

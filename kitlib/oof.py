@@ -59,6 +59,10 @@ __all__ = [
     "load_experiment",
     "gather_oof",
     "read_gathered",
+    "is_presence_experiment",
+    "gate_class_probs",
+    "presence_report",
+    "save_presence_cv",
     "write_oof_masks",
     "oof_targets",
     "cv_report",
@@ -262,6 +266,78 @@ def read_gathered(exp_dir: str | os.PathLike) -> tuple[np.ndarray, list[str], np
     probs, ids = read_oof(exp_dir)
     cls_path = exp_dir / "oof_cls_probs.npy"
     return probs, ids, np.load(cls_path, mmap_mode="r") if cls_path.is_file() else None
+
+
+def is_presence_experiment(exp_dir: str | os.PathLike) -> bool:
+    """Whether ``artifacts/<exp>/`` holds a presence classifier (``10_train`` with ``arch="classifier"`` on a
+    segmentation preset), read from ``fold0/config.json``."""
+    path = project_path(exp_dir) / "fold0" / "config.json"
+    return path.is_file() and read_json(path).get("params", {}).get("arch") == "classifier"
+
+
+def gate_class_probs(exp_dir: str | os.PathLike, image_ids: Sequence[str]) -> np.ndarray:
+    """A separate presence classifier's OOF probabilities, rows in the order of ``image_ids`` (another experiment's
+    OOF), for ``search_gate(gate_probs=...)``.
+
+    The classifier's folds are gathered first (``gather_oof``); its split may differ from the segmentation
+    experiment's: each row is still predicted by a model that did not train on that image.
+
+    Args:
+        exp_dir: ``artifacts/<gate_exp>/`` of a presence classifier.
+        image_ids: the ids to return rows for.
+    Returns:
+        (len(image_ids), K) float32 in [0, 1].
+    Raises:
+        FileNotFoundError: as ``gather_oof`` (folds not trained).
+        ValueError: not a presence classifier (its OOF is not (N, K)); ids it has no OOF row for (named).
+    """
+    exp_dir = project_path(exp_dir)
+    gather_oof(exp_dir)
+    probs, ids, _ = read_gathered(exp_dir)
+    if probs.ndim != 2 or not is_presence_experiment(exp_dir):
+        raise ValueError(f"{exp_dir}: not a presence classifier (oof_probs.npy is {probs.shape}); train it with "
+                         f"notebooks/10_train.py -p arch classifier")  # fmt: skip
+    row_of = {image_id: i for i, image_id in enumerate(ids)}
+    missing = [i for i in map(str, image_ids) if i not in row_of]
+    if missing:
+        raise ValueError(f"{exp_dir}: no OOF row for {len(missing)} id(s): {listing(missing)}")
+    return np.asarray(probs, dtype=np.float32)[[row_of[str(i)] for i in image_ids]]
+
+
+def presence_report(class_probs: Any, labels: Any, classes: Sequence[str], criterion: str = "f1") -> pd.DataFrame:
+    """How well a presence classifier's OOF probabilities tell which classes an image has.
+
+    Args:
+        class_probs: (N, K) probabilities; labels: (N, K) {0, 1} or bool (``kitlib.formats.class_presence``).
+        classes: the K class names.
+        criterion: how the gate threshold is picked (``classifier_thresholds``).
+    Returns:
+        DataFrame, one row per class then ``"overall"`` (means over classes; accuracy over all pairs): ``class``,
+        ``n_positive``, ``accuracy@0.5``, ``threshold`` (by ``criterion``), and ``precision``, ``recall``, ``f1`` at
+        that threshold.
+    Raises:
+        ValueError: shapes that differ or are not (N, K); K != len(classes).
+    """
+    probs, y = np.asarray(class_probs, dtype=np.float64), np.asarray(labels).astype(bool)
+    if probs.ndim != 2 or probs.shape != y.shape or probs.shape[1] != len(classes):
+        raise ValueError(f"class_probs {probs.shape} and labels {y.shape} must be (N, {len(classes)})")
+    thresholds = classifier_thresholds(probs, y, criterion)
+    rows = []
+    for k, name in enumerate(classes):
+        kept = probs[:, k] > thresholds[k]
+        tp = int(np.sum(kept & y[:, k]))
+        precision = tp / kept.sum() if kept.any() else float("nan")
+        recall = tp / y[:, k].sum() if y[:, k].any() else float("nan")
+        f1 = 2 * tp / (kept.sum() + y[:, k].sum()) if (kept.sum() + y[:, k].sum()) else float("nan")
+        acc = float(np.mean((probs[:, k] > 0.5) == y[:, k]))
+        rows.append((str(name), int(y[:, k].sum()), acc, float(thresholds[k]), precision, recall, f1))
+    columns = ["class", "n_positive", "accuracy@0.5", "threshold", "precision", "recall", "f1"]
+    table = pd.DataFrame(rows, columns=columns)
+    overall = table.drop(columns="class").mean(numeric_only=True)
+    overall["n_positive"], overall["accuracy@0.5"] = int(y.sum()), float(np.mean((probs > 0.5) == y))
+    overall["threshold"] = np.nan
+    table.loc[len(table)] = {"class": "overall", **overall.to_dict()}
+    return table.astype({"n_positive": np.int64})
 
 
 # ---------------------------------------------------------------------------------------------------------- truth
@@ -491,15 +567,19 @@ def search_gate(
     head_weights: Sequence[float] = (0.5,),
     criterion: str = "f1",
     chunk_size: int | None = None,
+    gate_probs: Any = None,
+    gate_exp: str = "",
 ) -> tuple[PostProcess, pd.DataFrame]:
-    """Add an image-level class gate to ``params`` when it raises the OOF score (Understanding Clouds 1st place).
+    """Add an image-level class gate to ``params`` when it raises the OOF score (Understanding Clouds 1st place;
+    Severstal top solutions for the separate classifier).
 
     The gate's class probabilities are the mean of the top-K pixel probabilities (``top_k_class_probs``; K = 17,500
     at 350 x 525 scaled to the OOF resolution by default), alone or averaged with the classification head's
-    (``cls_probs``, one candidate per ``head_weights``); per-class thresholds are read off the OOF precision-recall
-    curve (``classifier_thresholds``, ``criterion``); each candidate is tried with and without forcing the most
-    probable class on (``force_one_class``). Every candidate is scored with ``cv_report`` on the same OOF; the best
-    one is kept only if it beats ``params`` without a gate.
+    (``cls_probs``, one candidate per ``head_weights``); with ``gate_probs``, also a separate presence classifier's
+    probabilities alone and averaged with the top-K ones. Per-class thresholds are read off the OOF
+    precision-recall curve (``classifier_thresholds``, ``criterion``); each candidate is tried with and without
+    forcing the most probable class on (``force_one_class``). Every candidate is scored with ``cv_report`` on the
+    same OOF; the best one is kept only if it beats ``params`` without a gate.
 
     Args:
         oof_probs: (N, K, H, W) uint8 or float probs; oof_masks: (N, K, H, W) {0, 1}.
@@ -507,13 +587,16 @@ def search_gate(
         params: the binarisation chosen by ``search_postprocess``.
         cls_probs: (N, K) head probs (``oof_cls_probs.npy``), or None.
         top_k: K; None scales 17,500 at 350 x 525 to (H, W).
-        head_weights: weights of the head in the averaged candidates (used only with ``cls_probs``).
+        head_weights: weights of the head (or of the separate classifier) in the averaged candidates.
         criterion: ``classifier_thresholds`` criterion ("f1", "precision>=0.9", ...).
+        gate_probs: (N, K) OOF probs of a separate presence classifier (``gate_class_probs``), rows as ``oof_probs``.
+        gate_exp: that classifier's experiment, saved as ``PostProcess.gate_exp`` when one of its candidates wins.
     Returns:
         ``(params, table)``: the chosen ``PostProcess`` (its ``meta["gate"]`` says which candidate won) and one row per
         candidate: ``gate`` (description), ``head_weight``, ``force_one_class``, ``dice`` (overall OOF score).
     Raises:
-        ValueError: a preset that is not binary/multilabel.
+        ValueError: a preset that is not binary/multilabel; ``gate_probs`` without ``gate_exp`` or of another shape
+            than (N, K).
     """
     preset = get_preset(preset)
     if preset.task not in POSTPROCESS_TASKS:
@@ -521,24 +604,34 @@ def search_gate(
     k = top_k or scale_top_k(tuple(oof_probs.shape[-2:]))
     labels = class_presence(oof_masks, chunk_size=chunk_size)
     top = top_k_class_probs(oof_probs, k, chunk_size=chunk_size)
-    base = dataclasses.replace(params, classifier_threshold=None, force_one_class=False, top_k=None, head_weight=None)
+    base = dataclasses.replace(params, classifier_threshold=None, force_one_class=False, top_k=None, head_weight=None,
+                               gate_exp=None)  # fmt: skip
     rows = [("none", None, False, _overall(cv_report(oof_probs, oof_masks, preset, postprocess=base,
                                                       chunk_size=chunk_size)))]  # fmt: skip
-    candidates = [(0.0, top)]
-    if cls_probs is not None:
-        head = np.asarray(cls_probs, dtype=np.float32)
-        candidates += [(float(w), combine_class_probs(top, head, w)) for w in head_weights if w > 0]
+    # (name, gate probs, evaluation class probs, top_k, head_weight, gate_exp)
+    candidates = [(f"top-{k}", top, None, k, None, None)]
+    for source, probs, exp in (("head", cls_probs, None), (f"classifier {gate_exp}", gate_probs, gate_exp)):
+        if probs is None:
+            continue
+        probs = np.asarray(probs, dtype=np.float32)
+        if probs.shape != top.shape:
+            raise ValueError(f"{source} probs must be (N, K) = {top.shape}, got {probs.shape}")
+        if exp is not None:
+            if not gate_exp:
+                raise ValueError("gate_probs needs gate_exp, the classifier's experiment, for 40_submit")
+            candidates.append((source, probs, probs, None, None, exp))
+        candidates += [(f"top-{k} + {source} x {w:g}", combine_class_probs(top, probs, w), probs, k, float(w), exp)
+                       for w in head_weights if w > 0]  # fmt: skip
     best, best_score = base, rows[0][3]
-    for weight, probs_c in candidates:
+    for name, probs_c, eval_probs, cand_k, weight, exp in candidates:
         thresholds = classifier_thresholds(probs_c, labels, criterion)
         for force in (False, True):
             cand = dataclasses.replace(
-                base, classifier_threshold=list(thresholds), force_one_class=force, top_k=k,
-                head_weight=weight or None,
+                base, classifier_threshold=list(thresholds), force_one_class=force, top_k=cand_k, head_weight=weight,
+                gate_exp=exp,
             )  # fmt: skip
             score = _overall(cv_report(oof_probs, oof_masks, preset, postprocess=cand, chunk_size=chunk_size,
-                                       cls_probs=cls_probs if weight else None))  # fmt: skip
-            name = f"top-{k}" + (f" + head x {weight:g}" if weight else "")
+                                       cls_probs=eval_probs))  # fmt: skip
             rows.append((name, weight, force, score))
             if score > best_score:
                 best, best_score = cand, score
@@ -562,10 +655,13 @@ def search_from_params(
     top_k: int | None = None,
     cls_probs: Any = None,
     num_workers: int | None = None,
+    gate_probs: Any = None,
+    gate_exp: str = "",
 ) -> tuple[PostProcess, dict[str, pd.DataFrame | None]]:
     """The post-processing search of ``20_oof`` / ``30_ensemble`` from their notebook parameters: the grids as
     comma-separated strings or lists (``parse_grid``), ``search_postprocess`` (threshold x min_area, optionally the
-    triplet), then, with ``gate``, ``search_gate``.
+    triplet), then, with ``gate``, ``search_gate`` (with a separate classifier's ``gate_probs`` / ``gate_exp`` when
+    given).
 
     Returns:
         ``(params, tables)`` as ``search_postprocess``, plus ``tables["gate"]`` (``search_gate``'s table, or None).
@@ -583,7 +679,8 @@ def search_from_params(
     )  # fmt: skip
     tables["gate"] = None
     if gate:
-        params, tables["gate"] = search_gate(oof_probs, oof_masks, preset, params, cls_probs, top_k=top_k or None)
+        params, tables["gate"] = search_gate(oof_probs, oof_masks, preset, params, cls_probs, top_k=top_k or None,
+                                             gate_probs=gate_probs, gate_exp=gate_exp)  # fmt: skip
     return params, tables
 
 
@@ -797,6 +894,37 @@ def save_cv(
         **(extra or {}),
     }
     write_json(out_dir / "cv.json", summary)
+    return summary
+
+
+def save_presence_cv(out_dir: str | os.PathLike, report: pd.DataFrame, extra: dict[str, Any] | None = None) -> dict:
+    """Write a presence classifier's ``out_dir/cv.json`` from ``presence_report`` and remove any ``postprocess.json``
+    (its probabilities gate another experiment's masks; it submits nothing itself).
+
+    Returns:
+        cv.json: ``{"metric": "presence_f1", "cv": mean F1 over classes, "cv_postprocessed": the same, "accuracy":
+        accuracy at 0.5 over (image, class) pairs, "per_class": {class: report row}, "postprocess", ...extra}``;
+        NaN -> null.
+    """
+    out_dir = project_path(out_dir)
+    table = report.set_index("class")
+
+    def plain(row: pd.Series) -> dict[str, Any]:
+        values = {k: v.item() if isinstance(v, np.generic) else v for k, v in row.to_dict().items()}
+        return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in values.items()}
+
+    overall = plain(table.loc["overall"])
+    summary = {
+        "metric": "presence_f1",
+        "cv": overall["f1"],
+        "cv_postprocessed": overall["f1"],
+        "accuracy": overall["accuracy@0.5"],
+        "per_class": {str(c): plain(row) for c, row in table.drop(index="overall").iterrows()},
+        "postprocess": "none: a gate for another experiment (20_oof gate_exp)",
+        **(extra or {}),
+    }
+    write_json(out_dir / "cv.json", summary)
+    (out_dir / "postprocess.json").unlink(missing_ok=True)
     return summary
 
 

@@ -15,6 +15,7 @@ from kitlib.presets import Preset, get_preset
 from kitlib.rle import rle_area
 
 __all__ = [
+    "plot_pr_curves",
     "CLASS_COLORS",
     "label_table",
     "overlay_masks",
@@ -299,7 +300,8 @@ def plot_predictions(
     Args:
         df: table rows aligned with ``probs`` (targets optional: without them only predictions are drawn).
         probs: (N, K, H, W) uint8 0..255 or float 0..1 at any resolution (binary/multilabel: > threshold;
-            multiclass: argmax over C); (N, C) for classification.
+            multiclass: argmax over C); (N, C) for classification; (N, K) class presence probabilities of a
+            presence classifier on a binary/multilabel preset (each panel's title lists them and the true classes).
         threshold: probability cut for binary/multilabel masks.
         n, seed: how many rows, drawn at random with ``seed``.
         max_side: longer side of the drawn images in pixels.
@@ -314,14 +316,22 @@ def plot_predictions(
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(df), size=min(n, len(df)), replace=False))
     has_targets = all(c in df.columns for c in target_columns(preset))
-    if not preset.is_segmentation:
+    presence = preset.is_segmentation and np.ndim(probs) == 2  # a presence classifier's (N, K) probs
+    if not preset.is_segmentation or presence:
         fig = Figure(figsize=(3.2 * len(rows), 3.4), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(rows)))
-        for ax, i in zip(axes, rows, strict=True):
+        truth = class_presence(df.iloc[rows], preset) if presence and has_targets else None
+        for j, (ax, i) in enumerate(zip(axes, rows, strict=True)):
             row = df.iloc[i]
             p = np.asarray(probs[i], dtype=np.float32)
-            title = f"{row['image_id']}\npred {int(p.argmax())} ({p.max():.2f})"
-            if has_targets:
+            if presence:
+                names = preset.target_classes
+                title = f"{row['image_id']}\n" + " ".join(f"{n[:6]} {v:.2f}" for n, v in zip(names, p, strict=True))
+                if truth is not None:
+                    title += "\ntrue: " + (",".join(n for n, t in zip(names, truth[j], strict=True) if t) or "none")
+            else:
+                title = f"{row['image_id']}\npred {int(p.argmax())} ({p.max():.2f})"
+            if has_targets and not presence:
                 title += f", true {int(row['label'])}"
             ax.imshow(read_image(row["image_path"]))
             ax.set_title(title, fontsize=8)
@@ -353,4 +363,38 @@ def plot_predictions(
             ax.imshow(overlay_masks(small, masks))
             ax.set_title(f"{row['image_id']}: {name}", fontsize=8)
             ax.axis("off")
+    return fig
+
+
+def plot_pr_curves(class_probs: np.ndarray, labels: np.ndarray, classes: list[str], thresholds=None) -> Figure:
+    """Precision-recall curve of each class of an image-level classifier, the chosen threshold marked.
+
+    Args:
+        class_probs: (N, K) probabilities; labels: (N, K) {0, 1} or bool.
+        classes: the K class names.
+        thresholds: (K,) gate thresholds to mark (``kitlib.postprocess.classifier_thresholds``), or None.
+    Returns:
+        Figure, one panel per class (recall on x, precision on y).
+    """
+    from kitlib.postprocess import precision_recall_table
+
+    probs, y = np.asarray(class_probs, dtype=np.float64), np.asarray(labels).astype(bool)
+    k = probs.shape[1]
+    cols = min(k, 4)
+    fig = Figure(figsize=(3.6 * cols, 3.2 * -(-k // cols)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(-(-k // cols), cols, squeeze=False)).ravel()
+    for c, ax in enumerate(axes):
+        if c >= k:
+            ax.axis("off")
+            continue
+        table = precision_recall_table(probs[:, c], y[:, c])
+        ax.plot(table["recall"], table["precision"], lw=1.5)
+        ax.axhline(y[:, c].mean(), color="0.6", ls="--", lw=1, label=f"prevalence {y[:, c].mean():.2f}")
+        if thresholds is not None:
+            kept = probs[:, c] > thresholds[c]
+            tp = np.sum(kept & y[:, c])
+            if kept.any() and y[:, c].any():
+                ax.plot(tp / y[:, c].sum(), tp / kept.sum(), "o", color="C3", label=f"threshold {thresholds[c]:.3f}")
+        ax.set(title=str(classes[c]), xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+        ax.legend(fontsize=7, loc="lower left")
     return fig

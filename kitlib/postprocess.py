@@ -950,8 +950,12 @@ class PostProcess:
         top_k: the gate's class probs are ``top_k_class_probs`` of the image with this K (Clouds 1st place); None:
             the class probs passed to ``apply_postprocess`` (an external classifier) are used as they are.
         head_weight: with ``top_k``, the gate averages the top-K probs with the class probs passed to
-            ``apply_postprocess`` (a classification head): ``(1 - w) * top_k + w * head`` (``combine_class_probs``);
-            None or 0: top-K alone.
+            ``apply_postprocess`` (a classification head, or the ``gate_exp`` classifier):
+            ``(1 - w) * top_k + w * head`` (``combine_class_probs``); None or 0: top-K alone.
+        gate_exp: the experiment of a separate presence classifier (``10_train`` with ``arch="classifier"``) whose
+            probabilities are the class probs of the gate (alone when ``top_k`` is None, else averaged with the
+            top-K probs by ``head_weight``); ``40_submit`` runs its folds beside the segmentation models. None: the
+            segmentation models' own head (or top-K alone).
         meta: free-form provenance (search scores, source experiment); saved as is.
 
     Example (``notebooks/20_oof.py`` then ``40_submit.py``)::
@@ -975,6 +979,7 @@ class PostProcess:
     force_one_class: bool = False
     top_k: int | None = None
     head_weight: float | None = None
+    gate_exp: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     _FLOATS = ("threshold", "top_score_threshold", "bottom_score_threshold", "classifier_threshold")
@@ -1006,6 +1011,9 @@ class PostProcess:
             if not 0.0 <= self.head_weight <= 1.0 or self.top_k is None:
                 raise ValueError(f"head_weight must be in [0, 1] and needs top_k; got {self.head_weight}")
         self.force_one_class = bool(self.force_one_class)
+        self.gate_exp = str(self.gate_exp) if self.gate_exp else None
+        if self.gate_exp and self.classifier_threshold is None:
+            raise ValueError(f"gate_exp {self.gate_exp!r} gates the masks: set classifier_threshold too")
 
     @property
     def num_classes(self) -> int:

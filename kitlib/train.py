@@ -7,7 +7,8 @@
 - ``last.pt``, ``best.pt``, ``history.csv``: see ``kitlib.engine.fit``;
 - ``oof_probs.npy``: probabilities of the held-out images at the competition's scoring resolution, rows in
   ``folds.csv`` order: (n, K, H, W) uint8 (round(p x 255)) for segmentation, (n, C) float16 for classification;
-  ``oof_cls_probs.npy`` (n, K) float32 when the model has a classification head;
+  ``oof_cls_probs.npy`` (n, K) float32 when the model has a classification head; (n, K) float32 class presence
+  probabilities for a presence classifier (``arch="classifier"`` on a binary/multilabel preset);
 - ``oof_ids.csv``: the image_id of each row;
 - ``scores.json``: the held-out scores at the scoring resolution (probability 0.5, no post-processing);
 - ``done.json``: written last; its presence means the fold is complete.
@@ -38,7 +39,7 @@ from kitlib import engine
 from kitlib.config import project_path, read_json, save_config, write_csv, write_json
 from kitlib.data import build_cache, build_transforms, make_dataset, normalization_for
 from kitlib.folds import attach_folds, load_folds
-from kitlib.formats import load_competition, load_masks, masks_to_label_map
+from kitlib.formats import class_presence, load_competition, load_masks, masks_to_label_map
 from kitlib.losses import LOSSES, RECIPES, SEGMENTATION_LOSSES, create_loss, create_recipe
 from kitlib.metrics import ConfusionMatrix, dice_per_image_class
 from kitlib.models import create_classifier, create_model
@@ -71,7 +72,10 @@ class TrainConfig:
         arch, encoder_name, encoder_weights, aux_head, dropout, model_kwargs: ``kitlib.models.create_model``
             arguments (segmentation); ``encoder_weights`` None trains from scratch, a name or a local file/folder
             loads pretrained weights (offline: a file). Classification presets use ``model_name`` and
-            ``encoder_weights`` with ``create_classifier``.
+            ``encoder_weights`` with ``create_classifier``. ``arch="classifier"`` on a binary/multilabel preset
+            trains a *presence classifier* instead (``model_name``, one sigmoid per class, BCE on whether the class
+            has any pixel; ``kitlib.data.PresenceDataset``), whose OOF probabilities gate another experiment's
+            masks (``20_oof``'s ``gate_exp``; Severstal top solutions).
         height, width: training and validation resolution in pixels (multiples of 32 for most encoders).
         crop_height, crop_width: train on random crops of this size of the resized images (0: whole images);
             validation and OOF stay on whole images.
@@ -142,6 +146,11 @@ class TrainConfig:
     @property
     def fold_dir(self) -> Path:
         return self.exp_dir / f"fold{self.fold}"
+
+    @property
+    def presence(self) -> bool:
+        """A presence classifier on a segmentation preset (``arch="classifier"``)."""
+        return self.arch == PRESENCE_ARCH and get_preset(self.preset).is_segmentation
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -277,9 +286,26 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+PRESENCE_ARCH = "classifier"
+
+# What a presence classifier changes in a segmentation preset's recipe (``arch="classifier"``): a timm classifier
+# (the recipe's encoder when timm knows it), plain BCE per class, no decoder settings, the best epoch on the loss.
+PRESENCE_RECIPE: dict[str, Any] = dict(
+    aux_head=False,
+    model_kwargs={},
+    loss="bce",
+    loss_kwargs={},
+    monitor="valid_loss",
+    recipe_source="Presence classifier (Severstal top solutions: a multilabel classifier gates the masks): one "
+    "sigmoid per class, BCE on whether the class has any pixel, the segmentation recipe's size and schedule.",
+)
+
+
 def train_config(preset: str, **overrides: Any) -> TrainConfig:
     """The preset's recipe (``TRAIN_RECIPES``) with ``overrides`` on top; None values are ignored, so a notebook's
-    ``None  # the recipe's`` parameters fall through.
+    ``None  # the recipe's`` parameters fall through. ``arch="classifier"`` on a binary/multilabel preset starts from
+    the recipe with ``PRESENCE_RECIPE`` on top (a presence classifier; ``model_name`` defaults to the recipe's
+    encoder when timm has that name, else resnet34).
 
     Raises:
         KeyError: unknown preset.
@@ -291,6 +317,11 @@ def train_config(preset: str, **overrides: Any) -> TrainConfig:
     if unknown:
         raise TypeError(f"unknown training parameters {unknown}; fields: {sorted(names)}")
     values = {**TRAIN_RECIPES.get(preset, {}), "preset": preset}
+    if overrides.get("arch") == PRESENCE_ARCH and get_preset(preset).is_segmentation:
+        import timm
+
+        encoder = str(values.get("encoder_name", ""))
+        values.update(PRESENCE_RECIPE, model_name=encoder if timm.is_model(encoder) else "resnet34")
     values.update({k: v for k, v in overrides.items() if v is not None})
     if isinstance(values.get("encoder_weights"), str) and values["encoder_weights"].lower() in ("", "none"):
         values["encoder_weights"] = None
@@ -313,6 +344,10 @@ def _check_config(cfg: TrainConfig) -> None:
         raise KeyError(f"unknown loss {cfg.loss!r}; recipes: {sorted(RECIPES)}; losses: {sorted(LOSSES)}")
     if cfg.oof_dtype not in ("uint8", "float16", "float32"):
         raise ValueError(f"oof_dtype must be uint8, float16 or float32, got {cfg.oof_dtype!r}")
+    preset = get_preset(cfg.preset)
+    if cfg.arch == PRESENCE_ARCH and preset.is_segmentation and preset.task not in ("binary", "multilabel"):
+        raise ValueError(f"arch='classifier' (a presence classifier) needs a binary/multilabel preset, "
+                         f"not {preset.name!r} ({preset.task})")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -365,17 +400,27 @@ def score_oof(oof_probs: np.ndarray, df: pd.DataFrame, preset: str | Preset, thr
     """Scores of OOF probabilities against the truth at the scoring resolution, image by image.
 
     Args:
-        oof_probs: (N, K, H, W) uint8 (0..255) or float; (N, C) for classification; rows in ``df`` order.
+        oof_probs: (N, K, H, W) uint8 (0..255) or float; (N, C) for classification; (N, K) float class presence
+            probabilities of a presence classifier on a binary/multilabel preset; rows in ``df`` order.
         df: the held-out rows (targets included).
         preset: the competition.
-        threshold: probability above which a pixel is foreground (binary/multilabel).
+        threshold: probability above which a pixel (a class, for a presence classifier) is foreground.
     Returns:
         binary/multilabel: ``{"dice", "dice_per_class": {class: dice}, "pixel_error"}``; multiclass: ``{"miou",
-        "pixel_accuracy"}``; classification: ``{"accuracy"}``. Plus ``"n_images"``.
+        "pixel_accuracy"}``; classification: ``{"accuracy"}``; presence classifier: ``{"presence_accuracy",
+        "accuracy_per_class": {class: accuracy}}``. Plus ``"n_images"``.
     """
     preset = get_preset(preset)
     if len(oof_probs) != len(df):
         raise ValueError(f"oof_probs has {len(oof_probs)} rows, the table {len(df)}")
+    if preset.is_segmentation and np.ndim(oof_probs) == 2:
+        truth = class_presence(df, preset)
+        right = (np.asarray(oof_probs, dtype=np.float32) > threshold) == truth
+        return {
+            "presence_accuracy": float(right.mean()),
+            "accuracy_per_class": dict(zip(preset.target_classes, map(float, right.mean(0)), strict=True)),
+            "n_images": len(df),
+        }
     if not preset.is_segmentation:
         labels = df["label"].to_numpy(np.int64)
         return {"accuracy": float(np.mean(np.asarray(oof_probs).argmax(1) == labels)), "n_images": len(df)}
@@ -449,7 +494,11 @@ def fold_tables(cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
 
 
 def _build_model(cfg: TrainConfig, preset: Preset) -> tuple[torch.nn.Module, dict[str, Any]]:
-    if preset.is_segmentation:
+    if cfg.presence:
+        model_config = dict(model_name=cfg.model_name, num_classes=len(preset.target_classes), drop_rate=cfg.dropout,
+                            **cfg.model_kwargs)  # fmt: skip
+        model = create_classifier(pretrained_weights=cfg.encoder_weights, **model_config)
+    elif preset.is_segmentation:
         model_config = dict(
             arch=cfg.arch, encoder_name=cfg.encoder_name, classes=preset.num_classes, aux_head=cfg.aux_head,
             dropout=cfg.dropout, **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model_kwargs.items()},
@@ -536,7 +585,7 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
     engine.barrier()
 
     full_df, train_df, valid_df = fold_tables(cfg)
-    mean, std = normalization_for(cfg.encoder_name if preset.is_segmentation else cfg.model_name)
+    mean, std = normalization_for(cfg.encoder_name if preset.is_segmentation and not cfg.presence else cfg.model_name)
     cache = None
     if cfg.cache:
         cache_dir = project_path(cfg.artifacts_root) / "cache" / f"{preset.name}_{cfg.height}x{cfg.width}"
@@ -549,8 +598,10 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         preset,
         build_transforms("train", cfg.height, cfg.width, mean, std, cfg.augment, crop=_crop(cfg)),
         cache,
+        presence=cfg.presence,
     )
-    valid_ds = make_dataset(valid_df, preset, build_transforms("valid", cfg.height, cfg.width, mean, std), cache)
+    valid_ds = make_dataset(valid_df, preset, build_transforms("valid", cfg.height, cfg.width, mean, std), cache,
+                            presence=cfg.presence)  # fmt: skip
     train_loader = engine.make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, info, drop_last=None)
     valid_loader = engine.make_loader(valid_ds, cfg.batch_size, False, cfg.seed, cfg.num_workers, info)
 
@@ -591,15 +642,16 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
     # OOF of the held-out rows with the best weights, at the scoring resolution.
     best = torch.load(fold_dir / "best.pt", map_location="cpu", weights_only=True)
     engine.unwrap(model).load_state_dict(best["state_dict"])
-    out_size = scoring_size(preset, valid_df) if preset.is_segmentation else None
+    out_size = scoring_size(preset, valid_df) if preset.is_segmentation and not cfg.presence else None
     batches = engine.predict(
         model, valid_loader, device, activation=engine.activation_for(preset), out_size=out_size,
         amp_dtype=engine.resolve_amp(cfg.amp, device), channels_last=cfg.channels_last, tta=cfg.tta, desc="oof",
     )  # fmt: skip
     ids = valid_df["image_id"].astype(str).tolist()
     oof_path = fold_dir / "oof_probs.npy"
+    oof_dtype = "float32" if cfg.presence else cfg.oof_dtype if preset.is_segmentation else "float16"
     engine.write_predictions(
-        oof_path, batches, ids, dtype=cfg.oof_dtype if preset.is_segmentation else "float16",
+        oof_path, batches, ids, dtype=oof_dtype,
         cls_path=fold_dir / "oof_cls_probs.npy" if cfg.aux_head and preset.is_segmentation else None,
     )  # fmt: skip
     if info.is_main:

@@ -32,9 +32,10 @@ n_folds: int = 5  # passed by run_all; the folds themselves come from folds.csv
 label_file: str = ""  # train label file inside data_dir; empty: the one 00_eda used
 artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)
 # Model and training; None takes the preset's recipe (kitlib.train.TRAIN_RECIPES)
-arch: str = None  # smp architecture: unet, unetplusplus, fpn, upernet, deeplabv3plus, ...
+arch: str = None  # smp architecture: unet, unetplusplus, fpn, upernet, deeplabv3plus, ...; "classifier": a presence
+# classifier (model_name) whose OOF probs gate another experiment's masks (20_oof -p gate_exp <this exp>)
 encoder_name: str = None  # smp or timm ("tu-...") encoder; classification presets use model_name
-model_name: str = None  # timm classifier for classification presets
+model_name: str = None  # timm classifier for classification presets and presence classifiers
 encoder_weights: str = None  # "imagenet", a local .pth/.safetensors file or folder, or "none" (from scratch)
 aux_head: bool = None  # classification head beside the masks (Understanding Clouds 1st place)
 height: int = None  # training resolution in pixels (multiple of 32)

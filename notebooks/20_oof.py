@@ -20,6 +20,9 @@
 # scheme) for binary and multilabel segmentation. Multiclass segmentation is decoded by argmax and classification by
 # the top class: they get the CV only.
 #
+# A presence classifier (`10_train` with `arch="classifier"`) gets its per-class precision-recall curves and gate
+# thresholds instead; a segmentation experiment then tries it as the gate of its masks with `gate_exp=<its exp>`.
+#
 # Writes `artifacts/<exp>/`: `oof_probs.npy`, `oof_ids.csv` (+ `oof_cls_probs.npy`), `oof_masks.npy` (the truth at the
 # scoring resolution), `postprocess.json` (read by `40_submit`), `cv.json`, `oof_config.json`.
 #
@@ -41,6 +44,7 @@ bottom_thresholds: str = "0.3,0.4,0.5"  # triplet: bottom_score_threshold values
 num_workers: int = None  # threads of the search; None: the usable CPUs (at most 8)
 gate: bool = True  # also try an image-level class gate (Clouds 1st place); kept only when it raises the CV
 top_k: int = 0  # pixels averaged into a class probability; 0: 17500 at 350x525 scaled to the OOF size
+gate_exp: str = ""  # a presence classifier's experiment (10_train -p arch classifier) tried as the gate; "": none
 n_samples: int = 4  # OOF images drawn with their predicted masks
 seed: int = 42  # which images are drawn
 
@@ -52,16 +56,20 @@ from IPython.display import display
 
 from kitlib import oof, plots
 from kitlib.config import project_path, save_config
+from kitlib.formats import class_presence
 
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 logging.getLogger("kitlib").setLevel(logging.INFO)
 params = dict(exp=exp, preset=preset, data_dir=data_dir, label_file=label_file, artifacts_root=artifacts_root,
               thresholds=thresholds, min_areas=min_areas, triplet=triplet, top_thresholds=top_thresholds,
-              min_contour_areas=min_contour_areas, bottom_thresholds=bottom_thresholds)  # fmt: skip
+              min_contour_areas=min_contour_areas, bottom_thresholds=bottom_thresholds, gate=gate, top_k=top_k,
+              gate_exp=gate_exp)  # fmt: skip
 exp_dir = project_path(artifacts_root) / exp
 save_config(exp_dir / "oof_config.json", params)
 experiment = oof.load_experiment(exp_dir, preset, data_dir, label_file)
-print(f"{exp}: {len(experiment.df)} images in {experiment.n_folds} folds, preset {experiment.preset.name}")
+presence = oof.is_presence_experiment(exp_dir)
+kind = "presence classifier" if presence else "model"
+print(f"{exp} ({kind}): {len(experiment.df)} images in {experiment.n_folds} folds, preset {experiment.preset.name}")
 
 # %% [markdown]
 # ## Gather the folds
@@ -71,7 +79,10 @@ print(f"{exp}: {len(experiment.df)} images in {experiment.n_folds} folds, preset
 oof.gather_oof(exp_dir)
 oof_probs, oof_ids, oof_cls_probs = oof.read_gathered(exp_dir)
 assert oof_ids == experiment.df["image_id"].astype(str).tolist()
-targets = oof.oof_targets(experiment, tuple(oof_probs.shape[-2:]))
+if presence:  # which classes each image has
+    targets = class_presence(experiment.df, experiment.preset)
+else:
+    targets = oof.oof_targets(experiment, tuple(oof_probs.shape[-2:]))
 print(f"oof_probs {oof_probs.dtype} {oof_probs.shape}; targets {targets.dtype} {targets.shape}")
 
 # %% [markdown]
@@ -79,8 +90,15 @@ print(f"oof_probs {oof_probs.dtype} {oof_probs.shape}; targets {targets.dtype} {
 # Probability 0.5 for binary / multilabel masks (no post-processing), argmax otherwise.
 
 # %%
-raw = oof.cv_report(oof_probs, targets, experiment.preset)
-display(raw)
+if presence:  # precision / recall / F1 per class at the F1-best threshold, the curves below
+    report = oof.presence_report(oof_probs, targets, experiment.preset.target_classes)
+    display(report)
+    display(plots.plot_pr_curves(oof_probs, targets, experiment.preset.target_classes, report["threshold"][:-1]))
+    summary = oof.save_presence_cv(exp_dir, report, extra={"exp": exp, "n_images": len(oof_ids)})
+    print(f"presence classifier: mean F1 {summary['cv']:.4f}; use it as a gate: 20_oof -p gate_exp {exp}")
+else:
+    raw = oof.cv_report(oof_probs, targets, experiment.preset)
+    display(raw)
 
 # %% [markdown]
 # ## Post-processing search
@@ -91,29 +109,33 @@ display(raw)
 # place) is kept when it raises the OOF Dice.
 
 # %%
-search = experiment.preset.task in oof.POSTPROCESS_TASKS
+search = experiment.preset.task in oof.POSTPROCESS_TASKS and not presence
 post_params, tables, post = None, {}, None
+gate_probs = oof.gate_class_probs(project_path(artifacts_root) / gate_exp, oof_ids) if gate_exp and search else None
 if search:
     post_params, tables = oof.search_from_params(
         oof_probs, targets, experiment.preset, thresholds, min_areas, triplet, top_thresholds, min_contour_areas,
-        bottom_thresholds, gate=gate, top_k=top_k, cls_probs=oof_cls_probs, num_workers=num_workers,
+        bottom_thresholds, gate=gate or gate_probs is not None, top_k=top_k, cls_probs=oof_cls_probs,
+        num_workers=num_workers, gate_probs=gate_probs, gate_exp=gate_exp,
     )  # fmt: skip
     print(f"winner: {post_params.meta['method']}, gate: {post_params.meta.get('gate', 'not searched')}")
     display(tables["best"])
-    if tables["gate"] is not None:  # top-K pixel probs (+ the head), thresholds from the PR curve
+    if tables["gate"] is not None:  # top-K pixel probs (+ the head, + the gate_exp classifier), PR thresholds
         display(tables["gate"])
-    post = oof.cv_report(oof_probs, targets, experiment.preset, postprocess=post_params, cls_probs=oof_cls_probs)
-else:
+    gate_input = gate_probs if post_params.gate_exp else oof_cls_probs
+    post = oof.cv_report(oof_probs, targets, experiment.preset, postprocess=post_params, cls_probs=gate_input)
+elif not presence:
     print(f"{experiment.preset.task}: no threshold search (argmax)")
 
 # %% [markdown]
 # ## Save `cv.json` and `postprocess.json`
 
 # %%
-summary = oof.save_cv(exp_dir, experiment.preset, raw, post, post_params,
-                      extra={"exp": exp, "n_images": len(oof_ids), "n_folds": experiment.n_folds})  # fmt: skip
-print(f"CV {summary['metric']}: {summary['cv']} raw, {summary['cv_postprocessed']} post-processed")
-display(raw.merge(post if post is not None else raw, on=["class", "n"], suffixes=("_raw", "_post")))
+if not presence:
+    summary = oof.save_cv(exp_dir, experiment.preset, raw, post, post_params,
+                          extra={"exp": exp, "n_images": len(oof_ids), "n_folds": experiment.n_folds})  # fmt: skip
+    print(f"CV {summary['metric']}: {summary['cv']} raw, {summary['cv_postprocessed']} post-processed")
+    display(raw.merge(post if post is not None else raw, on=["class", "n"], suffixes=("_raw", "_post")))
 
 # %% [markdown]
 # ## Score surface

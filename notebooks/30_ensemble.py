@@ -48,6 +48,7 @@ bottom_thresholds: str = "0.3,0.4,0.5"  # triplet: bottom_score_threshold values
 num_workers: int = None  # threads of the post-processing search; None: the usable CPUs (at most 8)
 gate: bool = True  # also try an image-level class gate on top-K pixel probs; kept only when it raises the CV
 top_k: int = 0  # pixels averaged into a class probability; 0: 17500 at 350x525 scaled to the OOF size
+gate_exp: str = ""  # a presence classifier's experiment (10_train -p arch classifier) tried as the gate; "": none
 seed: int = 42  # row sample and differential evolution
 
 # %%
@@ -154,13 +155,18 @@ blended = oof.write_blend(oofs, weights, out_dir, ids)
 raw = oof.cv_report(blended, targets, experiment.preset)
 post_params, tables, post = None, {}, None
 if experiment.preset.task in oof.POSTPROCESS_TASKS:
+    gate_probs = oof.gate_class_probs(root / gate_exp, ids) if gate_exp else None
     post_params, tables = oof.search_from_params(
         blended, targets, experiment.preset, thresholds, min_areas, triplet, top_thresholds, min_contour_areas,
-        bottom_thresholds, gate=gate, top_k=top_k, num_workers=num_workers,
+        bottom_thresholds, gate=gate or gate_probs is not None, top_k=top_k, num_workers=num_workers,
+        gate_probs=gate_probs, gate_exp=gate_exp,
     )  # fmt: skip
     post_params.meta.update(exps=names, weights=[float(w) for w in weights])
-    post = oof.cv_report(blended, targets, experiment.preset, postprocess=post_params)
+    post = oof.cv_report(blended, targets, experiment.preset, postprocess=post_params,
+                         cls_probs=gate_probs if post_params.gate_exp else None)  # fmt: skip
     display(tables["best"])
+    if tables["gate"] is not None:
+        display(tables["gate"])
 display(raw.merge(post if post is not None else raw, on=["class", "n"], suffixes=("_raw", "_post")))
 
 # %% [markdown]

@@ -17,7 +17,8 @@
 # Loads every fold's `best.pt` of `artifacts/<exp>/` (or of each experiment of `artifacts/<ensemble>/weights.json`,
 # from `30_ensemble`), predicts the test images batch by batch (each model at its own input size, averaged at the
 # competition's scoring resolution, with optional TTA), applies the post-processing of `postprocess.json` (from
-# `20_oof` / `30_ensemble`; threshold 0.5 when there is none), and writes `runs/<exp>/submission.csv`, validated
+# `20_oof` / `30_ensemble`; threshold 0.5 when there is none; its `gate_exp` classifier's folds run beside the models
+# when the search chose one), and writes `runs/<exp>/submission.csv`, validated
 # against the competition's sample submission (ids, order, RLE ends) before it is written.
 #
 # Headless: `jupytext --to ipynb --output - notebooks/40_submit.py | papermill - out.ipynb -p exp demo`
@@ -72,6 +73,10 @@ for models, weight in members:
           f"{models[0].width}")  # fmt: skip
 postprocess = inference.load_postprocess(root / (ensemble or exp), preset)
 print("post-processing:", "argmax" if postprocess is None else json.dumps(postprocess.to_dict(), default=str))
+gate_models = inference.load_gate_models(root, postprocess, device)  # a separate presence classifier, if chosen
+if gate_models:
+    print(f"gate: {[str(m.path.relative_to(root)) for m in gate_models]} at {gate_models[0].height}x"
+          f"{gate_models[0].width}")  # fmt: skip
 
 # %% [markdown]
 # ## Predict and write
@@ -81,7 +86,8 @@ print("post-processing:", "argmax" if postprocess is None else json.dumps(postpr
 # %%
 test_df = load_competition(preset, project_path(data_dir), split="test")
 shown = test_df.sample(n=min(n_samples, len(test_df)), random_state=seed)
-batches = inference.predict_test(members, test_df, preset, batch_size=batch_size, tta=tta, num_workers=num_workers)
+batches = inference.predict_test(members, test_df, preset, batch_size=batch_size, tta=tta, num_workers=num_workers,
+                                 gate_models=gate_models)  # fmt: skip
 result = inference.make_submission(batches, test_df, preset, project_path(data_dir), out_path, postprocess,
                                    keep_masks=shown["image_id"].tolist())  # fmt: skip
 print(json.dumps(result.summary, indent=1))

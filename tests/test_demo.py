@@ -231,3 +231,32 @@ def test_load_competition_reads_demo(demo_dir):
 
     test = load_competition("demo", demo_dir, split="test")
     assert sorted(test["image_id"]) == [f"t{i:04d}.jpg" for i in range(N_TEST)]
+
+
+def test_score_submission_against_the_hidden_truth(demo_dir, tmp_path):
+    from kitlib.rle import rle_encode
+
+    preset = PRESETS["demo"]
+    truth = pd.read_csv(demo_dir / TRUTH_FILE, keep_default_na=False)
+    h, w = json.loads((demo_dir / MARKER).read_text())["height"], json.loads((demo_dir / MARKER).read_text())["width"]
+    size = preset.submission_size
+    # the truth itself, resized to the scoring size as the docstring says: Dice 1
+    perfect = truth.copy()
+    perfect["EncodedPixels"] = [
+        rle_encode(cv2.resize(rle_decode(r, (h, w), order="F"), (size[1], size[0]), interpolation=cv2.INTER_NEAREST))
+        for r in truth["EncodedPixels"]
+    ]
+    perfect.to_csv(tmp_path / "perfect.csv", index=False)
+    result = demo.score_submission(tmp_path / "perfect.csv", demo_dir)
+    assert result["dice"] == 1.0 and result["n_images"] == N_TEST
+    # all empty: 1 on the empty pairs, 0 on the others
+    empty = truth.assign(EncodedPixels="")
+    empty.to_csv(tmp_path / "empty.csv", index=False)
+    n_empty = int((truth["EncodedPixels"] == "").sum())
+    assert demo.score_submission(tmp_path / "empty.csv", demo_dir)["dice"] == pytest.approx(n_empty / len(truth))
+    empty.head(3).to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(ValueError, match="row\\(s\\) of the truth missing"):
+        demo.score_submission(tmp_path / "short.csv", demo_dir)
+    out = subprocess.run([sys.executable, "-m", "kitlib.demo", str(demo_dir), "--score", str(tmp_path / "perfect.csv")],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert out.stdout.startswith("test Dice 1.0000")

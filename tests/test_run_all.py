@@ -94,7 +94,7 @@ def test_run_all_fails_fast_with_the_notebook_path(exp, tmp_path):
     ("args", "message"),
     [(["--bogus"], "unknown option --bogus"), (["--preset", "masks"], "--data DIR is required"),
      (["--preset", "masks", "--data", "/nonexistent"], "data folder not found"),
-     (["--gpus", "a,b"], "--gpus takes comma-separated GPU ids")],
+     (["--gpus", "a,b"], "--gpus takes comma-separated GPU ids"), (["--until", "50_x"], "--until takes 00_eda")],
 )  # fmt: skip
 def test_run_all_rejects_bad_options(args, message):
     result = _run(*args)
@@ -141,6 +141,28 @@ def test_run_all_tiny_end_to_end_and_killed_mid_fold(tiny, exp, exp2):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "10_train_fold0: done already, skipped" in rerun.stdout and "10_train_fold1: running" in rerun.stdout
     assert (REPO / "runs" / exp2 / "submission.csv").read_bytes() == submission.read_bytes()
+
+
+def test_run_all_presence_classifier_gates_another_experiment(tiny, exp, exp2):
+    """--until 20_oof trains and analyses a presence classifier; --gate-exp hands it to the segmentation
+    experiment's 20_oof and 30_ensemble, and 40_submit still writes a valid submission."""
+    from kitlib.config import read_json
+    from kitlib.submit import validate_submission
+
+    data, params = tiny
+    cls_params = params.with_name("tiny_cls.yaml")
+    cls_params.write_text(TINY_YAML + "arch: classifier\nmodel_name: test_resnet.r160_in1k\n")
+    cls = _run("--exp", exp, "--data", str(data), "--folds", "2", "--params", str(cls_params), "--until", "20_oof")
+    assert cls.returncode == 0, cls.stderr[-3000:]
+    assert "stopped after 20_oof (--until)" in cls.stdout and "30_ensemble" not in cls.stdout
+    assert read_json(REPO / "artifacts" / exp / "cv.json")["metric"] == "presence_f1"
+    seg = _run("--exp", exp2, "--data", str(data), "--folds", "2", "--params", str(params), "--gate-exp", exp)
+    assert seg.returncode == 0, seg.stderr[-3000:]
+    assert f"classifier {exp}" in (REPO / "runs" / exp2 / "20_oof.ipynb").read_text()
+    assert f"classifier {exp}" in (REPO / "runs" / exp2 / "30_ensemble.ipynb").read_text()
+    submission = REPO / "runs" / exp2 / "submission.csv"
+    assert validate_submission(submission, data / "sample_submission.csv", "demo")["images"] == 4
+    assert "(hidden test_truth.csv)" in seg.stdout
 
 
 def test_run_all_gpus_fails_fast_with_the_fold_notebook_path(tiny, exp):
