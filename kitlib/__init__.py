@@ -7,5 +7,11 @@ Import direction (no cycles): rle, config, presets <- formats, folds, metrics, l
 postprocess, ensemble, submit <- engine <- train <- plots <- notebooks.
 """
 
+import warnings
+
+# huggingface_hub (imported by timm and smp) imports tqdm.auto, which warns on stderr in every papermill kernel that
+# ipywidgets is missing and then uses the text bar anyway; the kit's bars are text bars on purpose (kitlib._private).
+warnings.filterwarnings("ignore", message="IProgress not found")
+
 __version__ = "0.1.0"
 __all__ = ["__version__"]

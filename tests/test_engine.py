@@ -119,6 +119,7 @@ def test_cosine_with_warmup_hand_values():
 def test_resolve_amp():
     cpu = torch.device("cpu")
     assert engine.resolve_amp("auto", cpu) is None and engine.resolve_amp("off", cpu) is None
+    assert engine.resolve_amp("bf16", cpu) is torch.bfloat16  # explicit CPU autocast (benchmarks/bench_train.py)
     with pytest.raises(ValueError, match="CUDA"):
         engine.resolve_amp("fp16", cpu)
     with pytest.raises(ValueError, match="options"):

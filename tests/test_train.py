@@ -151,6 +151,17 @@ def test_same_seed_gives_identical_oof_bytes(demo_exp):
     assert (a.fold_dir / "oof_probs.npy").read_bytes() != (c.fold_dir / "oof_probs.npy").read_bytes()
 
 
+def test_bf16_autocast_on_cpu_trains_a_fold(demo_exp):
+    """amp="bf16" on a CPU: the fold trains with finite losses and its OOF differs from the fp32 run's."""
+    bf16 = _config(demo_exp, "bf16", epochs=2, amp="bf16")
+    train.train_fold(bf16)
+    history = pd.read_csv(bf16.fold_dir / "history.csv")
+    assert len(history) == 2 and np.isfinite(history[["train_loss", "valid_loss"]].to_numpy()).all()
+    fp32 = _config(demo_exp, "seed_a", epochs=2)
+    train.train_fold(fp32)  # done already when test_same_seed_gives_identical_oof_bytes ran first
+    assert (bf16.fold_dir / "oof_probs.npy").read_bytes() != (fp32.fold_dir / "oof_probs.npy").read_bytes()
+
+
 def _subprocess_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
