@@ -556,13 +556,30 @@ def _read_only(folder: Path, on: bool = True) -> None:
 
 @pytest.mark.slow
 def test_bundle_and_kernel_run_offline_in_a_fresh_environment(tmp_path, demo_run, kaggle_api, capsys):
+    from kitlib import train
+    from kitlib.postprocess import PostProcess
+
+    # experiment "eg": "e" whose masks a separate presence classifier "g" gates (20_oof's gate_exp), so the kernel
+    # runs both experiments' folds
+    root = tmp_path / "artifacts"
+    shutil.copytree(demo_run.root / "e", root / "eg")
+    (root / "g").mkdir()
+    shutil.copy2(root / "eg" / "folds.csv", root / "g" / "folds.csv")
+    for fold in (0, 1):
+        cfg = train.train_config("demo", exp="g", fold=fold, data_dir=str(demo_run.data), artifacts_root=str(root),
+                                 arch="classifier", model_name="test_resnet.r160_in1k", height=64, width=96,
+                                 batch_size=4, epochs=1, device="cpu", num_workers=0)  # fmt: skip
+        train.train_fold(cfg)
+    PostProcess(threshold=[0.4] * 4, min_area=[0] * 4, classifier_threshold=[0.3] * 4, gate_exp="g").to_json(
+        root / "eg" / "postprocess.json"
+    )
     # bundle + kernel through the command line, as the README says
     out = tmp_path / "runs"
-    assert kaggle.main(["bundle", "--exp", "e", "--artifacts-root", str(demo_run.root), "--user", "tester",
+    assert kaggle.main(["bundle", "--exp", "eg", "--artifacts-root", str(root), "--user", "tester",
                         "--out", str(out / "bundle"), "--wheel-cache", str(WHEEL_CACHE)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     print(printed)  # the bundle's size, shown with pytest -s
-    assert "bundle: " in printed and " MB" in printed and "(dataset tester/kit-e-bundle)" in printed
+    assert "bundle: " in printed and " MB" in printed and "(dataset tester/kit-eg-bundle)" in printed
     assert kaggle.main(["kernel", "--bundle", str(out / "bundle"), "--competition", COMPETITION, "--user", "tester",
                         "--out", str(out / "kernel"), "-p", "device", "cpu", "-p", "tta", "hflip"]) == 0  # fmt: skip
     b = kaggle.Bundle.read(out / "bundle")
@@ -577,7 +594,7 @@ def test_bundle_and_kernel_run_offline_in_a_fresh_environment(tmp_path, demo_run
     comp = kroot / "input" / "competitions" / COMPETITION
     shutil.copytree(demo_run.data / "test_images", comp / "test_images")
     shutil.copy2(demo_run.data / "sample_submission.csv", comp)
-    shutil.copytree(out / "bundle", kroot / "input" / "datasets" / "tester" / "kit-e-bundle")
+    shutil.copytree(out / "bundle", kroot / "input" / "datasets" / "tester" / "kit-eg-bundle")
     _read_only(kroot / "input")
     (kroot / "working").mkdir()
 
@@ -609,7 +626,8 @@ def test_bundle_and_kernel_run_offline_in_a_fresh_environment(tmp_path, demo_run
     site = python.parent.parent / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     (line,) = [line for line in text.splitlines() if line.startswith("kitlib 0.1.0 from ")]
     assert line == f"kitlib 0.1.0 from {site / 'kitlib' / '__init__.py'}" and str(REPO) not in line
-    assert f"data_dir={comp}" in text and "fold0/best.pt" in text and "fold1/best.pt" in text
+    assert f"data_dir={comp}" in text and "eg/fold0/best.pt" in text and "eg/fold1/best.pt" in text
+    assert "gate: ['g/fold0/best.pt', 'g/fold1/best.pt']" in text  # the classifier ran in the kernel
     assert (site / "segmentation_models_pytorch").is_dir()
     # kitlib.config from a wheel outside any git checkout: provenance without a commit, paths as injected
     config = read_json(kroot / "working" / "submission_config.json")
