@@ -36,7 +36,7 @@ from kitlib import engine
 from kitlib._private import progress
 from kitlib.config import read_json
 from kitlib.data import build_transforms, make_dataset, normalization_for
-from kitlib.models import load_model
+from kitlib.models import PRESENCE_ARCH, load_model
 from kitlib.postprocess import PostProcess, apply_postprocess
 from kitlib.presets import Preset, get_preset
 from kitlib.submit import encode_rows, order_like, read_sample_submission, validate_submission, write_submission
@@ -89,6 +89,11 @@ class FoldModel:
     @property
     def transform_key(self) -> tuple:
         return (self.height, self.width, tuple(self.mean), tuple(self.std))
+
+    @property
+    def presence(self) -> bool:
+        """A presence classifier (``10_train`` with ``arch="classifier"``): (N, K) class probabilities, no masks."""
+        return self.params.get("arch") == PRESENCE_ARCH
 
 
 @dataclass
@@ -170,7 +175,7 @@ def load_fold_models(
             raise FileNotFoundError(f"{path}: no such checkpoint (fold {fold} of {exp_dir.name} is not trained)")
         params = _fold_params(fold_dir)
         preset = get_preset(params["preset"])
-        presence = params.get("arch") == "classifier"  # a presence classifier (kitlib.train.PRESENCE_ARCH)
+        presence = params.get("arch") == PRESENCE_ARCH
         name = params["encoder_name"] if preset.is_segmentation and not presence else params["model_name"]
         mean, std = normalization_for(name)
         model, _ = load_model(path, map_location=device)
@@ -243,7 +248,7 @@ def load_gate_models(
         return None
     models = load_fold_models(Path(artifacts_root) / postprocess.gate_exp, None, device)
     for m in models:
-        if m.params.get("arch") != "classifier":
+        if not m.presence:
             raise ValueError(f"{m.path}: gate_exp {postprocess.gate_exp!r} must be a presence classifier "
                              f"(10_train with arch='classifier'), got arch {m.params.get('arch')!r}")  # fmt: skip
     return models
@@ -360,13 +365,17 @@ def predict_test(
     for m in [m for m, _ in weighted] + gate_models:
         if m.params["preset"] != preset.name:
             raise ValueError(f"{m.path}: trained for preset {m.params['preset']!r}, predicting for {preset.name!r}")
+    for m, is_gate in [(m, False) for m, _ in weighted] + [(m, True) for m in gate_models]:
+        if m.presence != is_gate:
+            role = "gate_models takes presence classifiers" if is_gate else "a presence classifier goes in gate_models"
+            raise ValueError(f"{m.path}: {role}")
     total = sum(w for _, w in weighted)
-    # (model, weight, is_gate): the gate's folds are averaged on their own and read from the same batches
-    weighted = [(m, w / total, False) for m, w in weighted] + [(m, 1.0 / len(gate_models), True) for m in gate_models]
+    # the gate's folds (m.presence) are averaged on their own, read from the same batches
+    weighted = [(m, w / total) for m, w in weighted] + [(m, 1.0 / len(gate_models)) for m in gate_models]
     test_df = test_df.reset_index(drop=True)
-    groups: dict[tuple, list[tuple[FoldModel, float, bool]]] = {}
-    for m, w, is_gate in weighted:
-        groups.setdefault(m.transform_key, []).append((m, w, is_gate))
+    groups: dict[tuple, list[tuple[FoldModel, float]]] = {}
+    for m, w in weighted:
+        groups.setdefault(m.transform_key, []).append((m, w))
     loaders = [_loader(test_df, preset, key, batch_size, num_workers) for key in groups]
     size_of = dict(zip(test_df["image_id"].astype(str), zip(test_df["height"], test_df["width"], strict=True),
                        strict=True))  # fmt: skip
@@ -381,14 +390,14 @@ def predict_test(
         common = sizes[0] if len(set(sizes)) == 1 else None
         probs_sum, cls_sum, cls_weight, gate_sum = None, None, 0.0, None
         for batch, group in zip(batches, groups.values(), strict=True):
-            for m, w, is_gate in group:
+            for m, w in group:
                 device = next(m.model.parameters()).device
                 _, probs, cls_probs = next(engine.predict(
-                    m.model, [batch], device, activation="sigmoid" if is_gate else activation,
-                    out_size=common if preset.is_segmentation and not is_gate else None,
+                    m.model, [batch], device, activation="sigmoid" if m.presence else activation,
+                    out_size=common if preset.is_segmentation and not m.presence else None,
                     amp_dtype=engine.resolve_amp(m.amp, device), channels_last=m.channels_last, tta=tta, desc=desc,
                 ))  # fmt: skip
-                if is_gate:
+                if m.presence:
                     gate_sum = probs * w if gate_sum is None else gate_sum + probs * w
                 elif preset.is_segmentation and common is None:
                     probs = _resize_each(probs, sizes)

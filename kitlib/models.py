@@ -46,6 +46,7 @@ __all__ = [
     "ARCHS",
     "ARCH_ALIASES",
     "WEIGHT_SUFFIXES",
+    "PRESENCE_ARCH",
     "OfflineWeightsError",
     "WeightsReport",
     "create_model",
@@ -73,6 +74,9 @@ ARCH_ALIASES: dict[str, str] = {
     "uper": "upernet",
     "mitsegformer": "segformer",
 }
+#: ``arch`` of a presence classifier trained on a segmentation preset (``kitlib.train``): a timm classifier with one
+#: sigmoid per class whose probabilities gate another experiment's masks.
+PRESENCE_ARCH = "classifier"
 #: File endings that mark a string as a local weights path (besides containing a path separator).
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 

@@ -38,6 +38,7 @@ from kitlib.config import atomic_path, project_path, read_json, write_csv, write
 from kitlib.ensemble import ScoreFn, accuracy_score_fn, blend, dice_score_fn
 from kitlib.folds import load_folds
 from kitlib.metrics import ConfusionMatrix, dice_per_image_class
+from kitlib.models import PRESENCE_ARCH
 from kitlib.postprocess import (
     PostProcess,
     apply_postprocess,
@@ -272,7 +273,7 @@ def is_presence_experiment(exp_dir: str | os.PathLike) -> bool:
     """Whether ``artifacts/<exp>/`` holds a presence classifier (``10_train`` with ``arch="classifier"`` on a
     segmentation preset), read from ``fold0/config.json``."""
     path = project_path(exp_dir) / "fold0" / "config.json"
-    return path.is_file() and read_json(path).get("params", {}).get("arch") == "classifier"
+    return path.is_file() and read_json(path).get("params", {}).get("arch") == PRESENCE_ARCH
 
 
 def gate_class_probs(exp_dir: str | os.PathLike, image_ids: Sequence[str]) -> np.ndarray:

@@ -42,7 +42,7 @@ from kitlib.folds import attach_folds, load_folds
 from kitlib.formats import class_presence, load_competition, load_masks, masks_to_label_map
 from kitlib.losses import LOSSES, RECIPES, SEGMENTATION_LOSSES, create_loss, create_recipe
 from kitlib.metrics import ConfusionMatrix, dice_per_image_class
-from kitlib.models import create_classifier, create_model
+from kitlib.models import PRESENCE_ARCH, create_classifier, create_model
 from kitlib.presets import Preset, get_preset
 
 __all__ = [
@@ -285,8 +285,6 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
     ),
 }
 
-
-PRESENCE_ARCH = "classifier"
 
 # What a presence classifier changes in a segmentation preset's recipe (``arch="classifier"``): a timm classifier
 # (the recipe's encoder when timm knows it), plain BCE per class, no decoder settings, the best epoch on the loss.

@@ -240,21 +240,14 @@ def test_a_wheel_that_cannot_be_had_is_named(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> SimpleNamespace:
     """A tiny trained demo experiment ``e`` (2 folds, 1 epoch) with a postprocess.json, as 10_train/20_oof leave it."""
-    from kitlib import train
     from kitlib.demo import make_demo
-    from kitlib.folds import make_folds, save_folds
-    from kitlib.formats import load_competition
     from kitlib.postprocess import PostProcess
-    from tests.test_train import TINY
+    from tests.test_train import train_tiny
 
     tmp = tmp_path_factory.mktemp("kaggle_demo")
     data = make_demo(tmp / "data", n_train=12, n_test=5, height=64, width=96)
     root = tmp / "artifacts"
-    save_folds(make_folds(load_competition("demo", data), "demo", n_folds=2, seed=0), root / "e" / "folds.csv")
-    for fold in (0, 1):
-        cfg = train.train_config("demo", exp="e", fold=fold, data_dir=str(data), artifacts_root=str(root),
-                                 **{**TINY, "epochs": 1})  # fmt: skip
-        train.train_fold(cfg)
+    train_tiny(data, root, "e", epochs=1)
     PostProcess(threshold=[0.4] * 4, min_area=[0] * 4).to_json(root / "e" / "postprocess.json")
     return SimpleNamespace(data=data, root=root)
 
@@ -556,20 +549,14 @@ def _read_only(folder: Path, on: bool = True) -> None:
 
 @pytest.mark.slow
 def test_bundle_and_kernel_run_offline_in_a_fresh_environment(tmp_path, demo_run, kaggle_api, capsys):
-    from kitlib import train
     from kitlib.postprocess import PostProcess
+    from tests.test_train import TINY_CLASSIFIER, train_tiny
 
     # experiment "eg": "e" whose masks a separate presence classifier "g" gates (20_oof's gate_exp), so the kernel
     # runs both experiments' folds
     root = tmp_path / "artifacts"
     shutil.copytree(demo_run.root / "e", root / "eg")
-    (root / "g").mkdir()
-    shutil.copy2(root / "eg" / "folds.csv", root / "g" / "folds.csv")
-    for fold in (0, 1):
-        cfg = train.train_config("demo", exp="g", fold=fold, data_dir=str(demo_run.data), artifacts_root=str(root),
-                                 arch="classifier", model_name="test_resnet.r160_in1k", height=64, width=96,
-                                 batch_size=4, epochs=1, device="cpu", num_workers=0)  # fmt: skip
-        train.train_fold(cfg)
+    train_tiny(demo_run.data, root, "g", **{**TINY_CLASSIFIER, "epochs": 1})
     PostProcess(threshold=[0.4] * 4, min_area=[0] * 4, classifier_threshold=[0.3] * 4, gate_exp="g").to_json(
         root / "eg" / "postprocess.json"
     )

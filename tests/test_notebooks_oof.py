@@ -9,15 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kitlib import train
 from kitlib.config import read_json
 from kitlib.demo import make_demo
-from kitlib.folds import make_folds, save_folds
-from kitlib.formats import load_competition
 from kitlib.postprocess import PostProcess
 from kitlib.presets import get_preset
 from tests.test_notebooks import run_notebook
-from tests.test_train import TINY
+from tests.test_train import train_tiny
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +24,9 @@ def trained(tmp_path_factory) -> dict:
     """Two tiny experiments ("a" seed 0, "b" seed 1) on the same folds.csv, every fold trained for 2 epochs."""
     root = tmp_path_factory.mktemp("oof_exp")
     data = make_demo(root / "data", n_train=24, n_test=4, height=64, width=96)
-    folds = make_folds(load_competition("demo", data), "demo", n_folds=3, seed=0)
     artifacts = root / "artifacts"
     for exp, seed in (("a", 0), ("b", 1)):
-        save_folds(folds, artifacts / exp / "folds.csv")
-        for fold in range(3):
-            cfg = train.train_config("demo", **{**TINY, "epochs": 2}, exp=exp, fold=fold, seed=seed,
-                                     data_dir=str(data), artifacts_root=str(artifacts))  # fmt: skip
-            train.train_fold(cfg)
+        train_tiny(data, artifacts, exp, n_folds=3, epochs=2, seed=seed)
     return {"data_dir": str(data), "artifacts_root": str(artifacts), "root": root}
 
 

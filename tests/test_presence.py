@@ -18,21 +18,15 @@ from kitlib.config import read_json, save_config
 from kitlib.data import PresenceDataset, SegmentationDataset, make_dataset
 from kitlib.demo import make_demo
 from kitlib.engine import Scorer
-from kitlib.folds import make_folds, save_folds
 from kitlib.formats import class_presence, load_competition
 from kitlib.models import create_classifier, save_model
 from kitlib.postprocess import PostProcess, apply_postprocess
 from kitlib.submit import read_submission, validate_submission
 from tests.test_inference import fake_fold
 from tests.test_notebooks import run_notebook
-from tests.test_train import TINY
+from tests.test_train import TINY_CLASSIFIER, train_tiny
 
 CLASSIFIER = "test_resnet.r160_in1k"
-
-
-def _classifier_cfg(**kw) -> dict:
-    return dict(arch="classifier", model_name=CLASSIFIER, height=64, width=96, batch_size=4, epochs=2, device="cpu",
-                num_workers=0, **kw)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -113,17 +107,8 @@ def test_train_config_for_a_presence_classifier():
 def exps(demo, tmp_path_factory) -> dict:
     """A tiny segmentation experiment "seg" and a presence classifier "cls" on other folds, 2 folds each."""
     root = tmp_path_factory.mktemp("presence_artifacts")
-    df = load_competition("demo", demo)
-    save_folds(make_folds(df, "demo", n_folds=2, seed=0), root / "seg" / "folds.csv")
-    save_folds(make_folds(df, "demo", n_folds=2, seed=1), root / "cls" / "folds.csv")
-    done = {}
-    for fold in (0, 1):
-        seg = train.train_config("demo", exp="seg", fold=fold, data_dir=str(demo), artifacts_root=str(root),
-                                 **{**TINY, "epochs": 1})  # fmt: skip
-        train.train_fold(seg)
-        cls = train.train_config("demo", exp="cls", fold=fold, data_dir=str(demo), artifacts_root=str(root),
-                                 **_classifier_cfg())  # fmt: skip
-        done[fold] = train.train_fold(cls)
+    train_tiny(demo, root, "seg", epochs=1)
+    done = train_tiny(demo, root, "cls", folds_seed=1, **TINY_CLASSIFIER)
     return {"root": root, "data": demo, "done": done}
 
 
@@ -218,6 +203,10 @@ def test_predict_test_takes_the_gate_probs_from_the_classifier(tmp_path, demo):
         inference.load_gate_models(tmp_path, dataclasses.replace(params, gate_exp="seg"))
     test_df = load_competition("demo", demo, split="test")
     members = inference.load_members(tmp_path, "seg")
+    with pytest.raises(ValueError, match="a presence classifier goes in gate_models"):
+        next(inference.predict_test([gate[0]], test_df, "demo"))
+    with pytest.raises(ValueError, match="gate_models takes presence classifiers"):
+        next(inference.predict_test(members, test_df, "demo", gate_models=members[0][0]))
     out = list(inference.predict_test(members, test_df, "demo", batch_size=3, gate_models=gate))
     plain = list(inference.predict_test(members, test_df, "demo", batch_size=3))
     # the masks are the segmentation model's alone; the class probs the mean of the classifier folds' sigmoids

@@ -10,16 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from kitlib import train
 from kitlib.config import save_config
 from kitlib.demo import make_demo
-from kitlib.folds import make_folds, save_folds
-from kitlib.formats import load_competition
 from kitlib.models import create_model, save_model
 from kitlib.rle import rle_decode
 from kitlib.submit import read_submission, validate_submission
 from tests.test_notebooks import _images_shown, run_notebook
-from tests.test_train import TINY
+from tests.test_train import train_tiny
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +24,7 @@ pytestmark = pytest.mark.slow
 def test_submit_demo(tmp_path):
     data = make_demo(tmp_path / "data", n_train=12, n_test=5, height=64, width=96)
     root = tmp_path / "artifacts"
-    save_folds(make_folds(load_competition("demo", data), "demo", n_folds=2, seed=0), root / "e" / "folds.csv")
-    for fold in (0, 1):
-        cfg = train.train_config("demo", exp="e", fold=fold, data_dir=str(data), artifacts_root=str(root),
-                                 **{**TINY, "epochs": 1})  # fmt: skip
-        train.train_fold(cfg)
+    train_tiny(data, root, "e", epochs=1)
     out = tmp_path / "runs" / "e" / "submission.csv"
     nb = run_notebook("40_submit", tmp_path / "40.ipynb", exp="e", preset="demo", data_dir=data, n_folds=2,
                       artifacts_root=root, device="cpu", tta="hflip", submission_path=out)  # fmt: skip

@@ -27,6 +27,26 @@ TINY = dict(
     encoder_name="tu-test_resnet.r160_in1k", model_kwargs={"decoder_channels": [16, 16, 8, 8, 8]}, height=64,
     width=96, batch_size=4, epochs=3, device="cpu", num_workers=0,
 )  # fmt: skip
+#: A presence classifier (``arch="classifier"``) at the same tiny size.
+TINY_CLASSIFIER = dict(arch="classifier", model_name="test_resnet.r160_in1k", model_kwargs={}, height=64, width=96,
+                       batch_size=4, epochs=2, device="cpu", num_workers=0)  # fmt: skip
+
+
+def train_tiny(data: Path, root: Path, exp: str, n_folds: int = 2, folds_seed: int = 0, **overrides) -> list[dict]:
+    """Train every fold of a tiny demo experiment ``root/exp`` (TINY with ``overrides``); writes ``folds.csv``
+    (``make_folds`` with ``folds_seed``) unless the experiment has one. Returns each fold's ``train_fold`` result."""
+    folds_path = Path(root) / exp / "folds.csv"
+    if not folds_path.is_file():
+        save_folds(make_folds(load_competition("demo", data), "demo", n_folds=n_folds, seed=folds_seed), folds_path)
+    n_folds = int(pd.read_csv(folds_path)["fold"].max()) + 1
+    return [
+        train.train_fold(
+            train.train_config(
+                "demo", **{**TINY, **overrides}, exp=exp, fold=fold, data_dir=str(data), artifacts_root=str(root)
+            )
+        )  # fmt: skip
+        for fold in range(n_folds)
+    ]
 
 
 @pytest.fixture(scope="module")
