@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "replace_dir",
     "write_json",
     "read_json",
     "save_npy",
@@ -35,6 +37,7 @@ __all__ = [
     "run_info",
     "save_config",
     "set_offline",
+    "OFFLINE_VARS",
     "project_root",
     "project_path",
 ]
@@ -74,6 +77,22 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def replace_dir(tmp_dir: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move a finished folder ``tmp_dir`` (built beside ``dest``, same filesystem) onto ``dest``: an existing ``dest``
+    is renamed aside first and deleted after, so a reader sees the old folder or the new one, never a mix. The new
+    folder gets the usual permissions (``tempfile.mkdtemp`` makes it 0700)."""
+    tmp_dir, dest = Path(tmp_dir), Path(dest)
+    os.chmod(tmp_dir, 0o777 & ~_umask())
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(tmp_dir, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -182,6 +201,10 @@ def save_config(path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
     return write_json(path, {"params": dict(params), "run": run_info()})
 
 
+#: The environment variables that ``set_offline`` sets (also written into Kaggle kernels by ``kitlib.kaggle``).
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
 def set_offline(enabled: bool = True) -> None:
     """Switch the Hugging Face hub and timm into offline mode (Kaggle kernels run with internet off).
 
@@ -191,7 +214,7 @@ def set_offline(enabled: bool = True) -> None:
     if it was imported already.
     """
     value = "1" if enabled else "0"
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    for var in OFFLINE_VARS:
         os.environ[var] = value
     hub = sys.modules.get("huggingface_hub.constants")
     if hub is not None:  # imported already: it cached the flag at import time, so update the cached value

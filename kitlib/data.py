@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from kitlib import formats
 from kitlib._private import progress
-from kitlib.config import read_json, write_csv, write_json
+from kitlib.config import read_json, replace_dir, write_csv, write_json
 from kitlib.presets import Preset, get_preset
 
 __all__ = [
@@ -705,7 +705,7 @@ def build_cache(
     tmp_dir.mkdir()
     try:
         _write_cache(df, preset, tmp_dir, height, width, fingerprint, num_workers, desc=cache_dir.name)
-        _swap_into_place(tmp_dir, cache_dir)
+        replace_dir(tmp_dir, cache_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -738,18 +738,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _swap_into_place(tmp_dir: Path, cache_dir: Path) -> None:
-    """Rename the finished build onto ``cache_dir``; an existing cache is moved aside first, then deleted."""
-    old = None
-    if cache_dir.exists():
-        old = cache_dir.parent / f".{cache_dir.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(cache_dir, old)
-    os.replace(tmp_dir, cache_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_cache(

@@ -46,6 +46,7 @@ __all__ = [
     "SubmissionResult",
     "default_postprocess",
     "ensemble_weights",
+    "fold_dirs",
     "load_fold_models",
     "load_gate_models",
     "load_members",
@@ -139,6 +140,34 @@ def _fold_params(fold_dir: Path) -> dict[str, Any]:
     return {**TrainConfig().to_dict(), **params}
 
 
+def fold_dirs(exp_dir: str | os.PathLike, folds: Sequence[int] | None = None) -> list[Path]:
+    """The fold folders of an experiment that inference loads: ``fold<k>/`` with ``best.pt`` and ``config.json``.
+
+    Args:
+        exp_dir: ``artifacts/<exp>/``.
+        folds: the folds; None: every ``fold<k>/`` that has a ``best.pt``, by k.
+    Raises:
+        FileNotFoundError: no experiment folder, no fold with a ``best.pt``, a requested fold without one, or a
+            fold without ``config.json`` (the message names the path).
+    """
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise FileNotFoundError(f"experiment folder not found: {exp_dir}")
+    if folds is None:
+        folds = sorted(
+            int(m.group(1)) for p in exp_dir.glob("fold*/best.pt") if (m := re.fullmatch(r"fold(\d+)", p.parent.name))
+        )
+        if not folds:
+            raise FileNotFoundError(f"{exp_dir}: no fold<k>/best.pt; train the folds first (notebooks/10_train.py)")
+    dirs = [exp_dir / f"fold{int(k)}" for k in folds]
+    for d in dirs:
+        if not (d / "best.pt").is_file():
+            raise FileNotFoundError(f"{d / 'best.pt'}: no such checkpoint ({d.name} of {exp_dir.name} is not trained)")
+        if not (d / "config.json").is_file():
+            raise FileNotFoundError(f"{d / 'config.json'}: missing; a fold folder needs the config.json of 10_train")
+    return dirs
+
+
 def load_fold_models(
     exp_dir: str | os.PathLike, folds: Sequence[int] | None = None, device: str | torch.device = "cpu"
 ) -> list[FoldModel]:
@@ -157,22 +186,11 @@ def load_fold_models(
             presets.
     """
     exp_dir = Path(exp_dir)
-    if not exp_dir.is_dir():
-        raise FileNotFoundError(f"experiment folder not found: {exp_dir}")
-    if folds is None:
-        found = sorted(
-            int(m.group(1)) for p in exp_dir.glob("fold*/best.pt") if (m := re.fullmatch(r"fold(\d+)", p.parent.name))
-        )
-        if not found:
-            raise FileNotFoundError(f"{exp_dir}: no fold<k>/best.pt; train the folds first (notebooks/10_train.py)")
-        folds = found
     device = resolve_device(device)
     models = []
-    for fold in folds:
-        fold_dir = exp_dir / f"fold{int(fold)}"
+    for fold_dir in fold_dirs(exp_dir, folds):
+        fold = int(fold_dir.name[4:])
         path = fold_dir / "best.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such checkpoint (fold {fold} of {exp_dir.name} is not trained)")
         params = _fold_params(fold_dir)
         preset = get_preset(params["preset"])
         presence = params.get("arch") == PRESENCE_ARCH

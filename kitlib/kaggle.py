@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from kitlib._private import listing
-from kitlib.config import project_path, project_root, read_json, run_info, write_json
+from kitlib.config import OFFLINE_VARS, project_path, project_root, read_json, replace_dir, run_info, write_json
 
 __all__ = [
     "COMPETITIONS",
@@ -99,7 +99,6 @@ MACHINE_SHAPES = {"NvidiaTeslaT4": "gpu", "NvidiaTeslaP100": "gpu", "Tpu1VmV38":
 MANIFEST = "kit-bundle.json"
 DATASET_METADATA = "dataset-metadata.json"
 KERNEL_METADATA = "kernel-metadata.json"
-_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")  # as kitlib.config.set_offline
 _RUNTIME_PARAMS = ("data_dir", "artifacts_root", "submission_path")  # resolved inside the kernel
 _SLUG_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _DATASET_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{4,48})[a-z0-9]")  # 6..50 characters, as Kaggle requires
@@ -550,64 +549,50 @@ def _human(n: float) -> str:
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
-    return f"{n:.1f} GB"
+    raise AssertionError("unreachable")
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fold_dirs(exp_dir: Path, folds: Sequence[int] | None) -> list[Path]:
-    """The fold folders inference loads (``inference.load_fold_models``): each with best.pt and config.json."""
-    if not exp_dir.is_dir():
-        raise FileNotFoundError(f"experiment folder not found: {exp_dir}")
-    if folds is None:
-        dirs = sorted(
-            (p.parent for p in exp_dir.glob("fold*/best.pt") if re.fullmatch(r"fold\d+", p.parent.name)),
-            key=lambda p: int(p.name[4:]),
-        )
-        if not dirs:
-            raise FileNotFoundError(f"{exp_dir}: no fold<k>/best.pt; train the folds first (notebooks/10_train.py)")
-    else:
-        dirs = [exp_dir / f"fold{int(k)}" for k in folds]
-    for d in dirs:
-        for name in ("best.pt", "config.json"):
-            if not (d / name).is_file():
-                raise FileNotFoundError(f"{d / name}: missing; inference needs each fold's best.pt and config.json")
-    return dirs
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _artifact_sources(
     root: Path, exp: str, ensemble: str, folds: Sequence[int] | None
 ) -> tuple[list[tuple[str, Path]], str, str | None]:
-    """``[(bundle path, source file)]`` of what ``40_submit`` reads, the preset, and the gate experiment."""
-    from kitlib.inference import ensemble_weights  # the one reader of weights.json (imports torch)
+    """``[(bundle path, source file)]`` of what ``40_submit`` reads, the preset, and the gate experiment: the folds
+    of ``inference.fold_dirs``, ``weights.json`` as ``inference.ensemble_weights`` reads it and ``postprocess.json``
+    as ``inference.load_postprocess`` reads it (so a file inference would refuse fails here, not in the kernel)."""
+    from kitlib.inference import ensemble_weights, fold_dirs, load_postprocess  # inference imports torch
 
     top = ensemble or exp
     sources: list[tuple[str, Path]] = []
     if ensemble:
-        members = [name for name, weight in ensemble_weights(root, exp, ensemble) if weight > 0]
         sources.append((f"artifacts/{ensemble}/weights.json", root / ensemble / "weights.json"))
-    else:
-        members = [exp]
+    members = [name for name, weight in ensemble_weights(root, exp, ensemble) if weight > 0]
+
+    def add_folds(name: str, fold_list: Sequence[int] | None) -> list[dict]:
+        dirs = fold_dirs(root / name, fold_list)
+        sources.extend((f"artifacts/{name}/{d.name}/{f}", d / f) for d in dirs for f in ("best.pt", "config.json"))
+        return [read_json(d / "config.json").get("params", {}) for d in dirs]
+
+    params = [p for name in members for p in add_folds(name, folds if not ensemble else None)]
+    kinds = {p.get("preset") for p in params}
+    if len(kinds) != 1 or None in kinds:
+        raise ValueError(f"{root / top}: the folds' config.json name presets {sorted(map(str, kinds))}; expected one")
+    preset = kinds.pop()
     post = root / top / "postprocess.json"
     gate = None
     if post.is_file():
         sources.append((f"artifacts/{top}/postprocess.json", post))
-        gate = read_json(post).get("gate_exp") or None
-    presets = {}
-    for name in [*members, *([gate] if gate else [])]:
-        for d in _fold_dirs(root / name, folds if not ensemble and name == exp else None):
-            presets[f"{name}/{d.name}"] = read_json(d / "config.json").get("params", {}).get("preset")
-            sources += [(f"artifacts/{name}/{d.name}/{f}", d / f) for f in ("best.pt", "config.json")]
-    kinds = {p for k, p in presets.items() if not (gate and k.startswith(f"{gate}/"))}
-    if len(kinds) != 1 or None in kinds:
-        raise ValueError(f"{root / top}: the folds' config.json name presets {sorted(map(str, kinds))}; expected one")
-    return sources, kinds.pop(), gate
+        postprocess = load_postprocess(root / top, preset)
+        gate = postprocess.gate_exp if postprocess is not None else None
+    if gate:
+        bad = [p.get("fold") for p in add_folds(gate, None) if p.get("arch") != "classifier"]
+        if bad:
+            raise ValueError(f"{post}: gate_exp {gate!r} is not a presence classifier (folds {bad}; 10_train with "
+                             f"arch='classifier')")  # fmt: skip
+    return sources, preset, gate
 
 
 def _check_out(out: Path, marker: str) -> Path:
@@ -618,17 +603,9 @@ def _check_out(out: Path, marker: str) -> Path:
 
 
 def _replace_dir(tmp: Path, out: Path, marker: str) -> None:
-    """Move the finished ``tmp`` onto ``out``; an existing ``out`` is replaced only if it holds ``marker``."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp made it 0700
-    if _check_out(out, marker).exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    """Move the finished ``tmp`` onto ``out`` (``kitlib.config.replace_dir``); an existing ``out`` is replaced only
+    if it holds ``marker``."""
+    replace_dir(tmp, _check_out(out, marker))
 
 
 def bundle(
@@ -787,7 +764,7 @@ import os
 import subprocess
 import sys
 
-for _var in {_OFFLINE_VARS!r}:
+for _var in {OFFLINE_VARS!r}:
     os.environ[_var] = "1"
 _input = os.path.join(os.environ.get("KIT_KAGGLE_ROOT") or "/kaggle", "input")
 _patterns = {_input_patterns(dataset_id)!r}  # as kitlib.kaggle.find_input
@@ -877,7 +854,8 @@ def kernel(
     slug = slug or f"kit-{_slugify(name)}-submit"
     notebook = Path(notebook).expanduser()
     if not notebook.is_absolute():
-        notebook = next((p for p in (project_path(notebook), _checkout() / notebook) if p.is_file()), notebook)
+        local = project_path(notebook)
+        notebook = local if local.is_file() else _checkout() / notebook
     if not notebook.is_file():
         raise FileNotFoundError(f"{notebook}: no such notebook")
     code_file = notebook.with_suffix(".ipynb").name
@@ -938,7 +916,7 @@ _NETWORK = re.compile(
     re.I,
 )
 _REFUSED_AUTH = re.compile(r"\b401\b|Unauthorized|Authentication required|Invalid credentials", re.I)
-_FAILED = re.compile(r"\berror\b", re.I)
+_FAILED = re.compile(r"\berror\s*:", re.I)  # the CLI's failures: "Kernel push error: ...", "... error: ..."
 
 
 def _kaggle_cli() -> list[str]:
@@ -1046,6 +1024,8 @@ def push(
             out = _check(*_call(cli, status, result), status)
             if "ready" in out.lower():
                 break
+            if out.strip().lower() == "error":
+                raise KaggleError(f"{dataset_id}: Kaggle could not process the upload (datasets status: error)")
             if time.monotonic() > deadline:
                 log.warning("%s is not ready after %.0f s (%s); the kernel may see the previous version", dataset_id,
                             wait, _last_line(out))  # fmt: skip
@@ -1150,7 +1130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )  # fmt: skip
             for cmd, out in result.calls:
                 print(f"{' '.join(cmd[:3])}: {_last_line(out)}")
-    except (KaggleError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:  # KaggleError is a RuntimeError
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

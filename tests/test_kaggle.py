@@ -269,20 +269,28 @@ def test_bundle_stores_each_file_once(tmp_path, demo_run, monkeypatch):
     shutil.copytree(demo_run.root / "e", root / "gate")
     (root / "gate" / "fold1" / "best.pt").write_bytes(b"a different classifier")
     write_json(root / "ens" / "weights.json", {"exps": ["e", "e", "e2", "unused"], "weights": [1, 1, 2, 0]})
-    write_json(root / "ens" / "postprocess.json", {"threshold": [0.5] * 4, "min_area": [0] * 4, "gate_exp": "gate"})
-    b = kaggle.bundle(ensemble="ens", artifacts_root=root, out_dir=tmp_path / "out", user="tester", packages=())
+    post = {"threshold": [0.5] * 4, "min_area": [0] * 4, "classifier_threshold": [0.5] * 4, "gate_exp": "gate"}
+    write_json(root / "ens" / "postprocess.json", post)
+    common = dict(ensemble="ens", artifacts_root=root, out_dir=tmp_path / "out", user="tester", packages=())
+    with pytest.raises(ValueError, match="gate_exp 'gate' is not a presence classifier"):
+        kaggle.bundle(**common)  # inference would refuse it in the kernel: refused here instead
+    for fold in (0, 1):  # make "gate" a presence classifier, as 10_train with arch="classifier" writes it
+        path = root / "gate" / f"fold{fold}" / "config.json"
+        config = read_json(path)
+        write_json(path, {**config, "params": {**config["params"], "arch": "classifier"}})
+    b = kaggle.bundle(**common)
     assert b.dataset_id == "tester/kit-ens-bundle" and (b.preset, b.exp, b.ensemble) == ("demo", "ens", "ens")
     assert sorted(b.files) == [
         "artifacts/e/fold0/best.pt", "artifacts/e/fold0/config.json", "artifacts/e/fold1/best.pt",
         "artifacts/e/fold1/config.json", "artifacts/ens/postprocess.json", "artifacts/ens/weights.json",
-        "artifacts/gate/fold1/best.pt", "wheels/kitlib-0.1.0-py3-none-any.whl",
+        "artifacts/gate/fold0/config.json", "artifacts/gate/fold1/best.pt", "artifacts/gate/fold1/config.json",
+        "wheels/kitlib-0.1.0-py3-none-any.whl",
     ]  # fmt: skip
     assert b.links == {
         "artifacts/e2/fold0/best.pt": "artifacts/e/fold0/best.pt", "artifacts/e2/fold0/config.json":
         "artifacts/e/fold0/config.json", "artifacts/e2/fold1/best.pt": "artifacts/e/fold1/best.pt",
         "artifacts/e2/fold1/config.json": "artifacts/e/fold1/config.json", "artifacts/gate/fold0/best.pt":
-        "artifacts/e/fold0/best.pt", "artifacts/gate/fold0/config.json": "artifacts/e/fold0/config.json",
-        "artifacts/gate/fold1/config.json": "artifacts/e/fold1/config.json",
+        "artifacts/e/fold0/best.pt",
     }  # fmt: skip
     on_disk = sorted(str(p.relative_to(b.path)) for p in b.path.rglob("*") if p.is_file())
     assert on_disk == sorted([*b.files, "dataset-metadata.json", "kit-bundle.json"])
@@ -290,7 +298,7 @@ def test_bundle_stores_each_file_once(tmp_path, demo_run, monkeypatch):
     hashes = [f["sha256"] for f in manifest["files"]]
     assert len(hashes) == len(set(hashes))
     assert b.total_bytes == sum((b.path / rel).stat().st_size for rel in b.files)
-    assert f"{len(b.files)} files" in b.summary() and "7 duplicates stored once" in b.summary()
+    assert f"{len(b.files)} files" in b.summary() and "5 duplicates stored once" in b.summary()
     # inside the kernel: the read-only input folder, one level deeper, and the linked paths rebuilt
     kroot = tmp_path / "kaggle"
     shutil.copytree(b.path, kroot / "input" / "datasets" / "tester" / "kit-ens-bundle")
@@ -324,7 +332,7 @@ def test_bundle_failures_leave_nothing_behind(tmp_path, demo_run, monkeypatch):
     common = dict(artifacts_root=demo_run.root, out_dir=out, user="tester", packages=())
     with pytest.raises(ValueError, match="needs an experiment"):
         kaggle.bundle(**common)
-    with pytest.raises(FileNotFoundError, match="fold5/best.pt: missing"):
+    with pytest.raises(FileNotFoundError, match="fold5/best.pt: no such checkpoint"):
         kaggle.bundle("e", folds=[0, 5], **common)
     with pytest.raises(ValueError, match="torch: the Kaggle image ships it"):
         kaggle.bundle("e", **{**common, "packages": ["torch"]})
@@ -619,3 +627,14 @@ def test_bundle_and_kernel_run_offline_in_a_fresh_environment(tmp_path, demo_run
     # kitlib.config from a wheel outside any git checkout: provenance without a commit, paths as injected
     config = read_json(kroot / "working" / "submission_config.json")
     assert config["run"]["git_commit"] is None and config["params"]["data_dir"] == str(comp)
+
+
+def test_push_output_check_tells_errors_from_slugs_that_say_error():
+    """A dataset named "error-study" uploads fine: only the CLI's "... error: ..." lines are failures."""
+    args = ["kernels", "push"]
+    ok = (
+        "Kernel version 1 successfully pushed.  Please check progress at https://www.kaggle.com/code/me/kit-error-study"
+    )
+    assert kaggle._check(0, ok, args) == ok
+    with pytest.raises(kaggle.KaggleError, match="kaggle kernels push failed"):
+        kaggle._check(0, "Kernel push error: Notebook not found", args)
