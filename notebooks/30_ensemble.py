@@ -17,7 +17,8 @@
 # Reads the gathered OOF of each experiment in `exps` (`artifacts/<exp>/oof_probs.npy` from `20_oof`; gathered here
 # when absent), which must share one `folds.csv`. Compares equal weights with optimised ones (`kitlib.ensemble`:
 # Nelder-Mead, SLSQP, differential evolution, hill climbing, or plain mean), checks the fitted weights on held-out folds
-# (`cv_weights`), scores every subset of experiments, then searches the post-processing again on the blend.
+# (`cv_weights`), scores every subset of experiments, then searches the post-processing again on the blend (with
+# `gate_exp`, also a gate by a separate presence classifier, as in `20_oof`).
 #
 # Writes `artifacts/<ensemble_name>/`: `weights.json`, `postprocess.json`, `cv.json`, `config.json`, and the blend
 # itself (`oof_probs.npy`, `oof_ids.csv`). With one experiment the weight is 1.0 and the post-processing is that of
