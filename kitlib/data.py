@@ -289,6 +289,12 @@ class PresenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def transform(self):
+        """The wrapped dataset's transform, so the training loop reseeds its augmentations every epoch (and every
+        loader worker) as for any dataset: a resumed presence classifier then draws the same augmentations."""
+        return self.dataset.transform
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.dataset[i]
         if "mask" in item:

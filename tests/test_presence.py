@@ -52,6 +52,16 @@ def test_presence_dataset_targets_are_the_classes_with_pixels(demo):
         make_dataset(df.head(0), "coco", presence=True)
 
 
+def test_presence_dataset_exposes_the_transform_the_loop_reseeds(demo):
+    """engine.fit and the loader workers reseed ``dataset.transform`` every epoch: the wrapper must show the wrapped
+    dataset's, or a resumed presence classifier draws other augmentations than an uninterrupted one."""
+    from kitlib.data import build_transforms
+
+    transform = build_transforms("train", 32, 48, augment="flips")
+    pres = make_dataset(load_competition("demo", demo), "demo", transform, presence=True)
+    assert pres.transform is transform
+
+
 def test_presence_dataset_follows_the_transform():
     """A crop that leaves a class out also drops its label."""
 
