@@ -10,7 +10,8 @@
 #   --exp NAME        experiment name: executed notebooks go to runs/NAME/, artifacts to artifacts/NAME/ (default: preset)
 #   --folds N         number of folds (default 5)
 #   --label-file F    train label file inside DIR when it is not the competition's own name
-#   --params F.yaml   extra notebook parameters (papermill -f); the options above take precedence
+#   --params F.yaml   extra notebook parameters; each notebook gets the ones its parameters cell declares, a name no
+#                     notebook declares is an error; the options above take precedence
 #   --gpus 0,1        GPU ids: the folds of 10_train run in parallel, one per GPU (CUDA_VISIBLE_DEVICES), and every
 #                     notebook after 00_eda gets -p device cuda; without it the folds run one after another
 #   --ensemble NAME   30_ensemble writes artifacts/NAME/ (the experiments of an `exps:` line in --params, else this
@@ -66,19 +67,27 @@ data="$(cd "$data" && pwd)"
 runs="runs/$exp"
 mkdir -p "$runs/.done" "artifacts/$exp"
 
-common=(-p exp "$exp" -p preset "$preset" -p data_dir "$data" -p n_folds "$folds" -p label_file "$label_file"
-        -p artifacts_root "$PWD/artifacts")
-[ -z "$params_file" ] || common=(-f "$params_file" "${common[@]}")
+# Each notebook gets the parameters it declares, typed (python -m kitlib.params params: the options below, then the
+# --params file; a name there that no notebook declares is an error), as a YAML file for papermill -f.
+common=(--set exp "$exp" --set preset "$preset" --set data_dir "$data" --set n_folds "$folds"
+        --set label_file "$label_file" --set artifacts_root "$PWD/artifacts")
+[ -z "$params_file" ] || common=(--file "$params_file" "${common[@]}")
 progress=(--no-progress-bar); [ -t 2 ] && progress=(--progress-bar)
-device=(); [ -z "$gpus" ] || device=(-p device cuda)
-gate=(); [ -z "$gate_exp" ] || gate=(-p gate_exp "$gate_exp")
+device=(); [ -z "$gpus" ] || device=(--set device cuda)
+gate=(); [ -z "$gate_exp" ] || gate=(--set gate_exp "$gate_exp")
+mkdir -p "$runs/.params"
 
-# run_notebook NAME OUTPUT_STEM [extra papermill args...]
+# run_notebook NAME OUTPUT_STEM [--set NAME VALUE ...]
 run_notebook() {
   local name="$1" stem="$2"; shift 2
-  local src="notebooks/$name.py" out="$runs/$stem.ipynb" marker="$runs/.done/$stem"
+  local src="notebooks/$name.py" out="$runs/$stem.ipynb" marker="$runs/.done/$stem" params="$runs/.params/$stem.yaml"
   local key
-  key="$( { cat "$src"; printf '%s\n' "${common[@]}" "$@"; [ -z "$params_file" ] || cat "$params_file"; } | sha256sum | cut -d' ' -f1)"
+  if ! python -m kitlib.params params "$src" "${common[@]}" "$@" > "$params.tmp"; then
+    echo "[run_all] FAILED: the parameters of $stem (above)" >&2
+    exit 1
+  fi
+  mv "$params.tmp" "$params"
+  key="$(cat "$src" "$params" | sha256sum | cut -d' ' -f1)"
   if [ "$force" = 0 ] && [ "$(cat "$marker" 2>/dev/null || true)" = "$key" ]; then
     echo "[run_all] $stem: done already, skipped ($out)"
     return 0
@@ -86,7 +95,7 @@ run_notebook() {
   rm -f "$marker"
   echo "[run_all] $stem: running -> $out"
   if ! jupytext --to ipynb --output - "$src" \
-      | papermill - "$out" -k python3 --cwd "$PWD" "${progress[@]}" "${common[@]}" "$@"; then
+      | papermill - "$out" -k python3 --cwd "$PWD" "${progress[@]}" -f "$params"; then
     echo "[run_all] FAILED: $stem; the executed notebook with the error is $out" >&2
     exit 1
   fi
@@ -107,7 +116,7 @@ kill_tree() {
 # run_folds: the folds of 10_train; with --gpus, GPU i runs folds i, i+G, ... while the other GPUs run theirs.
 run_folds() {
   if [ -z "$gpus" ]; then
-    for ((fold = 0; fold < folds; fold++)); do run_notebook 10_train "10_train_fold$fold" "${device[@]}" -p fold "$fold"; done
+    for ((fold = 0; fold < folds; fold++)); do run_notebook 10_train "10_train_fold$fold" "${device[@]}" --set fold "$fold"; done
     return 0
   fi
   local ids pids=() i gpu
@@ -117,7 +126,7 @@ run_folds() {
     (
       export CUDA_VISIBLE_DEVICES="$gpu"
       for ((fold = i; fold < folds; fold += ${#ids[@]})); do
-        run_notebook 10_train "10_train_fold$fold" "${device[@]}" -p fold "$fold"
+        run_notebook 10_train "10_train_fold$fold" "${device[@]}" --set fold "$fold"
       done
     ) &
     pids+=($!)
@@ -150,11 +159,11 @@ for name in 00_eda 10_train 20_oof 30_ensemble 40_submit; do
   elif [ "$name" = 30_ensemble ]; then
     # the experiments to blend: an `exps:` line of --params, else this experiment alone; the weights go to
     # artifacts/<--ensemble NAME>/, else artifacts/<exp>/ensemble/ (never a folder shared by experiments)
-    blend=(-p ensemble_name "${ensemble:-$exp/ensemble}")
-    [ -n "$params_file" ] && grep -q '^exps:' "$params_file" || blend+=(-p exps "$exp")
+    blend=(--set ensemble_name "${ensemble:-$exp/ensemble}")
+    [ -n "$params_file" ] && grep -q '^exps:' "$params_file" || blend+=(--set exps "$exp")
     run_notebook "$name" "$name" "${device[@]}" "${blend[@]}" "${gate[@]}"
   elif [ "$name" = 40_submit ] && [ -n "$ensemble" ]; then
-    run_notebook "$name" "$name" "${device[@]}" -p ensemble "$ensemble"
+    run_notebook "$name" "$name" "${device[@]}" --set ensemble "$ensemble"
   else
     run_notebook "$name" "$name" "${device[@]}"
   fi

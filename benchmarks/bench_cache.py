@@ -1,4 +1,4 @@
-"""Benchmark: dataset items read from the raw files against items read from the kitlib.data image cache.
+"""Benchmark: dataset items read from the raw files against items read from the kitlib.cache image cache.
 
 Run: ``python benchmarks/bench_cache.py [--data ../shared/data] [--height 320] [--width 480] [--passes 20]``
 
@@ -27,16 +27,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kitlib.data import SegmentationDataset, build_cache, build_transforms
+from kitlib.cache import build_cache
+from kitlib.data import SegmentationDataset, build_transforms
 from kitlib.formats import load_competition
-from kitlib.presets import get_preset
+from kitlib.presets import PRESETS, get_preset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def clouds_table(clouds_dir: Path) -> pd.DataFrame:
     """All train images of the sample, each with the RLE columns of 0011165 (see the module docstring)."""
-    labelled = load_competition("clouds", clouds_dir, label_file="train_small.csv")
+    labelled = load_competition(PRESETS["clouds"], clouds_dir, label_file="train_small.csv")
     targets = labelled.iloc[0][list(get_preset("clouds").target_classes)]
     rows = []
     for path in sorted((clouds_dir / "train_images").glob("*.jpg")):

@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path[:1]:
     sys.path.insert(0, str(REPO))  # `tests` is the repo's package, not a site-packages one of the same name
 
-from kitlib.postprocess import scale_top_k, search_thresholds, search_triplet, top_k_class_probs  # noqa: E402
+from kitlib.postprocess import scale_top_k, top_k_class_probs  # noqa: E402
+from kitlib.search import search_thresholds, search_triplet  # noqa: E402
 from tests.postprocess_reference import search_thresholds_reference, search_triplet_reference  # noqa: E402
 
 THRESHOLDS = [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75]

@@ -17,9 +17,10 @@ import time
 import torch
 from torch.utils.data import Dataset
 
-from kitlib import engine
+from kitlib import engine, optim, runtime
 from kitlib.losses import create_loss
 from kitlib.models import create_model
+from kitlib.presets import PRESETS
 
 
 class _Synthetic(Dataset):
@@ -42,21 +43,21 @@ def _images_per_s(
     model = create_model("unet", encoder, classes=4).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = engine.make_optimizer(model, 2.5e-5, 2.5e-4, 0.01)
+    optimizer = optim.make_optimizer(model, 2.5e-5, 2.5e-4, 0.01)
     loss = create_loss("combo", terms={"bce": 0.75, "dice": 0.25}, mode="multilabel")
     if device.type == "cuda":
-        amp_dtype = engine.resolve_amp(amp, device)
+        amp_dtype = runtime.resolve_amp(amp, device)
     else:
         amp_dtype = torch.bfloat16 if amp != "off" else None  # CPU autocast: bf16 only
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     def run(n_steps: int) -> float:
-        loader = engine.make_loader(_Synthetic(n_steps * batch_size, height, width, 4), batch_size, train=True)
+        loader = runtime.make_loader(_Synthetic(n_steps * batch_size, height, width, 4), batch_size, train=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         engine.train_one_epoch(
-            model, loader, loss, optimizer, "clouds", device, scaler=scaler, amp_dtype=amp_dtype,
+            model, loader, loss, optimizer, PRESETS["clouds"], device, scaler=scaler, amp_dtype=amp_dtype,
             channels_last=channels_last,
         )  # fmt: skip
         if device.type == "cuda":
@@ -73,7 +74,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--encoder", default="resnet34")
     args = parser.parse_args()
-    _, device = engine.init_distributed(args.device)
+    _, device = runtime.init_distributed(args.device)
     if device.type == "cuda":
         height, width, batch_size, steps, warmup = 384, 576, 16, args.steps or 30, 5
     else:

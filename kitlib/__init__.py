@@ -3,8 +3,7 @@
 Flat, one idea per module; import what you need (``from kitlib.rle import rle_encode``). Importing the package
 does no heavy work and no network access: torch, timm and OpenCV are imported by the modules that use them.
 
-Import direction (no cycles): rle, config, presets <- formats, folds, metrics, losses, models, tta <- data, demo,
-postprocess, ensemble, submit <- engine <- train <- plots <- notebooks.
+Import direction: see docs/ARCHITECTURE.md.
 """
 
 import warnings

@@ -1,243 +1,276 @@
-"""Artifacts on disk: atomic writes, JSON configs with provenance, offline switch.
+"""Stage configs: each notebook's parameters cell is the one typed declaration of its stage.
 
-Every artifact the kit writes goes through these helpers: the bytes land under a temporary name in the
-same folder and are moved into place with ``os.replace``, so a killed run leaves either the old file or
-the new one, never half a file.
+A notebook (``notebooks/10_train.py`` ...) opens with a papermill ``parameters`` cell of annotated literals::
+
+    exp: str = "demo"  # artifacts/<exp>/
+    epochs: Optional[int] = None  # None: the recipe's
+
+The next cell turns that namespace into the stage's config object, ``TrainConfig.from_params(globals())``
+(``kitlib.stages``), which
+
+- takes the parameter names and types from the cell's annotations (``__annotations__``), never from a list kept
+  elsewhere, so a new parameter is one new line in the cell;
+- checks every value against its annotation: ``epochs: Optional[int]`` takes an int or None, not ``"3"``, ``2.7``
+  or True; ``bool`` takes True/False, not ``"false"`` or 0; a ``float`` takes an int (as a float). A wrong value
+  fails with ``ParameterError`` naming the parameter, the value and the expected type;
+- refuses a name papermill injected that the cell does not declare (papermill only warns "Passed unknown
+  parameter"), naming close matches, and a declared parameter without a value (``exp: str`` with nothing
+  injected);
+- saves the whole object as the artifact folder's ``config.json`` (``StageConfig.save``): ``{"stage", "params",
+  "types", ...provenance, "run"}``. ``StageConfig.load`` rebuilds the object from that file alone (the types travel
+  with it), so a stage reruns from it (``python -m kitlib.train fold<k>/config.json``, or papermill with
+  ``-f`` on its ``params``) and inference reads a fold's training config without the notebook.
+
+Annotations use ``Optional[X]`` rather than ``X | None``: papermill's parameter parser (a regular expression) does not
+read ``|`` and would warn "Passed unknown parameter" for every such name. The types understood are ``kitlib.params``'.
+
+Outside a notebook, ``StageConfig.from_notebook(**overrides)`` builds a config from the notebook's defaults, read as
+text by ``kitlib.params.read_declaration`` (nothing is imported or run); ``kitlib.params`` also checks the values and
+writes each notebook the typed parameters it declares for ``run_all.sh``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib.metadata
-import io
+import ast
+import difflib
 import json
-import logging
 import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator, Mapping
+import types as _types
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
+from kitlib.io import read_json, run_info, write_json
+from kitlib.params import Parameter, ParameterError, canonical_type, check_value, read_declaration
 
-__all__ = [
-    "atomic_path",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "replace_dir",
-    "write_json",
-    "read_json",
-    "save_npy",
-    "write_csv",
-    "run_info",
-    "save_config",
-    "set_offline",
-    "OFFLINE_VARS",
-    "project_root",
-    "project_path",
-]
+__all__ = ["StageConfig"]
 
-log = logging.getLogger(__name__)
-
-_VERSIONED_PACKAGES = (
-    "kitlib", "torch", "torchvision", "timm", "segmentation-models-pytorch", "albumentations",
-    "numpy", "pandas", "opencv-python-headless", "scipy",
-)  # fmt: skip
+#: The first line of the cell papermill injects (``PythonTranslator.codify(..., comment="Parameters")``).
+_INJECTED_HEADER = "# Parameters"
+_NAMESPACE_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})  # IPython's own globals
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it onto ``path`` atomically.
-
-    Use it for writers that want a file name (``torch.save``, ``np.save``, ``fig.savefig``). On an
-    exception the temporary file is removed and ``path`` is untouched. Parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts get the usual permissions
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
-@functools.cache
-def _umask() -> int:
-    """The process umask, read once (reading it means setting it, which is not thread-safe)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def replace_dir(tmp_dir: str | os.PathLike, dest: str | os.PathLike) -> None:
-    """Move a finished folder ``tmp_dir`` (built beside ``dest``, same filesystem) onto ``dest``: an existing ``dest``
-    is renamed aside first and deleted after, so a reader sees the old folder or the new one, never a mix. The new
-    folder gets the usual permissions (``tempfile.mkdtemp`` makes it 0700)."""
-    tmp_dir, dest = Path(tmp_dir), Path(dest)
-    os.chmod(tmp_dir, 0o777 & ~_umask())
-    old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-    os.replace(tmp_dir, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file + fsync + ``os.replace``). Returns the path."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    return Path(path)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically. Returns the path."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically (numpy scalars/arrays and paths are converted)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file.
-
-    Raises:
-        FileNotFoundError: the file does not exist (the message names it).
-        ValueError: the file is not valid JSON (the message names the file, line and column).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
-
-
-def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """``np.save`` atomically (no pickles). Returns the path."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(array), allow_pickle=False)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def write_csv(path: str | os.PathLike, df, **to_csv_kwargs) -> Path:
-    """``DataFrame.to_csv`` atomically; ``index=False`` unless given. Returns the path."""
-    to_csv_kwargs.setdefault("index", False)
-    return atomic_write_text(path, df.to_csv(**to_csv_kwargs))
-
-
-def _git_commit(start: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=start, capture_output=True, text=True, timeout=5, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=start, capture_output=True, text=True, timeout=5, check=True,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip()
-    return commit + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def run_info() -> dict[str, Any]:
-    """Provenance of a run: Python, platform, package versions, git commit of the kit.
-
-    Reads package metadata only (no heavy imports). ``git_commit`` is None outside a git checkout and ends
-    with ``-dirty`` when tracked files have uncommitted changes.
-    """
-    versions: dict[str, str | None] = {}
-    for name in _VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+def _injected_names(namespace: Mapping[str, Any]) -> set[str]:
+    """Names papermill injected into a notebook kernel: the assignments of the last executed cell that starts with
+    papermill's ``# Parameters`` header (IPython keeps each executed cell's source in ``In``). Outside IPython (a
+    plain mapping) every public name that holds data counts."""
+    history = namespace.get("In")
+    if isinstance(history, list):
+        for source in reversed(history):
+            if isinstance(source, str) and source.lstrip().startswith(_INJECTED_HEADER):
+                try:
+                    tree = ast.parse(source)
+                except SyntaxError:
+                    return set()
+                return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                        if isinstance(t, ast.Name)}  # fmt: skip
+        return set()
     return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "versions": versions,
-        "git_commit": _git_commit(Path(__file__).resolve().parent),
-    }
+        k for k, v in namespace.items()
+        if not k.startswith("_") and k not in _NAMESPACE_NAMES
+        and not isinstance(v, (_types.ModuleType, type, _types.FunctionType, _types.BuiltinFunctionType))
+    }  # fmt: skip
 
 
-def save_config(path: str | os.PathLike, params: Mapping[str, Any]) -> Path:
-    """Write ``{"params": params, "run": run_info()}`` as JSON atomically: the config that produced an artifact.
+class StageConfig:
+    """The parameters of one stage, type-checked against its declaration, frozen, saved as ``config.json``.
 
-    Args:
-        path: usually ``artifacts/<exp>/.../config.json``.
-        params: flat parameters (a notebook's parameters cell), JSON-serialisable.
+    Values are read as attributes (``cfg.epochs``). A subclass per stage (``kitlib.stages``) names its notebook and
+    its artifact, resolves what needs resolving once (``_resolve``: the preset name becomes ``cfg.preset``, a
+    ``Preset``; the training recipe fills the ``None`` parameters) and adds derived properties (``cfg.fold_dir``).
+
+    Class attributes:
+        stage: the notebook's stem ("10_train"); notebook: its path from the repository root.
     """
-    return write_json(path, {"params": dict(params), "run": run_info()})
 
+    stage: ClassVar[str] = ""
+    notebook: ClassVar[str] = ""
 
-#: The environment variables that ``set_offline`` sets (also written into Kaggle kernels by ``kitlib.kaggle``).
-OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    def __init__(self, values: Mapping[str, Any], types: Mapping[str, str], extra: Mapping[str, Any] | None = None):
+        """Check ``values`` against ``types`` (name -> annotation text) and resolve; see ``from_params``.
 
+        Raises:
+            ParameterError: an unknown, missing or wrongly typed value.
+        """
+        types = {name: canonical_type(t) for name, t in types.items()}
+        unknown = sorted(set(values) - set(types))
+        if unknown:
+            raise ParameterError(self._unknown_message(unknown, values, types))
+        missing = sorted(name for name in types if name not in values)
+        if missing:
+            shown = ", ".join(f"{name}: {types[name]}" for name in missing)
+            raise ParameterError(f"{self._where()}: missing required parameter(s) {shown}")
+        errors, checked = [], {}
+        for name, type_text in types.items():
+            try:
+                checked[name] = check_value(name, values[name], type_text)
+            except ParameterError as e:
+                errors.append(str(e))
+        if errors:
+            raise ParameterError(f"{self._where()}: " + "; ".join(errors))
+        object.__setattr__(self, "_values", checked)
+        object.__setattr__(self, "_types", types)
+        object.__setattr__(self, "_extra", dict(extra or {}))
+        object.__setattr__(self, "_resolved", {})
+        self._resolve()
 
-def set_offline(enabled: bool = True) -> None:
-    """Switch the Hugging Face hub and timm into offline mode (Kaggle kernels run with internet off).
+    # -- construction
 
-    Sets ``HF_HUB_OFFLINE`` (and ``HF_DATASETS_OFFLINE``, ``TRANSFORMERS_OFFLINE``) so that a missing
-    weight file fails at once with the file's name instead of retrying the network. huggingface_hub reads
-    the variable when it is imported, so call this before anything imports timm or smp; a warning is logged
-    if it was imported already.
-    """
-    value = "1" if enabled else "0"
-    for var in OFFLINE_VARS:
-        os.environ[var] = value
-    hub = sys.modules.get("huggingface_hub.constants")
-    if hub is not None:  # imported already: it cached the flag at import time, so update the cached value
-        hub.HF_HUB_OFFLINE = enabled
+    @classmethod
+    def from_params(cls, namespace: Mapping[str, Any]) -> StageConfig:
+        """The stage's config from a notebook's namespace (``globals()`` after the parameters cell).
 
+        The declaration is the namespace's ``__annotations__`` (the parameters cell's); the values are the
+        namespace's, as papermill injected them.
 
-def project_root(start: str | os.PathLike | None = None) -> Path:
-    """The folder that relative notebook paths are resolved against.
+        Raises:
+            ParameterError: a name papermill injected that the cell does not declare (close matches named), a
+                declared name without a value, or a value of the wrong type (name, value and type named).
+        """
+        annotations = dict(namespace.get("__annotations__", {}))
+        if not annotations:
+            raise ParameterError(f"{cls._where()}: no annotated parameters in the namespace; call "
+                                 f"{cls.__name__}.from_params(globals()) after the parameters cell")  # fmt: skip
+        types = {name: canonical_type(a) for name, a in annotations.items()}
+        values = {name: namespace[name] for name in types if name in namespace}
+        unknown = sorted(_injected_names(namespace) - set(types))
+        if unknown:
+            raise ParameterError(cls._unknown_message(unknown, namespace, types))
+        return cls(values, types)
 
-    ``KIT_ROOT`` when set; else the nearest folder at or above ``start`` (default: the working folder) that
-    holds both ``notebooks/`` and ``run_all.sh`` (the kit's checkout, so a notebook opened in Jupyter from
-    ``notebooks/`` and one run by papermill from the repository root agree); else the working folder.
-    """
-    if os.environ.get("KIT_ROOT"):
-        return Path(os.environ["KIT_ROOT"]).expanduser().resolve()
-    here = Path(start or os.getcwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "notebooks").is_dir() and (folder / "run_all.sh").is_file():
-            return folder
-    return here
+    @classmethod
+    def declaration(cls) -> dict[str, Parameter]:
+        """The stage's notebook's parameters cell (``read_declaration``)."""
+        return read_declaration(cls.notebook)
 
+    @classmethod
+    def from_notebook(cls, **overrides: Any) -> StageConfig:
+        """The config of the notebook's defaults with ``overrides`` on top, as papermill would inject them: for tests,
+        scripts and the command line (the notebook file must be there; inside a notebook use ``from_params``).
 
-def project_path(path: str | os.PathLike) -> Path:
-    """An absolute path: ``path`` itself when absolute, else ``project_root() / path``."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else project_root() / path
+        Raises:
+            FileNotFoundError: the notebook is not in this checkout. ParameterError: as ``from_params``.
+        """
+        params = cls.declaration()
+        unknown = sorted(set(overrides) - set(params))
+        types = {p.name: p.type for p in params.values()}
+        if unknown:
+            raise ParameterError(cls._unknown_message(unknown, overrides, types))
+        values = {p.name: p.default for p in params.values() if not p.required}
+        values.update(overrides)
+        return cls(values, types)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> StageConfig:
+        """Rebuild the config saved by ``save`` from the file alone (its ``types`` travel with it).
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: not a config of this stage (the message names the file).
+            ParameterError: a value that does not fit its type.
+        """
+        path = Path(path)
+        data = read_json(path)
+        if not isinstance(data, dict) or "params" not in data or "types" not in data:
+            raise ValueError(f"{path}: not a stage config (needs 'params' and 'types'; written by StageConfig.save)")
+        if cls.stage and data.get("stage") != cls.stage:
+            raise ValueError(f"{path}: a config of stage {data.get('stage')!r}, not {cls.stage!r}")
+        extra = {k: v for k, v in data.items() if k not in ("stage", "params", "types", "run")}
+        try:
+            return cls(data["params"], data["types"], extra)
+        except ParameterError as e:
+            raise ParameterError(f"{path}: {e}") from None
+
+    def replace(self, **changes: Any) -> StageConfig:
+        """A copy with some parameters changed, checked and resolved again.
+
+        Raises:
+            ParameterError: as ``from_params``.
+        """
+        unknown = sorted(set(changes) - set(self._types))
+        if unknown:
+            raise ParameterError(self._unknown_message(unknown, changes, self._types))
+        return type(self)({**self._values, **changes}, self._types, self._extra)
+
+    # -- access
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        resolved = self.__dict__.get("_resolved", {})
+        if name in resolved:
+            return resolved[name]
+        values = self.__dict__.get("_values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(f"{type(self).__name__} has no parameter {name!r}; parameters: {sorted(values)}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen: use .replace({name}=...)")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._values == other._values and self._types == other._types
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self._values, sort_keys=True, default=str))
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
+        return f"{type(self).__name__}({body})"
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *self._values, *self._resolved})
+
+    @property
+    def types(self) -> dict[str, str]:
+        """name -> annotation text, the stage's declaration."""
+        return dict(self._types)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """What ``load`` read besides the parameters (provenance such as ``run_id``)."""
+        return dict(self._extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters as plain values (what ``config.json`` holds under ``params``)."""
+        return json.loads(json.dumps(self._values, default=str))
+
+    def save(self, path: str | os.PathLike | None = None, **extra: Any) -> Path:
+        """Write ``{"stage", "params", "types", **extra, "run": kitlib.io.run_info()}`` atomically.
+
+        Args:
+            path: default the stage's ``config_path`` (e.g. ``artifacts/<exp>/oof_config.json``).
+            **extra: provenance saved beside the parameters (``run_id``, ``recipe_source``); ``load`` keeps it in
+                ``extra``.
+        Returns:
+            The path written.
+        """
+        path = path if path is not None else self.config_path
+        body = {"stage": self.stage, "params": self.to_dict(), "types": self.types, **extra, "run": run_info()}
+        return write_json(path, body)
+
+    # -- subclass hooks
+
+    def _resolve(self) -> None:
+        """Compute resolved attributes once (subclasses): ``self._set_resolved(name=value)``."""
+
+    def _set_resolved(self, **values: Any) -> None:
+        self._resolved.update(values)
+
+    def _set_values(self, **values: Any) -> None:
+        """Replace parameter values while resolving (checked against their types)."""
+        for name, value in values.items():
+            self._values[name] = check_value(name, value, self._types[name], self._where())
+
+    @classmethod
+    def _where(cls) -> str:
+        return f"{cls.stage or cls.__name__}"
+
+    @classmethod
+    def _unknown_message(cls, unknown: list[str], values: Mapping[str, Any], types: Mapping[str, str]) -> str:
+        parts = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, list(types), n=3, cutoff=0.6)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            parts.append(f"{name!r} = {values.get(name)!r}{hint}")
+        return (f"{cls._where()}: unknown parameter(s) {'; '.join(parts)}: not declared in the parameters cell; "
+                f"parameters: {', '.join(types)}")  # fmt: skip

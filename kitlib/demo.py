@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from kitlib._private import progress
-from kitlib.config import atomic_write_bytes, read_json, write_csv, write_json
+from kitlib.io import atomic_write_bytes, read_json, write_csv, write_json
 from kitlib.presets import PRESETS
 from kitlib.rle import rle_encode
 

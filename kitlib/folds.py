@@ -31,9 +31,9 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from kitlib._private import listing
-from kitlib.config import write_csv
 from kitlib.formats import class_presence
-from kitlib.presets import Preset, get_preset
+from kitlib.io import write_csv
+from kitlib.presets import Preset
 
 __all__ = ["make_folds", "save_folds", "load_folds", "attach_folds", "fold_summary"]
 
@@ -196,7 +196,7 @@ def _rebalance(fold: np.ndarray, y: np.ndarray, n_folds: int, rng: np.random.Gen
 
 def make_folds(
     df: pd.DataFrame,
-    preset: str | Preset,
+    preset: Preset,
     n_folds: int = 5,
     seed: int = 42,
     group_col: str | None = None,
@@ -218,7 +218,6 @@ def make_folds(
         ValueError: n_folds < 2 or larger than the number of images (groups); no or repeated ``image_id``; a missing
             group; a classification label outside 0..C-1; a missing target column.
     """
-    preset = get_preset(preset)
     _check_table(df, group_col)
     n_folds = int(n_folds)
     if n_folds < 2:
@@ -254,7 +253,7 @@ def make_folds(
     return out
 
 
-def fold_summary(df: pd.DataFrame, preset: str | Preset) -> pd.DataFrame:
+def fold_summary(df: pd.DataFrame, preset: Preset) -> pd.DataFrame:
     """Per-fold counts, to check a split by eye: ``n_images`` and, per class, images holding it (segmentation) or
     images with that label (classification).
 
@@ -263,7 +262,6 @@ def fold_summary(df: pd.DataFrame, preset: str | Preset) -> pd.DataFrame:
     Returns:
         One row per fold (index ``fold``); columns ``n_images`` then one per class name.
     """
-    preset = get_preset(preset)
     if "fold" not in df.columns:
         raise ValueError(f"table has no 'fold' column; columns: {list(df.columns)}")
     if preset.task == "classification":

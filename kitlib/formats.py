@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kitlib._private import listing, progress
-from kitlib.presets import Preset, get_preset
+from kitlib._private import chunk_rows, listing, progress, row_slices, to_numpy
+from kitlib.images import image_size, read_mask_file
+from kitlib.presets import Preset
 from kitlib.rle import is_empty_rle, rle_decode, rle_encode, rle_parse
 
 __all__ = [
@@ -38,8 +39,6 @@ __all__ = [
     "LOADERS",
     "load_competition",
     "target_columns",
-    "read_image",
-    "image_size",
     "load_masks",
     "masks_to_label_map",
     "class_presence",
@@ -62,9 +61,8 @@ class CompetitionDataError(ValueError):
         self.ids = list(ids)
 
 
-def target_columns(preset: Preset | str) -> list[str]:
+def target_columns(preset: Preset) -> list[str]:
     """Target columns of a train table of this preset: class names, ``["mask_path"]`` or ``["label"]``."""
-    preset = get_preset(preset)
     if preset.task == "classification":
         return ["label"]
     if preset.label_format == "mask_folder":
@@ -73,71 +71,6 @@ def target_columns(preset: Preset | str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------- files
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as RGB.
-
-    Args:
-        path: JPEG, PNG, TIFF, BMP or GIF file.
-    Returns:
-        (H, W, 3) uint8 RGB; grey images are replicated to 3 channels, an alpha channel is dropped.
-    Raises:
-        FileNotFoundError: the file does not exist (the message names it).
-        ValueError: the file exists but cannot be decoded as an image.
-    """
-    import cv2
-
-    path = str(path)
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image file not found: {path}")
-        image = _read_with_pil(path, "RGB")  # formats OpenCV does not decode (some GIF/TIFF variants)
-        return image
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _read_with_pil(path: str, mode: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert(mode))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot decode image file {path}: {e}") from e
-
-
-def _read_mask_file(path: str) -> np.ndarray:
-    """(H, W) uint8 {0, 1} from a mask image: 0/1 masks as they are, 0..255 masks thresholded at 127."""
-    import cv2
-
-    mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"mask file not found: {path}")
-        mask = _read_with_pil(path, "L")
-    threshold = 0 if mask.max() <= 1 else 127
-    return (mask > threshold).astype(np.uint8)
-
-
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) in pixels from the file header, without decoding the pixels.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a readable image.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read the header of image file {path}: {e}") from e
-    return h, w
 
 
 def _sizes(df: pd.DataFrame, path_column: str = "image_path") -> tuple[list[int], list[int]]:
@@ -516,7 +449,7 @@ def _test_table(preset: Preset, data_dir: Path) -> tuple[pd.DataFrame, str]:
 
 
 def load_competition(
-    preset: Preset | str,
+    preset: Preset,
     data_dir: str | os.PathLike,
     split: str = "train",
     label_file: str | None = None,
@@ -544,7 +477,6 @@ def load_competition(
             rows, malformed RLE, unreadable images; the message names the file and the offending ids.
         KeyError: unknown preset name.
     """
-    preset = get_preset(preset)
     data_dir = Path(data_dir).expanduser().resolve()
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder not found: {data_dir}")
@@ -582,7 +514,7 @@ def _check_mask_sizes(df: pd.DataFrame) -> None:
 # ---------------------------------------------------------------------------------------------------- targets
 
 
-def load_masks(row: pd.Series, preset: Preset | str) -> np.ndarray:
+def load_masks(row: pd.Series, preset: Preset) -> np.ndarray:
     """The full-resolution masks of one table row.
 
     Args:
@@ -596,12 +528,11 @@ def load_masks(row: pd.Series, preset: Preset | str) -> np.ndarray:
             whose size differs from the row's.
         FileNotFoundError: a mask file is missing.
     """
-    preset = get_preset(preset)
-    if not preset.is_segmentation:
+    if not preset.has_masks:
         raise ValueError(f"preset {preset.name!r} is a classification task: no masks")
     h, w = int(row["height"]), int(row["width"])
     if "mask_path" in row.index:
-        mask = _read_mask_file(str(row["mask_path"]))
+        mask = read_mask_file(str(row["mask_path"]))
         if mask.shape != (h, w):
             raise ValueError(f"{row['image_id']}: mask {row['mask_path']} is {mask.shape}, image is {(h, w)}")
         return mask[:, :, None]
@@ -627,23 +558,35 @@ def masks_to_label_map(masks: np.ndarray) -> np.ndarray:
     return (masks * np.arange(1, masks.shape[2] + 1, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)
 
 
-def class_presence(df: pd.DataFrame, preset: Preset | str) -> np.ndarray:
-    """Whether each image has any pixel of each class.
+def class_presence(source: pd.DataFrame | np.ndarray, preset: Preset | None = None, chunk_size: int | None = None):
+    """Whether each image has any pixel of each class: the labels of a presence classifier or of a gate.
 
     Args:
-        df: train table from ``load_competition``.
-        preset: its preset.
+        source: a train table from ``load_competition`` (with its ``preset``): RLE columns are read without decoding,
+            a ``mask_path`` column reads each mask file (with a progress bar); or (N, K, H, W) masks at any
+            resolution (a memmap is read a chunk of images at a time).
+        preset: the table's preset (a segmentation preset or its presence task); not needed for masks.
+        chunk_size: images per chunk of masks; None for about 16 MB.
     Returns:
-        (N, K) bool, K = ``len(preset.target_classes)``. RLE columns are read without decoding; a ``mask_path``
-        column reads each mask file (with a progress bar).
+        (N, K) bool, K = ``len(preset.target_classes)`` (or the masks' K).
     Raises:
-        ValueError: classification preset (use the label column).
+        ValueError: a table without a preset, a classification preset (use the label column), masks that are not 4-D.
     """
-    preset = get_preset(preset)
-    if not preset.is_segmentation:
-        raise ValueError(f"preset {preset.name!r} is a classification task: use df['label']")
+    if not isinstance(source, pd.DataFrame):
+        m = to_numpy(source)
+        if m.ndim != 4:
+            raise ValueError(f"masks must be (N, K, H, W), got shape {m.shape}")
+        out = np.empty(m.shape[:2], dtype=bool)
+        for sl in row_slices(len(m), chunk_rows(m.shape, m.dtype.itemsize, chunk_size)):
+            chunk = np.asarray(m[sl])
+            out[sl] = chunk.reshape(chunk.shape[0], chunk.shape[1], -1).any(axis=2)
+        return out
+    df = source
+    if preset is None or not preset.has_masks:
+        name = "no preset" if preset is None else f"preset {preset.name!r} is a classification task"
+        raise ValueError(f"class_presence of a table needs a segmentation preset ({name}); use df['label']")
     if "mask_path" in df.columns:
         paths = df["mask_path"].tolist()
         bar = progress(paths, desc="mask presence", disable=len(paths) < 200)
-        return np.array([_read_mask_file(p).any() for p in bar], dtype=bool).reshape(len(df), 1)
+        return np.array([read_mask_file(p).any() for p in bar], dtype=bool).reshape(len(df), 1)
     return np.stack([df[c].map(lambda r: not is_empty_rle(r)).to_numpy(bool) for c in preset.target_classes], axis=1)

@@ -33,28 +33,26 @@ from torch import nn
 from torch.nn import functional as F
 
 from kitlib import engine
-from kitlib._private import progress
-from kitlib.config import read_json
+from kitlib._private import progress, to_numpy
 from kitlib.data import build_transforms, make_dataset, normalization_for
-from kitlib.models import PRESENCE_ARCH, load_model
-from kitlib.postprocess import PostProcess, apply_postprocess
-from kitlib.presets import Preset, get_preset
+from kitlib.io import read_json
+from kitlib.models import load_model
+from kitlib.postprocess import PostProcess, decode, default_postprocess
+from kitlib.presets import Preset
+from kitlib.runtime import DistInfo, make_loader, resolve_amp, resolve_device
+from kitlib.stages import TrainConfig
 from kitlib.submit import encode_rows, order_like, read_sample_submission, validate_submission, write_submission
 
 __all__ = [
     "FoldModel",
     "SubmissionResult",
-    "default_postprocess",
     "ensemble_weights",
     "fold_dirs",
     "load_fold_models",
     "load_gate_models",
     "load_members",
-    "load_postprocess",
-    "masks_from_probs",
     "make_submission",
     "predict_test",
-    "resolve_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,31 +68,38 @@ class FoldModel:
         model: in eval mode on its device.
         fold: the fold number (0-based).
         path: the ``best.pt`` it came from.
-        params: the fold's TrainConfig fields (``config.json`` ``params`` over the TrainConfig defaults).
-        height, width: input resolution in pixels.
-        mean, std: per-channel normalisation (0..1 units).
-        amp, channels_last: as in training (``engine.resolve_amp``).
+        config: the fold's training config (``fold<k>/config.json``, ``TrainConfig.load``).
+        mean, std: per-channel normalisation (0..1 units) of its encoder's pretrained weights.
     """
 
     model: nn.Module
     fold: int
     path: Path
-    params: dict[str, Any] = field(repr=False)
-    height: int
-    width: int
+    config: TrainConfig = field(repr=False)
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    amp: str = "auto"
-    channels_last: bool = False
+
+    @property
+    def preset(self) -> Preset:
+        """What the model predicts: the competition's task, or its presence task (a gate's classifier)."""
+        return self.config.model_preset
+
+    @property
+    def presence(self) -> bool:
+        """A presence classifier: (N, K) class probabilities that gate another experiment's masks, no masks."""
+        return self.preset.task == "presence"
+
+    @property
+    def height(self) -> int:
+        return int(self.config.height)
+
+    @property
+    def width(self) -> int:
+        return int(self.config.width)
 
     @property
     def transform_key(self) -> tuple:
         return (self.height, self.width, tuple(self.mean), tuple(self.std))
-
-    @property
-    def presence(self) -> bool:
-        """A presence classifier (``10_train`` with ``arch="classifier"``): (N, K) class probabilities, no masks."""
-        return self.params.get("arch") == PRESENCE_ARCH
 
 
 @dataclass
@@ -112,32 +117,6 @@ class SubmissionResult:
     summary: dict
     submission: pd.DataFrame = field(repr=False)
     masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` when available, else ``cpu``; anything else as ``torch.device``.
-
-    Raises:
-        RuntimeError: a CUDA device asked for but torch sees none.
-    """
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} asked for, but torch sees no CUDA device")
-    return device
-
-
-def _fold_params(fold_dir: Path) -> dict[str, Any]:
-    from kitlib.train import TrainConfig
-
-    path = fold_dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; a fold folder needs the config.json that 10_train writes")
-    params = read_json(path).get("params")
-    if not isinstance(params, dict):
-        raise ValueError(f"{path}: no 'params' object (expected the config.json written by kitlib.train)")
-    return {**TrainConfig().to_dict(), **params}
 
 
 def fold_dirs(exp_dir: str | os.PathLike, folds: Sequence[int] | None = None) -> list[Path]:
@@ -182,29 +161,21 @@ def load_fold_models(
     Raises:
         FileNotFoundError: no experiment folder, no fold with a ``best.pt``, a requested fold without one, or a
             fold without ``config.json`` (the message names the path).
-        ValueError: an unreadable checkpoint or config (as ``kitlib.models.load_model``), or folds of different
-            presets.
+        ValueError: an unreadable checkpoint or config (as ``kitlib.models.load_model`` and ``TrainConfig.load``), or
+            folds of different presets.
     """
     exp_dir = Path(exp_dir)
     device = resolve_device(device)
     models = []
     for fold_dir in fold_dirs(exp_dir, folds):
-        fold = int(fold_dir.name[4:])
-        path = fold_dir / "best.pt"
-        params = _fold_params(fold_dir)
-        preset = get_preset(params["preset"])
-        presence = params.get("arch") == PRESENCE_ARCH
-        name = params["encoder_name"] if preset.is_segmentation and not presence else params["model_name"]
-        mean, std = normalization_for(name)
-        model, _ = load_model(path, map_location=device)
-        if params.get("channels_last"):
+        config = TrainConfig.load(fold_dir / "config.json")
+        mean, std = normalization_for(config.normalization_name)
+        model, _ = load_model(fold_dir / "best.pt", map_location=device)
+        if config.channels_last:
             model.to(memory_format=torch.channels_last)
-        models.append(FoldModel(
-            model=model, fold=int(fold), path=path, params=params, height=int(params["height"]),
-            width=int(params["width"]), mean=tuple(mean), std=tuple(std), amp=str(params.get("amp") or "auto"),
-            channels_last=bool(params.get("channels_last")),
-        ))  # fmt: skip
-    presets = {m.params["preset"] for m in models}
+        models.append(FoldModel(model=model, fold=int(fold_dir.name[4:]), path=fold_dir / "best.pt", config=config,
+                                mean=tuple(mean), std=tuple(std)))  # fmt: skip
+    presets = {m.config.preset.name for m in models}
     if len(presets) > 1:
         raise ValueError(f"{exp_dir}: folds trained for different presets {sorted(presets)}")
     return models
@@ -267,69 +238,17 @@ def load_gate_models(
     models = load_fold_models(Path(artifacts_root) / postprocess.gate_exp, None, device)
     for m in models:
         if not m.presence:
-            raise ValueError(f"{m.path}: gate_exp {postprocess.gate_exp!r} must be a presence classifier "
-                             f"(10_train with arch='classifier'), got arch {m.params.get('arch')!r}")  # fmt: skip
+            raise ValueError(
+                f"{m.path}: gate_exp {postprocess.gate_exp!r} must be a presence classifier (10_train with "
+                f"arch='classifier'), got {m.preset.task} (arch {m.config.arch!r})"
+            )
     return models
-
-
-def default_postprocess(preset: str | Preset) -> PostProcess | None:
-    """Threshold 0.5 and min_area 0 for every class of a binary/multilabel preset; None (argmax) otherwise."""
-    preset = get_preset(preset)
-    if preset.task not in ("binary", "multilabel"):
-        return None
-    k = len(preset.target_classes)
-    return PostProcess(threshold=[0.5] * k, min_area=[0] * k, meta={"source": "default"})
-
-
-def load_postprocess(folder: str | os.PathLike, preset: str | Preset) -> PostProcess | None:
-    """``folder/postprocess.json`` (from ``20_oof`` or ``30_ensemble``) when it exists, else ``default_postprocess``.
-    Multiclass and classification presets always use the argmax (None).
-
-    Raises:
-        ValueError: the file's classes do not match the preset (the message names the file).
-    """
-    preset = get_preset(preset)
-    default = default_postprocess(preset)
-    path = Path(folder) / "postprocess.json"
-    if default is None or not path.is_file():
-        return default
-    params = PostProcess.from_json(path)
-    if params.num_classes != default.num_classes:
-        raise ValueError(f"{path}: {params.num_classes} classes, preset {preset.name!r} has {default.num_classes}")
-    return params
-
-
-def masks_from_probs(
-    probs: Any, preset: str | Preset, postprocess: PostProcess | None = None, cls_probs: Any = None
-) -> np.ndarray | int:
-    """One image's probabilities -> what ``kitlib.submit.encode_rows`` takes.
-
-    Args:
-        probs: (K, H, W) float in [0, 1] (segmentation), or (C,) (classification); tensor or array.
-        preset: the competition.
-        postprocess: binary/multilabel settings (None: ``default_postprocess``); ignored for other tasks.
-        cls_probs: (K,) from a classification head, for a ``PostProcess`` gate.
-    Returns:
-        (K, H, W) uint8 {0, 1} (binary/multilabel), (H, W) uint8 class indices (multiclass), or an int label.
-    """
-    preset = get_preset(preset)
-    p = probs.numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
-    if preset.task == "classification":
-        return int(p.argmax())
-    if preset.task == "multiclass":
-        return p.argmax(0).astype(np.uint8)
-    params = postprocess or default_postprocess(preset)
-    if cls_probs is not None and not params.needs_class_probs:
-        cls_probs = None
-    if isinstance(cls_probs, torch.Tensor):
-        cls_probs = cls_probs.numpy()
-    return apply_postprocess(p, params, class_probs=cls_probs)
 
 
 def _loader(df: pd.DataFrame, preset: Preset, key: tuple, batch_size: int, num_workers: int):
     height, width, mean, std = key
     dataset = make_dataset(df, preset, build_transforms("test", height, width, mean, std))
-    return engine.make_loader(dataset, batch_size, False, 0, num_workers, engine.DistInfo())
+    return make_loader(dataset, batch_size, False, 0, num_workers, DistInfo())
 
 
 def _resize_each(probs: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
@@ -342,7 +261,7 @@ def _resize_each(probs: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torc
 def predict_test(
     members: Sequence[tuple[Sequence[FoldModel], float]] | Sequence[FoldModel],
     test_df: pd.DataFrame,
-    preset: str | Preset,
+    preset: Preset,
     batch_size: int = 8,
     tta: str | Sequence[str] = "none",
     num_workers: int = 0,
@@ -373,23 +292,7 @@ def predict_test(
     Raises:
         ValueError: no models; models of another preset than ``preset`` (the message names the checkpoint).
     """
-    preset = get_preset(preset)
-    if members and isinstance(members[0], FoldModel):
-        members = [(list(members), 1.0)]
-    weighted = [(m, float(w) / len(models)) for models, w in members for m in models if w > 0 and models]
-    if not weighted:
-        raise ValueError("predict_test needs at least one model with a weight > 0")
-    gate_models = list(gate_models or [])
-    for m in [m for m, _ in weighted] + gate_models:
-        if m.params["preset"] != preset.name:
-            raise ValueError(f"{m.path}: trained for preset {m.params['preset']!r}, predicting for {preset.name!r}")
-    for m, is_gate in [(m, False) for m, _ in weighted] + [(m, True) for m in gate_models]:
-        if m.presence != is_gate:
-            role = "gate_models takes presence classifiers" if is_gate else "a presence classifier goes in gate_models"
-            raise ValueError(f"{m.path}: {role}")
-    total = sum(w for _, w in weighted)
-    # the gate's folds (m.presence) are averaged on their own, read from the same batches
-    weighted = [(m, w / total) for m, w in weighted] + [(m, 1.0 / len(gate_models)) for m in gate_models]
+    weighted = _weighted_models(members, gate_models, preset)
     test_df = test_df.reset_index(drop=True)
     groups: dict[tuple, list[tuple[FoldModel, float]]] = {}
     for m, w in weighted:
@@ -397,9 +300,7 @@ def predict_test(
     loaders = [_loader(test_df, preset, key, batch_size, num_workers) for key in groups]
     size_of = dict(zip(test_df["image_id"].astype(str), zip(test_df["height"], test_df["width"], strict=True),
                        strict=True))  # fmt: skip
-    activation = engine.activation_for(preset)
-    n_batches = len(loaders[0])
-    for batches in progress(zip(*loaders, strict=True), total=n_batches, desc=desc, dynamic_ncols=True):
+    for batches in progress(zip(*loaders, strict=True), total=len(loaders[0]), desc=desc, dynamic_ncols=True):
         ids = [str(i) for i in batches[0]["image_id"]]
         if preset.submission_size is not None:
             sizes = [tuple(preset.submission_size)] * len(ids)
@@ -409,12 +310,7 @@ def predict_test(
         probs_sum, cls_sum, cls_weight, gate_sum = None, None, 0.0, None
         for batch, group in zip(batches, groups.values(), strict=True):
             for m, w in group:
-                device = next(m.model.parameters()).device
-                _, probs, cls_probs = next(engine.predict(
-                    m.model, [batch], device, activation="sigmoid" if m.presence else activation,
-                    out_size=common if preset.is_segmentation and not m.presence else None,
-                    amp_dtype=engine.resolve_amp(m.amp, device), channels_last=m.channels_last, tta=tta, desc=desc,
-                ))  # fmt: skip
+                probs, cls_probs = _predict_batch(m, batch, common if m.preset.is_segmentation else None, tta, desc)
                 if m.presence:
                     gate_sum = probs * w if gate_sum is None else gate_sum + probs * w
                 elif preset.is_segmentation and common is None:
@@ -433,6 +329,45 @@ def predict_test(
         yield ids, probs_sum, cls_mean if gate_sum is None else gate_sum
 
 
+def _weighted_models(
+    members: Sequence[tuple[Sequence[FoldModel], float]] | Sequence[FoldModel],
+    gate_models: Sequence[FoldModel] | None,
+    preset: Preset,
+) -> list[tuple[FoldModel, float]]:
+    """Every model with its weight in the average: an experiment's folds share its weight, the members' weights are
+    normalised to sum 1, and the gate's folds (averaged on their own) follow with 1 / their number.
+
+    Raises:
+        ValueError: no model with a weight; a model of another preset; a presence classifier among the members or a
+            segmentation model among the gate's (the checkpoint is named).
+    """
+    if members and isinstance(members[0], FoldModel):
+        members = [(list(members), 1.0)]
+    weighted = [(m, float(w) / len(models)) for models, w in members for m in models if w > 0 and models]
+    if not weighted:
+        raise ValueError("predict_test needs at least one model with a weight > 0")
+    gate_models = list(gate_models or [])
+    for m in [m for m, _ in weighted] + gate_models:
+        if m.config.preset.name != preset.name:
+            raise ValueError(f"{m.path}: trained for preset {m.config.preset.name!r}, predicting for {preset.name!r}")
+    for m, is_gate in [(m, False) for m, _ in weighted] + [(m, True) for m in gate_models]:
+        if m.presence != is_gate:
+            role = "gate_models takes presence classifiers" if is_gate else "a presence classifier goes in gate_models"
+            raise ValueError(f"{m.path}: {role}")
+    total = sum(w for _, w in weighted)
+    return [(m, w / total) for m, w in weighted] + [(m, 1.0 / len(gate_models)) for m in gate_models]
+
+
+def _predict_batch(m: FoldModel, batch: dict, out_size: tuple[int, int] | None, tta, desc: str):
+    """One model's (TTA-averaged) probabilities and head probabilities of one batch (``engine.predict``)."""
+    device = next(m.model.parameters()).device
+    _, probs, cls_probs = next(engine.predict(
+        m.model, [batch], device, activation=m.preset.activation, out_size=out_size,
+        amp_dtype=resolve_amp(m.config.amp, device), channels_last=m.config.channels_last, tta=tta, desc=desc,
+    ))  # fmt: skip
+    return probs, cls_probs
+
+
 def _sample_or_ids(preset: Preset, data_dir: Path, test_df: pd.DataFrame) -> tuple[pd.DataFrame | None, Any]:
     sample = read_sample_submission(preset, data_dir)
     return sample, (None if sample is not None else test_df)
@@ -441,7 +376,7 @@ def _sample_or_ids(preset: Preset, data_dir: Path, test_df: pd.DataFrame) -> tup
 def make_submission(
     batches: Iterable[Batch],
     test_df: pd.DataFrame,
-    preset: str | Preset,
+    preset: Preset,
     data_dir: str | os.PathLike,
     path: str | os.PathLike,
     postprocess: PostProcess | None = None,
@@ -465,7 +400,6 @@ def make_submission(
             names the ids); FileNotFoundError: the preset's sample submission is not in ``data_dir``.
         ValueError: as ``kitlib.submit.encode_rows`` (the message names the image).
     """
-    preset = get_preset(preset)
     data_dir = Path(data_dir)
     sample, image_ids = _sample_or_ids(preset, data_dir, test_df)
     params = postprocess or default_postprocess(preset)
@@ -473,7 +407,7 @@ def make_submission(
     rows, kept = [], {}
     for ids, probs, cls_probs in batches:
         for i, image_id in enumerate(ids):
-            masks = masks_from_probs(probs[i], preset, params, None if cls_probs is None else cls_probs[i])
+            masks = _decode_one(probs[i], preset, params, None if cls_probs is None else cls_probs[i])
             rows += encode_rows(image_id, masks, preset)
             if image_id in keep and preset.is_segmentation:
                 kept[image_id] = _hwk(masks, preset)
@@ -482,6 +416,16 @@ def make_submission(
     summary = validate_submission(submission, sample, preset, image_ids=image_ids, sizes=test_df)
     write_submission(submission, path)
     return SubmissionResult(path=Path(path), summary=summary, submission=submission, masks=kept)
+
+
+def _decode_one(probs: Any, preset: Preset, params: PostProcess | None, cls_probs: Any) -> np.ndarray | int:
+    """One image's probabilities -> what ``kitlib.submit.encode_rows`` takes (``kitlib.postprocess.decode``): (K, H, W)
+    uint8 masks, an (H, W) uint8 class map, or an int label."""
+    heads = None if cls_probs is None else to_numpy(cls_probs)[None]
+    out = decode(to_numpy(probs)[None], preset, params, heads)[0]
+    if preset.task == "classification":
+        return int(out)
+    return out.astype(np.uint8) if preset.task == "multiclass" else out
 
 
 def _hwk(masks: np.ndarray, preset: Preset) -> np.ndarray:

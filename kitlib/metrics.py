@@ -20,13 +20,13 @@ higher is better.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from kitlib._private import to_numpy
+from kitlib._private import chunk_rows, lookup, row_slices, to_numpy
 
 __all__ = [
     "dice_per_image_class",
@@ -43,8 +43,6 @@ __all__ = [
     "get_metric",
 ]
 
-# Elements (pixels x classes) scored at once: ~16 M, i.e. 16 MB per uint8 input plus as much for the intersection.
-_CHUNK_ELEMENTS = 1 << 24
 # Masks with at least this many pixels are counted one (image, class) pair at a time: np.count_nonzero over one
 # contiguous mask is several times faster than a sum over an axis; smaller masks are counted in one vectorised call.
 _LOOP_MIN_PIXELS = 4096
@@ -53,21 +51,6 @@ _LOOP_MIN_PIXELS = 4096
 def _check_same_shape(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{names[0]} shape {a.shape} != {names[1]} shape {b.shape}")
-
-
-def _chunk_rows(shape: tuple[int, ...], chunk_size: int | None) -> int:
-    """Rows (first-axis items) per chunk: ``chunk_size`` or about ``_CHUNK_ELEMENTS`` elements."""
-    if chunk_size is not None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        return int(chunk_size)
-    per_row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
-    return max(1, _CHUNK_ELEMENTS // max(per_row, 1))
-
-
-def _chunks(n: int, rows: int) -> Iterator[slice]:
-    for start in range(0, n, rows):
-        yield slice(start, min(start + rows, n))
 
 
 def _check_integer(x: np.ndarray, name: str) -> None:
@@ -154,7 +137,7 @@ def dice_per_image_class(
     n, k = pred.shape[:2]
     inter = np.empty((n, k), dtype=np.int64)
     total = np.empty((n, k), dtype=np.int64)
-    for sl in _chunks(n, _chunk_rows(pred.shape, chunk_size)):
+    for sl in row_slices(n, chunk_rows(pred.shape, 1, chunk_size)):
         p = _binary_chunk(np.asarray(pred[sl]), "pred_masks", sl.start)
         t = _binary_chunk(np.asarray(true[sl]), "true_masks", sl.start)
         inter[sl] = _count_per_pair(p & t)
@@ -266,7 +249,7 @@ class ConfusionMatrix:
             pred, true = pred.reshape(1, -1), true.reshape(1, -1)
         c = self.num_classes
         hist = np.zeros(c * c, dtype=np.int64)
-        for sl in _chunks(pred.shape[0], _chunk_rows(pred.shape, chunk_size)):
+        for sl in row_slices(pred.shape[0], chunk_rows(pred.shape, 1, chunk_size)):
             p = np.asarray(pred[sl]).reshape(-1)
             t = np.asarray(true[sl]).reshape(-1)
             if self.ignore_index is not None:
@@ -379,7 +362,7 @@ def pixel_accuracy(pred: Any, true: Any, ignore_index: int | None = None, chunk_
     if p.ndim == 0:
         p, t = p.reshape(1), t.reshape(1)
     right = counted = 0
-    for sl in _chunks(p.shape[0], _chunk_rows(p.shape, chunk_size)):
+    for sl in row_slices(p.shape[0], chunk_rows(p.shape, 1, chunk_size)):
         pc, tc = np.asarray(p[sl]), np.asarray(t[sl])
         equal = pc == tc
         if ignore_index is None:
@@ -500,8 +483,4 @@ def get_metric(name: str | Metric) -> Metric:
     Raises:
         KeyError: unknown name; the message lists the valid ones.
     """
-    if isinstance(name, Metric):
-        return name
-    if name not in METRICS:
-        raise KeyError(f"unknown metric {name!r}; options: {sorted(METRICS)}")
-    return METRICS[name]
+    return name if isinstance(name, Metric) else lookup(METRICS, name, "metric")

@@ -6,12 +6,15 @@ shown as a side effect): a notebook cell that ends with the call displays it onc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kitlib.formats import class_presence, load_masks, read_image, target_columns
-from kitlib.presets import Preset, get_preset
+from kitlib.formats import class_presence, load_masks, target_columns
+from kitlib.images import read_image
+from kitlib.presets import Preset
 from kitlib.rle import rle_area
 
 __all__ = [
@@ -26,6 +29,8 @@ __all__ = [
     "plot_fold_balance",
     "plot_history",
     "plot_predictions",
+    "plot_search_heatmaps",
+    "plot_trace",
 ]
 
 #: RGB colours of mask overlays, class k gets CLASS_COLORS[k % len(CLASS_COLORS)] (tab10, 0..255).
@@ -35,7 +40,7 @@ CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
 )  # fmt: skip
 
 
-def label_table(df: pd.DataFrame, preset: Preset | str) -> pd.DataFrame:
+def label_table(df: pd.DataFrame, preset: Preset) -> pd.DataFrame:
     """Per image and class: presence and mask area as a fraction of the image (segmentation presets).
 
     Args:
@@ -46,7 +51,6 @@ def label_table(df: pd.DataFrame, preset: Preset | str) -> pd.DataFrame:
     Raises:
         ValueError: classification preset.
     """
-    preset = get_preset(preset)
     presence = class_presence(df, preset)
     out = pd.DataFrame(presence, columns=list(preset.target_classes))
     out.insert(0, "image_id", df["image_id"].to_numpy())
@@ -61,10 +65,9 @@ def label_table(df: pd.DataFrame, preset: Preset | str) -> pd.DataFrame:
     return out
 
 
-def plot_label_summary(df: pd.DataFrame, preset: Preset | str) -> Figure:
+def plot_label_summary(df: pd.DataFrame, preset: Preset) -> Figure:
     """Class frequencies, classes per image and mask-area distributions (segmentation), or the label
     distribution (classification)."""
-    preset = get_preset(preset)
     if not preset.is_segmentation:
         fig = Figure(figsize=(8, 3.5), layout="constrained")
         ax = fig.add_subplot()
@@ -96,9 +99,8 @@ def plot_label_summary(df: pd.DataFrame, preset: Preset | str) -> Figure:
     return fig
 
 
-def plot_cooccurrence(df: pd.DataFrame, preset: Preset | str) -> Figure:
+def plot_cooccurrence(df: pd.DataFrame, preset: Preset) -> Figure:
     """Heatmap of P(class j present | class i present) over the train images (segmentation presets)."""
-    preset = get_preset(preset)
     presence = class_presence(df, preset).astype(np.float64)
     both = presence.T @ presence
     conditional = both / np.maximum(np.diag(both)[:, None], 1)
@@ -170,7 +172,7 @@ def overlay_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.4, cont
 
 def plot_samples(
     df: pd.DataFrame,
-    preset: Preset | str,
+    preset: Preset,
     n: int = 8,
     seed: int = 0,
     max_side: int = 480,
@@ -189,7 +191,6 @@ def plot_samples(
     """
     import cv2
 
-    preset = get_preset(preset)
     rows_df = df.sample(n=min(n, len(df)), random_state=seed) if len(df) > n else df
     cols = max(1, min(cols, len(rows_df)))
     nrows = max(1, -(-len(rows_df) // cols))
@@ -224,9 +225,8 @@ def plot_samples(
     return fig
 
 
-def plot_fold_balance(df: pd.DataFrame, preset: Preset | str) -> Figure:
+def plot_fold_balance(df: pd.DataFrame, preset: Preset) -> Figure:
     """Per fold: number of images and how often each class occurs (a table with a ``fold`` column)."""
-    preset = get_preset(preset)
     if preset.is_segmentation:
         presence = pd.DataFrame(class_presence(df, preset), columns=list(preset.target_classes))
     else:
@@ -288,7 +288,7 @@ def plot_history(history: pd.DataFrame, monitor: str | None = None) -> Figure:
 
 def plot_predictions(
     df: pd.DataFrame,
-    preset: Preset | str,
+    preset: Preset,
     probs: np.ndarray,
     threshold: float = 0.5,
     n: int = 4,
@@ -300,8 +300,8 @@ def plot_predictions(
     Args:
         df: table rows aligned with ``probs`` (targets optional: without them only predictions are drawn).
         probs: (N, K, H, W) uint8 0..255 or float 0..1 at any resolution (binary/multilabel: > threshold;
-            multiclass: argmax over C); (N, C) for classification; (N, K) class presence probabilities of a
-            presence classifier on a binary/multilabel preset (each panel's title lists them and the true classes).
+            multiclass: argmax over C); (N, C) for classification; (N, K) class presence probabilities for a
+            presence task (``Preset.presence()``: each panel's title lists them and the true classes).
         threshold: probability cut for binary/multilabel masks.
         n, seed: how many rows, drawn at random with ``seed``.
         max_side: longer side of the drawn images in pixels.
@@ -310,14 +310,13 @@ def plot_predictions(
     """
     import cv2
 
-    preset = get_preset(preset)
     if len(df) != len(probs):
         raise ValueError(f"df has {len(df)} rows, probs {len(probs)}")
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(df), size=min(n, len(df)), replace=False))
     has_targets = all(c in df.columns for c in target_columns(preset))
-    presence = preset.is_segmentation and np.ndim(probs) == 2  # a presence classifier's (N, K) probs
-    if not preset.is_segmentation or presence:
+    presence = preset.task == "presence"  # a presence classifier's (N, K) probs
+    if not preset.is_segmentation:
         fig = Figure(figsize=(3.2 * len(rows), 3.4), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(rows)))
         truth = class_presence(df.iloc[rows], preset) if presence and has_targets else None
@@ -372,11 +371,11 @@ def plot_pr_curves(class_probs: np.ndarray, labels: np.ndarray, classes: list[st
     Args:
         class_probs: (N, K) probabilities; labels: (N, K) {0, 1} or bool.
         classes: the K class names.
-        thresholds: (K,) gate thresholds to mark (``kitlib.postprocess.classifier_thresholds``), or None.
+        thresholds: (K,) gate thresholds to mark (``kitlib.gate.classifier_thresholds``), or None.
     Returns:
         Figure, one panel per class (recall on x, precision on y).
     """
-    from kitlib.postprocess import precision_recall_table
+    from kitlib.gate import precision_recall_table
 
     probs, y = np.asarray(class_probs, dtype=np.float64), np.asarray(labels).astype(bool)
     k = probs.shape[1]
@@ -397,4 +396,63 @@ def plot_pr_curves(class_probs: np.ndarray, labels: np.ndarray, classes: list[st
                 ax.plot(tp / y[:, c].sum(), tp / kept.sum(), "o", color="C3", label=f"threshold {thresholds[c]:.3f}")
         ax.set(title=str(classes[c]), xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
         ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def plot_search_heatmaps(df: pd.DataFrame, key: str = "dice") -> Figure:
+    """The threshold x min_area score surface of each class, best cell marked.
+
+    Args:
+        df: a ``search_thresholds`` table (``class_index``, ``threshold``, ``min_area``, ``key``; ``class`` if present
+            names the panels).
+        key: the score column.
+    Returns:
+        Figure, one heatmap per class (rows: thresholds, columns: min_areas), values written in the cells.
+    """
+    classes = df.drop_duplicates("class_index").sort_values("class_index")
+    n = len(classes)
+    fig = Figure(figsize=(min(4.2 * n, 17), 3.8 if n <= 4 else 3.8 * -(-n // 4)), layout="constrained")
+    cols = min(n, 4)
+    axes = np.atleast_1d(fig.subplots(-(-n // cols), cols, squeeze=False)).ravel()
+    for ax, (_, row) in zip(axes, classes.iterrows(), strict=False):
+        sub = df[df["class_index"] == row["class_index"]]
+        table = sub.pivot_table(index="threshold", columns="min_area", values=key, aggfunc="first")
+        values = table.to_numpy(dtype=np.float64)
+        im = ax.imshow(values, aspect="auto", cmap="viridis", origin="lower")
+        ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], rotation=45, fontsize=7)
+        ax.set_yticks(range(table.shape[0]), [f"{t:g}" for t in table.index], fontsize=7)
+        if table.size <= 120:
+            for (i, j), v in np.ndenumerate(values):
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=6, color="w")
+        if np.isfinite(values).any():
+            i, j = np.unravel_index(np.nanargmax(values), values.shape)
+            ax.add_patch(_rect(j, i))
+            title = f"best {values[i, j]:.4f} @ t={table.index[i]:g}, area={table.columns[j]}"
+        else:
+            title = "no score"
+        ax.set_title(f"{row.get('class', int(row['class_index']))}\n{title}", fontsize=8)
+        ax.set_xlabel("min_area", fontsize=8)
+        ax.set_ylabel("threshold", fontsize=8)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    for ax in axes[n:]:
+        ax.axis("off")
+    return fig
+
+
+def _rect(x: int, y: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2)
+
+
+def plot_trace(trace: Sequence[float], title: str = "hill climbing") -> Figure:
+    """Score after each accepted step of ``kitlib.ensemble_search.hill_climb`` (or the best-so-far trace of an
+    optimiser)."""
+    fig = Figure(figsize=(5, 3), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(np.arange(len(trace)), np.asarray(trace, dtype=np.float64), marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("score")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
     return fig

@@ -20,12 +20,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Preset", "PRESETS", "get_preset", "TASKS", "LABEL_FORMATS"]
+from kitlib._private import lookup
 
-TASKS = ("binary", "multilabel", "multiclass", "classification")
+__all__ = ["Preset", "PRESETS", "PRESENCE_ARCH", "get_preset", "model_preset", "TASKS", "LABEL_FORMATS"]
+
+#: "presence" is derived, never a competition's own task: ``Preset.presence()``.
+TASKS = ("binary", "multilabel", "multiclass", "classification", "presence")
 LABEL_FORMATS = ("image_label_csv", "class_id_csv", "img_rle_csv", "mask_folder", "coco_json", "label_csv")
 
-Task = Literal["binary", "multilabel", "multiclass", "classification"]
+Task = Literal["binary", "multilabel", "multiclass", "classification", "presence"]
+#: ``arch`` of a presence classifier (``10_train -p arch classifier`` on a binary/multilabel preset): a timm
+#: classifier with one sigmoid per class whose probabilities gate another experiment's masks.
+PRESENCE_ARCH = "classifier"
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,9 @@ class Preset:
     Attributes:
         name: key in ``PRESETS``.
         task: "binary" (one foreground class), "multilabel" (K independent masks, may overlap),
-            "multiclass" (one class per pixel; ``classes[0]`` is the background) or "classification".
+            "multiclass" (one class per pixel; ``classes[0]`` is the background) or "classification"; "presence"
+            (which of the K classes of a binary/multilabel preset's masks have any pixel: image-level multilabel
+            classification) only in a preset derived with ``presence()``.
         classes: class names in the competition's order. Multiclass presets list the background first.
         label_format: key of the loader in ``kitlib.formats.LOADERS``.
         label_file: train label file or folder, relative to the data folder (a parameter of
@@ -61,6 +69,8 @@ class Preset:
         mask_ext: for ``mask_folder``: mask file extension; "" = the image's own extension.
         image_exts: file extensions that count as images when a folder is listed.
         description: one line for humans.
+        source_task: for task "presence" only: the binary/multilabel task whose masks give the labels (set by
+            ``presence()``).
     """
 
     name: str
@@ -83,6 +93,7 @@ class Preset:
     mask_ext: str = ""
     image_exts: tuple[str, ...] = field(default=(".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif"))
     description: str = ""
+    source_task: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -95,11 +106,49 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: a binary task has exactly one class, got {self.classes}")
         if self.task == "multiclass" and len(self.classes) < 2:
             raise ValueError(f"preset {self.name!r}: multiclass needs the background plus at least one class")
+        if (self.task == "presence") != (self.source_task in ("binary", "multilabel")):
+            raise ValueError(
+                f"preset {self.name!r}: task 'presence' comes with a binary/multilabel source_task (from "
+                f"Preset.presence()), got task {self.task!r}, source_task {self.source_task!r}"
+            )
 
     @property
     def is_segmentation(self) -> bool:
-        """True for binary, multilabel and multiclass segmentation."""
-        return self.task != "classification"
+        """True for binary, multilabel and multiclass segmentation: the model predicts masks."""
+        return self.task in ("binary", "multilabel", "multiclass")
+
+    @property
+    def has_masks(self) -> bool:
+        """True when the labels are masks: segmentation, and the presence task (labels read off the masks)."""
+        return self.is_segmentation or self.task == "presence"
+
+    @property
+    def mask_task(self) -> str | None:
+        """The task of the label masks: ``task`` for segmentation, ``source_task`` for presence, None otherwise
+        (the ``mode`` of segmentation losses)."""
+        return self.source_task if self.task == "presence" else self.task if self.is_segmentation else None
+
+    @property
+    def activation(self) -> str:
+        """How logits become probabilities: "sigmoid" (independent masks or classes: binary, multilabel, presence) or
+        "softmax" over the class axis (multiclass, classification)."""
+        return "sigmoid" if self.task in ("binary", "multilabel", "presence") else "softmax"
+
+    def presence(self) -> Preset:
+        """The presence task of this binary/multilabel preset: image-level labels, one per target class, 1 where the
+        class has any pixel (a presence classifier that gates another experiment's masks; Severstal top solutions).
+
+        Raises:
+            ValueError: a multiclass or classification preset (the message names it).
+        """
+        if self.task not in ("binary", "multilabel"):
+            raise ValueError(f"a presence classifier (arch={PRESENCE_ARCH!r}) needs a binary/multilabel preset, "
+                             f"not {self.name!r} ({self.task})")  # fmt: skip
+        return dataclasses.replace(self, task="presence", source_task=self.task)
+
+    def masks_preset(self) -> Preset:
+        """The segmentation preset whose masks give this preset's labels: itself, or a presence task's source."""
+        return dataclasses.replace(self, task=self.source_task, source_task=None) if self.task == "presence" else self
 
     @property
     def target_classes(self) -> tuple[str, ...]:
@@ -248,14 +297,20 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def model_preset(preset: Preset, arch: str | None) -> Preset:
+    """What a model of ``arch`` learns on ``preset``: the preset itself, or its presence task for ``PRESENCE_ARCH`` on
+    a segmentation preset (the one place that reads the architecture name; everything after reads the task).
+
+    Raises:
+        ValueError: ``PRESENCE_ARCH`` on a multiclass preset.
+    """
+    return preset.presence() if arch == PRESENCE_ARCH and preset.is_segmentation else preset
+
+
 def get_preset(name: str | Preset) -> Preset:
     """Look up a preset by name (a ``Preset`` is returned as is).
 
     Raises:
         KeyError: unknown name; the message lists the valid ones.
     """
-    if isinstance(name, Preset):
-        return name
-    if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; options: {sorted(PRESETS)}")
-    return PRESETS[name]
+    return name if isinstance(name, Preset) else lookup(PRESETS, name, "preset")

@@ -41,8 +41,8 @@ import numpy as np
 import pandas as pd
 
 from kitlib._private import listing
-from kitlib.config import write_csv
-from kitlib.presets import Preset, get_preset
+from kitlib.io import write_csv
+from kitlib.presets import Preset
 from kitlib.rle import EMPTY_TOKENS, rle_decode, rle_encode, rle_parse
 
 __all__ = [
@@ -174,7 +174,7 @@ def read_submission(path: str | os.PathLike) -> pd.DataFrame:
         raise SubmissionError(f"{path}: unreadable CSV: {e}") from e
 
 
-def read_sample_submission(preset: Preset | str, data_dir: str | os.PathLike) -> pd.DataFrame | None:
+def read_sample_submission(preset: Preset, data_dir: str | os.PathLike) -> pd.DataFrame | None:
     """The competition's sample submission, every cell as text.
 
     Args:
@@ -188,7 +188,6 @@ def read_sample_submission(preset: Preset | str, data_dir: str | os.PathLike) ->
         FileNotFoundError: the preset names a sample submission that is not in data_dir.
         SubmissionError: its columns are not the preset's ``submission_columns`` (a wrong preset).
     """
-    preset = get_preset(preset)
     if preset.sample_submission is None:
         return None
     path = Path(data_dir).expanduser() / preset.sample_submission
@@ -217,7 +216,7 @@ def _as_frame(table: pd.DataFrame | str | os.PathLike, what: str) -> pd.DataFram
 # ---------------------------------------------------------------------------------------------------- encode
 
 
-def encode_rows(image_id: str, masks: np.ndarray | int, preset: Preset | str, check: bool = True) -> list[dict]:
+def encode_rows(image_id: str, masks: np.ndarray | int, preset: Preset, check: bool = True) -> list[dict]:
     """The submission rows of one test image.
 
     Args:
@@ -239,7 +238,6 @@ def encode_rows(image_id: str, masks: np.ndarray | int, preset: Preset | str, ch
             image.
         SubmissionError: the round trip check failed.
     """
-    preset = get_preset(preset)
     layout = _layout(preset)
     image_id = str(image_id)
     fmt = preset.submission_format
@@ -366,7 +364,7 @@ def _check_ids(keys: list[str], expected: list[str], drop_extra: bool = False) -
 def order_like(
     submission: pd.DataFrame,
     sample_submission: pd.DataFrame | None,
-    preset: Preset | str,
+    preset: Preset,
     image_ids: Sequence[str] | pd.DataFrame | None = None,
     drop_extra: bool = False,
 ) -> pd.DataFrame:
@@ -386,7 +384,6 @@ def order_like(
             (unless ``drop_extra``); the message lists the first few and the count.
         ValueError: neither or both of sample_submission and image_ids.
     """
-    preset = get_preset(preset)
     layout = _layout(preset)
     _check_columns(submission, layout)
     expected, _ = _expected(layout, sample_submission, image_ids, preset)
@@ -480,7 +477,7 @@ def _raise_bad(bad: list[tuple[str, str]], what: str, n_rows: int) -> None:
 def validate_submission(
     submission: pd.DataFrame | str | os.PathLike,
     sample_submission: pd.DataFrame | str | os.PathLike | None,
-    preset: Preset | str,
+    preset: Preset,
     image_ids: Sequence[str] | pd.DataFrame | None = None,
     sizes: Sizes | None = None,
 ) -> dict:
@@ -512,7 +509,6 @@ def validate_submission(
         FileNotFoundError: a CSV path that does not exist.
         ValueError: neither or both of sample_submission and image_ids.
     """
-    preset = get_preset(preset)
     layout = _layout(preset)
     sub = _as_frame(submission, "submission")
     sample = _as_frame(sample_submission, "sample_submission") if sample_submission is not None else None

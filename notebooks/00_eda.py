@@ -41,32 +41,28 @@ import logging
 from IPython.display import display
 
 from kitlib import plots
-from kitlib.config import project_path, save_config
 from kitlib.folds import make_folds, save_folds
 from kitlib.formats import load_competition
-from kitlib.presets import get_preset
+from kitlib.stages import EdaConfig
 
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 logging.getLogger("kitlib").setLevel(logging.INFO)
-params = dict(exp=exp, preset=preset, data_dir=data_dir, label_file=label_file, drop_missing=drop_missing,
-              drop_invalid=drop_invalid, n_folds=n_folds, seed=seed, group_col=group_col)  # fmt: skip
-exp_dir = project_path(artifacts_root) / exp  # relative paths: from the repo root, wherever this runs
-save_config(exp_dir / "eda_config.json", params)
-cfg = get_preset(preset)
-print(f"{cfg.name}: {cfg.description}")
+cfg = EdaConfig.from_params(globals())  # the cell above, type-checked; a name it does not declare fails here
+cfg.save()  # artifacts/<exp>/eda_config.json: later stages read the table as this notebook reads it
+print(f"{cfg.preset.name}: {cfg.preset.description}")
 
 # %% [markdown]
 # ## The train table
 # One row per image: `image_id, image_path, height, width` and the targets (RLE per class, mask path or label).
 
 # %%
-train = load_competition(cfg, project_path(data_dir), label_file=label_file or None, drop_missing=drop_missing,
-                         drop_invalid=drop_invalid)  # fmt: skip
+train = load_competition(cfg.preset, cfg.data_path, label_file=cfg.label_file or None,
+                         drop_missing=cfg.drop_missing, drop_invalid=cfg.drop_invalid)  # fmt: skip
 print(f"{len(train)} train images; table attrs: {train.attrs}")
 display(train.head())
 
 # %%
-test = load_competition(cfg, project_path(data_dir), split="test", drop_missing=True)
+test = load_competition(cfg.preset, cfg.data_path, split="test", drop_missing=True)
 print(f"{len(test)} test images present; dropped as missing: {test.attrs.get('dropped_missing', 0)}")
 plots.plot_image_sizes(train)
 
@@ -75,17 +71,17 @@ plots.plot_image_sizes(train)
 # Class frequencies, classes per image and mask areas (segmentation) or the label distribution (classification).
 
 # %%
-plots.plot_label_summary(train, cfg)
+plots.plot_label_summary(train, cfg.preset)
 
 # %%
-if cfg.is_segmentation:
-    display(plots.plot_cooccurrence(train, cfg))
+if cfg.preset.is_segmentation:
+    display(plots.plot_cooccurrence(train, cfg.preset))
 
 # %% [markdown]
 # ## Samples with their masks
 
 # %%
-plots.plot_samples(train, cfg, n=n_samples, seed=seed)
+plots.plot_samples(train, cfg.preset, n=cfg.n_samples, seed=cfg.seed)
 
 # %% [markdown]
 # ## Folds
@@ -93,8 +89,8 @@ plots.plot_samples(train, cfg, n=n_samples, seed=seed)
 # never split. Same seed, same folds.
 
 # %%
-if n_folds:
-    folds = make_folds(train, cfg, n_folds=n_folds, seed=seed, group_col=group_col or None)
-    save_folds(folds, exp_dir / "folds.csv")
-    print(f"wrote {exp_dir / 'folds.csv'}: {folds['fold'].value_counts().sort_index().to_dict()}")
-    display(plots.plot_fold_balance(folds, cfg))
+if cfg.n_folds:
+    folds = make_folds(train, cfg.preset, n_folds=cfg.n_folds, seed=cfg.seed, group_col=cfg.group_col or None)
+    save_folds(folds, cfg.exp_dir / "folds.csv")
+    print(f"wrote {cfg.exp_dir / 'folds.csv'}: {folds['fold'].value_counts().sort_index().to_dict()}")
+    display(plots.plot_fold_balance(folds, cfg.preset))

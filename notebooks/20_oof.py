@@ -15,10 +15,10 @@
 # # 20 OOF: the experiment's cross-validation score and its post-processing
 #
 # Gathers the held-out predictions of every fold (`artifacts/<exp>/fold<k>/oof_probs.npy`, from `10_train`) into
-# `artifacts/<exp>/oof_probs.npy` (rows in `folds.csv` order, `kitlib.oof.gather_oof`), scores them per class with the
-# competition's metric, and searches per-class post-processing on them (threshold x min_area, optionally the triplet
-# scheme) for binary and multilabel segmentation. Multiclass segmentation is decoded by argmax and classification by
-# the top class: they get the CV only.
+# `artifacts/<exp>/oof_probs.npy` (rows in `folds.csv` order, `kitlib.predictions.gather_oof`), scores them per class
+# with the competition's metric, and searches per-class post-processing on them (threshold x min_area, optionally the
+# triplet scheme) for binary and multilabel segmentation. Multiclass segmentation is decoded by argmax and
+# classification by the top class: they get the CV only.
 #
 # A presence classifier (`10_train` with `arch="classifier"`) gets its per-class precision-recall curves and gate
 # thresholds instead; a segmentation experiment then tries it as the gate of its masks with `gate_exp=<its exp>`.
@@ -29,19 +29,20 @@
 # Headless: `jupytext --to ipynb --output - notebooks/20_oof.py | papermill - out.ipynb -p exp demo`
 
 # %% tags=["parameters"]
+from typing import Optional
+
 exp: str = "demo"  # artifacts/<exp>/ holds folds.csv and fold<k>/ (from 10_train)
 preset: str = "demo"  # competition preset: clouds, severstal, dacon_building, masks, coco, cassava, demo
 data_dir: str = "data/demo"  # competition folder (relative to the repo root)
-n_folds: int = 5  # passed by run_all; the folds themselves come from folds.csv
 label_file: str = ""  # train label file inside data_dir; empty: the one training used
 artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)
-thresholds: str = "0.2,0.3,0.4,0.5,0.6,0.7"  # pixel thresholds to search (comma-separated, or a list)
+thresholds: str = "0.2,0.3,0.4,0.5,0.6,0.7"  # pixel thresholds to search (comma-separated)
 min_areas: str = "0,100,500,2000,5000,10000"  # components of at most this many pixels are removed (at scoring size)
 triplet: bool = False  # also search the triplet scheme (SIIM-ACR 1st place); the better mean Dice wins
 top_thresholds: str = "0.5,0.6,0.7"  # triplet: top_score_threshold values
 min_contour_areas: str = "0,100,1000,5000"  # triplet: pixels above the top threshold needed to keep a class
 bottom_thresholds: str = "0.3,0.4,0.5"  # triplet: bottom_score_threshold values
-num_workers: int = None  # threads of the search; None: the usable CPUs (at most 8)
+num_workers: Optional[int] = None  # threads of the search; None: the usable CPUs (at most 8)
 gate: bool = True  # also try an image-level class gate (Clouds 1st place); kept only when it raises the CV
 top_k: int = 0  # pixels averaged into a class probability; 0: 17500 at 350x525 scaled to the OOF size
 gate_exp: str = ""  # a presence classifier's experiment (10_train -p arch classifier) tried as the gate; "": none
@@ -54,35 +55,29 @@ import logging
 
 from IPython.display import display
 
-from kitlib import oof, plots
-from kitlib.config import project_path, save_config
-from kitlib.formats import class_presence
+from kitlib import gate as class_gate
+from kitlib import oof, plots, predictions, search
+from kitlib.experiment import load_experiment
+from kitlib.scoring import score_oof
+from kitlib.stages import OofConfig
 
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 logging.getLogger("kitlib").setLevel(logging.INFO)
-params = dict(exp=exp, preset=preset, data_dir=data_dir, label_file=label_file, artifacts_root=artifacts_root,
-              thresholds=thresholds, min_areas=min_areas, triplet=triplet, top_thresholds=top_thresholds,
-              min_contour_areas=min_contour_areas, bottom_thresholds=bottom_thresholds, gate=gate, top_k=top_k,
-              gate_exp=gate_exp)  # fmt: skip
-exp_dir = project_path(artifacts_root) / exp
-save_config(exp_dir / "oof_config.json", params)
-experiment = oof.load_experiment(exp_dir, preset, data_dir, label_file)
-presence = oof.is_presence_experiment(exp_dir)
-kind = "presence classifier" if presence else "model"
-print(f"{exp} ({kind}): {len(experiment.df)} images in {experiment.n_folds} folds, preset {experiment.preset.name}")
+cfg = OofConfig.from_params(globals())  # type-checked; saved as artifacts/<exp>/oof_config.json
+cfg.save()
+experiment = load_experiment(cfg.exp_dir, cfg.preset, cfg.data_path, cfg.label_file)
+task = experiment.model_preset  # the competition's task, or the presence task of a presence classifier
+print(f"{cfg.exp} ({task.task}): {len(experiment.df)} images in {experiment.n_folds} folds, preset {cfg.preset.name}")
 
 # %% [markdown]
 # ## Gather the folds
 # One array in `folds.csv` order; missing folds or ids fail here, named.
 
 # %%
-oof.gather_oof(exp_dir)
-oof_probs, oof_ids, oof_cls_probs = oof.read_gathered(exp_dir)
+predictions.gather_oof(cfg.exp_dir)
+oof_probs, oof_ids, oof_cls_probs = predictions.read_gathered(cfg.exp_dir)
 assert oof_ids == experiment.df["image_id"].astype(str).tolist()
-if presence:  # which classes each image has
-    targets = class_presence(experiment.df, experiment.preset)
-else:
-    targets = oof.oof_targets(experiment, tuple(oof_probs.shape[-2:]))
+targets = experiment.targets(tuple(oof_probs.shape[-2:]))  # masks at the scoring size, labels, or class presence
 print(f"oof_probs {oof_probs.dtype} {oof_probs.shape}; targets {targets.dtype} {targets.shape}")
 
 # %% [markdown]
@@ -90,50 +85,50 @@ print(f"oof_probs {oof_probs.dtype} {oof_probs.shape}; targets {targets.dtype} {
 # Probability 0.5 for binary / multilabel masks (no post-processing), argmax otherwise.
 
 # %%
-if presence:  # precision / recall / F1 per class at the F1-best threshold, the curves below
-    report = oof.presence_report(oof_probs, targets, experiment.preset.target_classes)
+if task.task == "presence":  # precision / recall / F1 per class at the F1-best threshold, the curves below
+    report = class_gate.presence_report(oof_probs, targets, task.target_classes)
     display(report)
-    display(plots.plot_pr_curves(oof_probs, targets, experiment.preset.target_classes, report["threshold"][:-1]))
-    summary = oof.save_presence_cv(exp_dir, report, extra={"exp": exp, "n_images": len(oof_ids)})
-    print(f"presence classifier: mean F1 {summary['cv']:.4f}; use it as a gate: 20_oof -p gate_exp {exp}")
+    display(plots.plot_pr_curves(oof_probs, targets, task.target_classes, report["threshold"][:-1]))
+    summary = oof.save_presence_cv(cfg.exp_dir, report, extra={"exp": cfg.exp, "n_images": len(oof_ids)})
+    print(f"presence classifier: mean F1 {summary['cv']:.4f}; use it as a gate: 20_oof -p gate_exp {cfg.exp}")
 else:
-    raw = oof.cv_report(oof_probs, targets, experiment.preset)
+    raw = score_oof(oof_probs, targets, task).table
     display(raw)
 
 # %% [markdown]
 # ## Post-processing search
-# Per class, the (threshold, min_area) with the best OOF Dice (`kitlib.postprocess.search_thresholds`); with
+# Per class, the (threshold, min_area) with the best OOF Dice (`kitlib.search.search_thresholds`); with
 # `triplet`, also the triplet scheme, and the scheme with the better mean Dice over classes wins. With `gate`, an
 # image-level class gate (mean of the top-K pixel probs, averaged with the classification head when there is one;
 # per-class thresholds from the OOF precision-recall curve; optionally the most probable class forced on: Clouds 1st
 # place) is kept when it raises the OOF Dice.
 
 # %%
-search = experiment.preset.task in oof.POSTPROCESS_TASKS and not presence
+searched = task.task in search.POSTPROCESS_TASKS
 post_params, tables, post = None, {}, None
-gate_probs = oof.gate_class_probs(project_path(artifacts_root) / gate_exp, oof_ids) if gate_exp and search else None
-if search:
-    post_params, tables = oof.search_from_params(
-        oof_probs, targets, experiment.preset, thresholds, min_areas, triplet, top_thresholds, min_contour_areas,
-        bottom_thresholds, gate=gate or gate_probs is not None, top_k=top_k, cls_probs=oof_cls_probs,
-        num_workers=num_workers, gate_probs=gate_probs, gate_exp=gate_exp,
+gate_probs = oof.gate_class_probs(cfg.gate_dir, oof_ids) if cfg.gate_exp and searched else None
+if searched:
+    post_params, tables = search.search_from_params(
+        oof_probs, targets, task, cfg.thresholds, cfg.min_areas, cfg.triplet, cfg.top_thresholds,
+        cfg.min_contour_areas, cfg.bottom_thresholds, gate=cfg.gate or gate_probs is not None, top_k=cfg.top_k,
+        cls_probs=oof_cls_probs, num_workers=cfg.num_workers, gate_probs=gate_probs, gate_exp=cfg.gate_exp,
     )  # fmt: skip
     print(f"winner: {post_params.meta['method']}, gate: {post_params.meta.get('gate', 'not searched')}")
     display(tables["best"])
     if tables["gate"] is not None:  # top-K pixel probs (+ the head, + the gate_exp classifier), PR thresholds
         display(tables["gate"])
     gate_input = gate_probs if post_params.gate_exp else oof_cls_probs
-    post = oof.cv_report(oof_probs, targets, experiment.preset, postprocess=post_params, cls_probs=gate_input)
-elif not presence:
-    print(f"{experiment.preset.task}: no threshold search (argmax)")
+    post = score_oof(oof_probs, targets, task, post_params, gate_input).table
+elif task.task != "presence":
+    print(f"{task.task}: no threshold search (argmax)")
 
 # %% [markdown]
 # ## Save `cv.json` and `postprocess.json`
 
 # %%
-if not presence:
-    summary = oof.save_cv(exp_dir, experiment.preset, raw, post, post_params,
-                          extra={"exp": exp, "n_images": len(oof_ids), "n_folds": experiment.n_folds})  # fmt: skip
+if task.task != "presence":
+    summary = oof.save_cv(cfg.exp_dir, task, raw, post, post_params,
+                          extra={"exp": cfg.exp, "n_images": len(oof_ids), "n_folds": experiment.n_folds})  # fmt: skip
     print(f"CV {summary['metric']}: {summary['cv']} raw, {summary['cv_postprocessed']} post-processed")
     display(raw.merge(post if post is not None else raw, on=["class", "n"], suffixes=("_raw", "_post")))
 
@@ -142,11 +137,11 @@ if not presence:
 # Mean Dice of each class over the threshold x min_area grid; the red box is the chosen cell.
 
 # %%
-oof.plot_search_heatmaps(tables["threshold"]) if search else "no search for this task"
+plots.plot_search_heatmaps(tables["threshold"]) if searched else "no search for this task"
 
 # %% [markdown]
 # ## OOF images
 # A few held-out images: truth beside the prediction at probability 0.5.
 
 # %%
-plots.plot_predictions(experiment.df, experiment.preset, oof_probs, n=n_samples, seed=seed)
+plots.plot_predictions(experiment.df, task, oof_probs, n=cfg.n_samples, seed=cfg.seed)

@@ -15,7 +15,7 @@
 # # 30 Ensemble: blend the experiments' OOF and choose the weights
 #
 # Reads the gathered OOF of each experiment in `exps` (`artifacts/<exp>/oof_probs.npy` from `20_oof`; gathered here
-# when absent), which must share one `folds.csv`. Compares equal weights with optimised ones (`kitlib.ensemble`:
+# when absent), which must share one `folds.csv`. Compares equal weights with optimised ones (`kitlib.ensemble_search`:
 # Nelder-Mead, SLSQP, differential evolution, hill climbing, or plain mean), checks the fitted weights on held-out folds
 # (`cv_weights`), scores every subset of experiments, then searches the post-processing again on the blend (with
 # `gate_exp`, also a gate by a separate presence classifier, as in `20_oof`).
@@ -27,17 +27,18 @@
 # Headless: `jupytext --to ipynb --output - notebooks/30_ensemble.py | papermill - out.ipynb -p exps exp001,exp002`
 
 # %% tags=["parameters"]
+from typing import Optional
+
 exps: str = "demo"  # comma-separated experiments under artifacts/ (each with its 20_oof output)
 ensemble_name: str = "ensemble"  # artifacts/<ensemble_name>/ receives the weights and post-processing
 exp: str = ""  # passed by run_all; used as exps when exps is empty
 preset: str = "demo"  # competition preset: clouds, severstal, dacon_building, masks, coco, cassava, demo
 data_dir: str = "data/demo"  # competition folder (relative to the repo root)
-n_folds: int = 5  # passed by run_all; the folds come from folds.csv
 label_file: str = ""  # train label file inside data_dir; empty: the one training used
 artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)
 method: str = "nelder-mead"  # nelder-mead, differential_evolution, slsqp, hill_climb, mean (equal weights)
 fit_rows: int = 500  # fit the weights on this many random rows (segmentation OOFs are large); 0: all rows
-maxiter: int = None  # optimiser iterations; None: the method's default
+maxiter: Optional[int] = None  # optimiser iterations; None: the method's default
 hill_climb_iter: int = 20  # steps of hill climbing (ensemble selection)
 cv_check: bool = True  # fit the weights on K-1 folds and score the held-out fold
 thresholds: str = "0.2,0.3,0.4,0.5,0.6,0.7"  # pixel thresholds to search on the blend
@@ -46,7 +47,7 @@ triplet: bool = False  # also search the triplet scheme
 top_thresholds: str = "0.5,0.6,0.7"  # triplet: top_score_threshold values
 min_contour_areas: str = "0,100,1000,5000"  # triplet: pixels above the top threshold needed to keep a class
 bottom_thresholds: str = "0.3,0.4,0.5"  # triplet: bottom_score_threshold values
-num_workers: int = None  # threads of the post-processing search; None: the usable CPUs (at most 8)
+num_workers: Optional[int] = None  # threads of the post-processing search; None: the usable CPUs (at most 8)
 gate: bool = True  # also try an image-level class gate on top-K pixel probs; kept only when it raises the CV
 top_k: int = 0  # pixels averaged into a class probability; 0: 17500 at 350x525 scaled to the OOF size
 gate_exp: str = ""  # a presence classifier's experiment (10_train -p arch classifier) tried as the gate; "": none
@@ -60,21 +61,18 @@ import numpy as np
 import pandas as pd
 from IPython.display import display
 
-from kitlib import ensemble, oof
-from kitlib.config import project_path, save_config, write_json
+from kitlib import ensemble, ensemble_search, oof, plots, predictions, search
+from kitlib.experiment import load_experiment
+from kitlib.io import write_json
+from kitlib.scoring import score_oof
+from kitlib.stages import EnsembleConfig
 
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 logging.getLogger("kitlib").setLevel(logging.INFO)
-names = [e.strip() for e in (exps or exp).split(",") if e.strip()]
-assert names, "exps names no experiment"
-root = project_path(artifacts_root)
-out_dir = root / ensemble_name
-params = dict(exps=exps or exp, ensemble_name=ensemble_name, preset=preset, data_dir=data_dir, label_file=label_file,
-              artifacts_root=artifacts_root, method=method, fit_rows=fit_rows, maxiter=maxiter,
-              hill_climb_iter=hill_climb_iter, cv_check=cv_check, thresholds=thresholds, min_areas=min_areas,
-              triplet=triplet, seed=seed)  # fmt: skip
-save_config(out_dir / "config.json", params)
-print(f"blending {names} into {out_dir}")
+cfg = EnsembleConfig.from_params(globals())  # type-checked; cfg.names: the experiments
+cfg.save()  # artifacts/<ensemble_name>/config.json
+names, root = cfg.names, cfg.artifacts_dir
+print(f"blending {names} into {cfg.out_dir}")
 
 # %% [markdown]
 # ## The experiments' OOF
@@ -84,22 +82,23 @@ print(f"blending {names} into {out_dir}")
 oofs, ids_by_exp = {}, {}
 for name in names:
     if not (root / name / "oof_probs.npy").is_file():
-        oof.gather_oof(root / name)
-    oofs[name], ids_by_exp[name], _ = oof.read_gathered(root / name)
-ids = oof.check_same_ids(ids_by_exp)
-experiment = oof.load_experiment(root / names[0], preset, data_dir, label_file)
+        predictions.gather_oof(root / name)
+    oofs[name], ids_by_exp[name], _ = predictions.read_gathered(root / name)
+ids = predictions.check_same_ids(ids_by_exp)
+experiment = load_experiment(root / names[0], cfg.preset, cfg.data_path, cfg.label_file)
+task = experiment.model_preset
 assert ids == experiment.df["image_id"].astype(str).tolist(), f"{names[0]}: oof_ids.csv is not in folds.csv order"
 first = oofs[names[0]]
-targets = oof.oof_targets(experiment, tuple(first.shape[-2:]), reuse=True)
-score_fn = oof.blend_score_fn(experiment.preset, targets)
-rows = oof.sample_rows(len(ids), fit_rows, seed)
+targets = experiment.targets(tuple(first.shape[-2:]), reuse=True)
+score_fn = ensemble.blend_score_fn(task, targets)
+rows = ensemble.sample_rows(len(ids), cfg.fit_rows, cfg.seed)
 print(f"{len(ids)} rows, {first.dtype} {first.shape[1:]}; fitting on {len(ids) if rows is None else len(rows)} rows")
 
 # %% [markdown]
 # ## Each experiment and every subset (equal weights, all rows)
 
 # %%
-subsets = ensemble.subset_search(oofs, score_fn, max_subsets=4096)
+subsets = ensemble_search.subset_search(oofs, score_fn, max_subsets=4096)
 display(subsets.head(20))
 
 # %% [markdown]
@@ -108,25 +107,26 @@ display(subsets.head(20))
 
 # %%
 m = len(names)
-climb = ensemble.hill_climb(oofs, score_fn, n_iter=hill_climb_iter, rows=rows)
-if method == "mean":
+climb = ensemble_search.hill_climb(oofs, score_fn, n_iter=cfg.hill_climb_iter, rows=rows)
+if cfg.method == "mean":
     weights = np.full(m, 1.0 / m)
-elif method == "hill_climb":
+elif cfg.method == "hill_climb":
     weights = climb.weights
 else:
-    fit = ensemble.optimize_weights(oofs, score_fn, method=method, rows=rows, seed=seed, maxiter=maxiter)
+    fit = ensemble_search.optimize_weights(oofs, score_fn, method=cfg.method, rows=rows, seed=cfg.seed,
+                                           maxiter=cfg.maxiter)  # fmt: skip
     weights = fit.weights
 score = ensemble.blend_score(oofs, score_fn, weights)
 equal_score = ensemble.blend_score(oofs, score_fn, None)
 display(pd.DataFrame({"weight": weights}, index=names))
-print(f"{score_fn.name}: equal weights {equal_score:.4f}, {method} {score:.4f} (0.5 / argmax, all rows)")
+print(f"{score_fn.name}: equal weights {equal_score:.4f}, {cfg.method} {score:.4f} (0.5 / argmax, all rows)")
 
 # %% [markdown]
 # ## Hill climbing trace
 # Ensemble selection (Caruana et al. 2004): the score after each model added.
 
 # %%
-oof.plot_trace(climb.trace, f"hill climbing: {dict(zip(names, climb.counts.tolist(), strict=True))}")
+plots.plot_trace(climb.trace, f"hill climbing: {dict(zip(names, climb.counts.tolist(), strict=True))}")
 
 # %% [markdown]
 # ## Held-out check of the weights
@@ -135,12 +135,12 @@ oof.plot_trace(climb.trace, f"hill climbing: {dict(zip(names, climb.counts.tolis
 
 # %%
 cv_check_result = None
-if cv_check and method in ensemble.METHODS and m > 1:
+if cfg.cv_check and cfg.method in ensemble_search.METHODS and m > 1:
     take = slice(None) if rows is None else rows
     sample = {n: np.asarray(a[take]) for n, a in oofs.items()}
-    sample_fn = oof.blend_score_fn(experiment.preset, np.asarray(targets[take]))
-    cv_check_result = ensemble.cv_weights(sample, experiment.folds[take], sample_fn, method=method, seed=seed,
-                                          maxiter=maxiter)  # fmt: skip
+    sample_fn = ensemble.blend_score_fn(task, np.asarray(targets[take]))
+    cv_check_result = ensemble_search.cv_weights(sample, experiment.folds[take], sample_fn, method=cfg.method,
+                                                 seed=cfg.seed, maxiter=cfg.maxiter)  # fmt: skip
     display(cv_check_result.table)
     print(f"held-out {cv_check_result.held_out_mean:.4f} vs equal {cv_check_result.equal_held_out_mean:.4f}; "
           f"optimism {cv_check_result.optimism:.4f}")  # fmt: skip
@@ -152,19 +152,18 @@ else:
 # Written as `artifacts/<ensemble_name>/oof_probs.npy`; the post-processing search of `20_oof` runs again on it.
 
 # %%
-blended = oof.write_blend(oofs, weights, out_dir, ids)
-raw = oof.cv_report(blended, targets, experiment.preset)
+blended = predictions.write_blend(oofs, weights, cfg.out_dir, ids)
+raw = score_oof(blended, targets, task).table
 post_params, tables, post = None, {}, None
-if experiment.preset.task in oof.POSTPROCESS_TASKS:
-    gate_probs = oof.gate_class_probs(root / gate_exp, ids) if gate_exp else None
-    post_params, tables = oof.search_from_params(
-        blended, targets, experiment.preset, thresholds, min_areas, triplet, top_thresholds, min_contour_areas,
-        bottom_thresholds, gate=gate or gate_probs is not None, top_k=top_k, num_workers=num_workers,
-        gate_probs=gate_probs, gate_exp=gate_exp,
+if task.task in search.POSTPROCESS_TASKS:
+    gate_probs = oof.gate_class_probs(cfg.gate_dir, ids) if cfg.gate_exp else None
+    post_params, tables = search.search_from_params(
+        blended, targets, task, cfg.thresholds, cfg.min_areas, cfg.triplet, cfg.top_thresholds,
+        cfg.min_contour_areas, cfg.bottom_thresholds, gate=cfg.gate or gate_probs is not None, top_k=cfg.top_k,
+        num_workers=cfg.num_workers, gate_probs=gate_probs, gate_exp=cfg.gate_exp,
     )  # fmt: skip
     post_params.meta.update(exps=names, weights=[float(w) for w in weights])
-    post = oof.cv_report(blended, targets, experiment.preset, postprocess=post_params,
-                         cls_probs=gate_probs if post_params.gate_exp else None)  # fmt: skip
+    post = score_oof(blended, targets, task, post_params, gate_probs if post_params.gate_exp else None).table
     display(tables["best"])
     if tables["gate"] is not None:
         display(tables["gate"])
@@ -175,16 +174,16 @@ display(raw.merge(post if post is not None else raw, on=["class", "n"], suffixes
 
 # %%
 extra = {"exps": names, "weights": [float(w) for w in weights], "n_images": len(ids)}
-summary = oof.save_cv(out_dir, experiment.preset, raw, post, post_params, extra=extra)
+summary = oof.save_cv(cfg.out_dir, task, raw, post, post_params, extra=extra)
 weights_json = {
-    "exps": names, "weights": [float(w) for w in weights], "method": method, "score": score,
+    "exps": names, "weights": [float(w) for w in weights], "method": cfg.method, "score": score,
     "equal_score": equal_score, "metric": score_fn.name, "fit_rows": len(ids) if rows is None else len(rows),
     "hill_climb": climb.to_json(),
     "cv_held_out": None if cv_check_result is None else cv_check_result.held_out_mean,
     "cv_equal_held_out": None if cv_check_result is None else cv_check_result.equal_held_out_mean,
 }  # fmt: skip
-write_json(out_dir / "weights.json", weights_json)
+write_json(cfg.out_dir / "weights.json", weights_json)
 print(f"CV {summary['metric']}: {summary['cv']} raw, {summary['cv_postprocessed']} post-processed")
 
 # %%
-oof.plot_search_heatmaps(tables["threshold"]) if tables else "no search for this task"
+plots.plot_search_heatmaps(tables["threshold"]) if tables else "no search for this task"

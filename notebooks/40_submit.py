@@ -29,7 +29,6 @@ exp: str = "demo"  # artifacts/<exp>/ holds fold<k>/best.pt (from 10_train)
 preset: str = "demo"  # competition preset: clouds, severstal, dacon_building, masks, coco, cassava, demo
 data_dir: str = "data/demo"  # competition folder with the test images (relative to the repo root)
 n_folds: int = 0  # use folds 0..n_folds-1 of exp; 0 (or an ensemble): every fold<k>/best.pt found
-label_file: str = ""  # passed by run_all; unused here
 artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)
 ensemble: str = ""  # artifacts/<ensemble>/ with weights.json (30_ensemble); empty: exp alone, weight 1
 tta: str = "none"  # test-time augmentation: none, hflip, vflip, flips, d4
@@ -48,32 +47,28 @@ import logging
 from IPython.display import display
 
 from kitlib import inference, plots
-from kitlib.config import project_path, save_config
 from kitlib.formats import load_competition
-from kitlib.presets import get_preset
+from kitlib.postprocess import load_postprocess
+from kitlib.stages import SubmitConfig
 
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 logging.getLogger("kitlib").setLevel(logging.INFO)
-root = project_path(artifacts_root)
-out_path = project_path(submission_path or f"runs/{exp}/submission.csv")
-params = dict(exp=exp, preset=preset, data_dir=data_dir, n_folds=n_folds, artifacts_root=artifacts_root,
-              ensemble=ensemble, tta=tta, batch_size=batch_size, device=device, out=str(out_path))  # fmt: skip
-save_config(out_path.with_name("submission_config.json"), params)
-cfg = get_preset(preset)
-print(f"{cfg.name}: {cfg.description}")
+cfg = SubmitConfig.from_params(globals())  # type-checked
+cfg.save()  # submission_config.json beside the submission
+print(f"{cfg.preset.name}: {cfg.preset.description}")
 
 # %% [markdown]
 # ## Models and post-processing
 
 # %%
-folds = list(range(n_folds)) if n_folds > 0 and not ensemble else None
-members = inference.load_members(root, exp, ensemble, folds=folds, device=device)
+root = cfg.artifacts_dir
+members = inference.load_members(root, cfg.exp, cfg.ensemble, folds=cfg.folds, device=cfg.device)
 for models, weight in members:
     print(f"weight {weight:.3f}: {[str(m.path.relative_to(root)) for m in models]} at {models[0].height}x"
           f"{models[0].width}")  # fmt: skip
-postprocess = inference.load_postprocess(root / (ensemble or exp), preset)
+postprocess = load_postprocess(cfg.source_dir, cfg.preset)
 print("post-processing:", "argmax" if postprocess is None else json.dumps(postprocess.to_dict(), default=str))
-gate_models = inference.load_gate_models(root, postprocess, device)  # a separate presence classifier, if chosen
+gate_models = inference.load_gate_models(root, postprocess, cfg.device)  # a separate presence classifier, if chosen
 if gate_models:
     print(f"gate: {[str(m.path.relative_to(root)) for m in gate_models]} at {gate_models[0].height}x"
           f"{gate_models[0].width}")  # fmt: skip
@@ -84,11 +79,11 @@ if gate_models:
 # written.
 
 # %%
-test_df = load_competition(preset, project_path(data_dir), split="test")
-shown = test_df.sample(n=min(n_samples, len(test_df)), random_state=seed)
-batches = inference.predict_test(members, test_df, preset, batch_size=batch_size, tta=tta, num_workers=num_workers,
-                                 gate_models=gate_models)  # fmt: skip
-result = inference.make_submission(batches, test_df, preset, project_path(data_dir), out_path, postprocess,
+test_df = load_competition(cfg.preset, cfg.data_path, split="test")
+shown = test_df.sample(n=min(cfg.n_samples, len(test_df)), random_state=cfg.seed)
+batches = inference.predict_test(members, test_df, cfg.preset, batch_size=cfg.batch_size, tta=cfg.tta,
+                                 num_workers=cfg.num_workers, gate_models=gate_models)  # fmt: skip
+result = inference.make_submission(batches, test_df, cfg.preset, cfg.data_path, cfg.submission_file, postprocess,
                                    keep_masks=shown["image_id"].tolist())  # fmt: skip
 print(json.dumps(result.summary, indent=1))
 display(result.submission.head(8))
@@ -97,8 +92,8 @@ display(result.submission.head(8))
 # ## A few test images with their predicted masks
 
 # %%
-if cfg.is_segmentation:
-    display(plots.plot_samples(shown, cfg, n=len(shown), masks=result.masks))
+if cfg.preset.is_segmentation:
+    display(plots.plot_samples(shown, cfg.preset, n=len(shown), masks=result.masks))
 else:
     display(result.submission[result.submission.iloc[:, 0].isin(shown["image_id"])])
 

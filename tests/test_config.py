@@ -1,4 +1,5 @@
-"""kitlib.config and kitlib.presets: atomic writes, provenance, offline switch, light import, preset checks."""
+"""kitlib.io, kitlib.config and kitlib.presets: atomic writes, provenance, offline switch, light import, the stage
+config mechanism (typed parameters from a notebook's cell), preset checks."""
 
 from __future__ import annotations
 
@@ -10,18 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from kitlib.config import (
-    atomic_path,
-    project_path,
-    project_root,
-    read_json,
-    run_info,
-    save_config,
-    save_npy,
-    set_offline,
-    write_json,
-)
+from kitlib.io import atomic_path, project_path, project_root, read_json, run_info, save_npy, write_json
+from kitlib.offline import set_offline
 from kitlib.presets import PRESETS, Preset, get_preset
+from kitlib.stages import EdaConfig
 from tests.conftest import REPO
 
 
@@ -51,8 +44,9 @@ def test_json_and_npy(tmp_path):
 
 
 def test_save_config_records_provenance(tmp_path):
-    cfg = json.loads(save_config(tmp_path / "config.json", {"fold": 1, "lr": 1e-3}).read_text())
-    assert cfg["params"] == {"fold": 1, "lr": 1e-3}
+    cfg = json.loads(EdaConfig.from_notebook(n_folds=3).save(tmp_path / "config.json", note="x").read_text())
+    assert cfg["params"]["n_folds"] == 3 and cfg["stage"] == "00_eda" and cfg["note"] == "x"
+    assert cfg["types"]["n_folds"] == "int" and cfg["types"]["label_file"] == "str"
     assert cfg["run"]["versions"]["numpy"] == np.__version__
     assert cfg["run"]["python"] == sys.version.split()[0]
     assert "git_commit" in run_info()
@@ -70,7 +64,8 @@ def test_set_offline(monkeypatch):
 def test_import_is_light():
     """Importing the data-layer modules pulls in neither torch nor the network stack."""
     code = (
-        "import sys, kitlib, kitlib.rle, kitlib.presets, kitlib.config, kitlib.formats, kitlib.folds; "
+        "import sys, kitlib, kitlib.rle, kitlib.presets, kitlib.config, kitlib.stages, kitlib.formats, kitlib.folds; "
+        "kitlib.stages.EdaConfig.from_notebook(); "
         "heavy = [m for m in ('torch', 'timm', 'segmentation_models_pytorch', 'huggingface_hub', 'requests') "
         "if m in sys.modules]; print(heavy)"
     )

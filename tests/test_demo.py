@@ -214,7 +214,7 @@ def test_cli(tmp_path):
 def test_load_competition_reads_demo(demo_dir):
     from kitlib.formats import class_presence, load_competition
 
-    df = load_competition("demo", demo_dir)
+    df = load_competition(PRESETS["demo"], demo_dir)
     assert len(df) == N_TRAIN
     assert df["image_id"].tolist() == [f"d{i:04d}.jpg" for i in range(N_TRAIN)]
     assert set(CLASSES) <= set(df.columns)
@@ -224,12 +224,12 @@ def test_load_competition_reads_demo(demo_dir):
     for _, row in df.head(6).iterrows():
         for c in CLASSES:
             assert row[c] == by_key[f"{row['image_id']}_{c}"]
-    presence = class_presence(df, "demo")
+    presence = class_presence(df, PRESETS["demo"])
     assert presence.shape == (N_TRAIN, 4) and presence.dtype == bool
     masks = _masks(labels)
     np.testing.assert_array_equal(presence, np.stack([masks[i].any(axis=(1, 2)) for i in df["image_id"]]))
 
-    test = load_competition("demo", demo_dir, split="test")
+    test = load_competition(PRESETS["demo"], demo_dir, split="test")
     assert sorted(test["image_id"]) == [f"t{i:04d}.jpg" for i in range(N_TEST)]
 
 

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from kitlib import engine
+from kitlib import checkpoint, engine, optim, predictions, runtime, scoring
 from kitlib.losses import create_loss, create_recipe
+from kitlib.presets import PRESETS
+from kitlib.stages import TrainConfig
 
 
 class _Toy(Dataset):
@@ -53,20 +55,26 @@ class _Linear(nn.Module):
 
 
 def _loaders(batch_size=4, n=12):
-    train = engine.make_loader(_Toy(n), batch_size, train=True, seed=0)
-    valid = engine.make_loader(_Toy(8, seed=1), batch_size, train=False)
+    train = runtime.make_loader(_Toy(n), batch_size, train=True, seed=0)
+    valid = runtime.make_loader(_Toy(8, seed=1), batch_size, train=False)
     return train, valid
 
 
-def _fit(tmp_path, epochs=3, **kwargs):
+def _config(epochs: int, **overrides) -> TrainConfig:
+    """A masks-preset run of ``epochs``: fp32, no EMA, best epoch on valid_dice, seed 0."""
+    return TrainConfig.from_notebook(preset="masks", epochs=epochs, monitor="", seed=0, **overrides)
+
+
+def _fit(tmp_path, epochs=3, monitor="", **kwargs):
     torch.manual_seed(0)
     model = _TinySeg()
     train, valid = _loaders()
-    optimizer = engine.make_optimizer(model, 1e-2, 5e-2, 0.0)
-    scheduler = engine.make_scheduler(optimizer, "onecycle", epochs * len(train))
+    optimizer = optim.make_optimizer(model, 1e-2, 5e-2, 0.0)
+    scheduler = optim.make_scheduler(optimizer, "onecycle", epochs * len(train))
     loss = create_loss("combo", terms={"bce": 1.0, "dice": 1.0}, mode="binary")
+    cfg = _config(epochs).replace(monitor=monitor)
     return model, engine.fit(
-        model, train, valid, loss, optimizer, "masks", tmp_path, {"arch": "toy"}, epochs, torch.device("cpu"),
+        model, train, valid, loss, optimizer, cfg, tmp_path, {"arch": "toy"}, torch.device("cpu"),
         scheduler=scheduler, **kwargs,
     )  # fmt: skip
 
@@ -82,8 +90,8 @@ def _toy_save_model(monkeypatch):
 
 def test_onecycle_peaks_at_each_group_lr_and_keeps_the_ratio():
     model = _TinySeg()
-    opt = engine.make_optimizer(model, 1e-4, 1e-3, 0.01)
-    sched = engine.make_scheduler(opt, "onecycle", total_steps=100, pct_start=0.3)
+    opt = optim.make_optimizer(model, 1e-4, 1e-3, 0.01)
+    sched = optim.make_scheduler(opt, "onecycle", total_steps=100, pct_start=0.3)
     lrs = []
     for _ in range(100):
         lrs.append([g["lr"] for g in opt.param_groups])
@@ -100,7 +108,7 @@ def test_onecycle_peaks_at_each_group_lr_and_keeps_the_ratio():
 
 def test_cosine_with_warmup_hand_values():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = engine.make_scheduler(opt, "cosine", total_steps=10, warmup_steps=2, min_lr_ratio=0.1)
+    sched = optim.make_scheduler(opt, "cosine", total_steps=10, warmup_steps=2, min_lr_ratio=0.1)
     lrs = []
     for _ in range(10):
         lrs.append(opt.param_groups[0]["lr"])
@@ -109,21 +117,21 @@ def test_cosine_with_warmup_hand_values():
     assert lrs[0] == pytest.approx(1 / 3) and lrs[1] == pytest.approx(2 / 3)
     assert lrs[2] == pytest.approx(1.0)  # warmup over: the peak, then cosine over 8 steps
     assert lrs[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
-    assert engine.make_scheduler(opt, "constant", 10) is None
+    assert optim.make_scheduler(opt, "constant", 10) is None
     with pytest.raises(ValueError, match="options"):
-        engine.make_scheduler(opt, "step", 10)
+        optim.make_scheduler(opt, "step", 10)
     with pytest.raises(ValueError, match="warmup_steps"):
-        engine.make_scheduler(opt, "cosine", 10, warmup_steps=10)
+        optim.make_scheduler(opt, "cosine", 10, warmup_steps=10)
 
 
 def test_resolve_amp():
     cpu = torch.device("cpu")
-    assert engine.resolve_amp("auto", cpu) is None and engine.resolve_amp("off", cpu) is None
-    assert engine.resolve_amp("bf16", cpu) is torch.bfloat16  # explicit CPU autocast (benchmarks/bench_train.py)
+    assert runtime.resolve_amp("auto", cpu) is None and runtime.resolve_amp("off", cpu) is None
+    assert runtime.resolve_amp("bf16", cpu) is torch.bfloat16  # explicit CPU autocast (benchmarks/bench_train.py)
     with pytest.raises(ValueError, match="CUDA"):
-        engine.resolve_amp("fp16", cpu)
+        runtime.resolve_amp("fp16", cpu)
     with pytest.raises(ValueError, match="options"):
-        engine.resolve_amp("half", cpu)
+        runtime.resolve_amp("half", cpu)
 
 
 # ------------------------------------------------------------------------------------------------ one epoch
@@ -134,12 +142,12 @@ def _grads_after(accumulate: int, batch_size: int) -> list[torch.Tensor]:
     torch.manual_seed(0)
     model = _Linear()  # no BatchNorm: accumulation is then exact
     ds = _Toy(8)
-    loader = engine.make_loader(ds, batch_size, train=False)
+    loader = runtime.make_loader(ds, batch_size, train=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     grads = []
     opt.step = lambda: grads.append([p.grad.clone() for p in model.parameters()])  # capture before zero_grad
     loss = nn.BCEWithLogitsLoss()
-    engine.train_one_epoch(model, loader, loss, opt, "masks", torch.device("cpu"), accumulate=accumulate)
+    engine.train_one_epoch(model, loader, loss, opt, PRESETS["masks"], torch.device("cpu"), accumulate=accumulate)
     return grads
 
 
@@ -164,7 +172,7 @@ def test_clipping_bounds_the_gradient_norm():
     opt.step = step
     train, _ = _loaders()
     out = engine.train_one_epoch(
-        model, train, nn.BCEWithLogitsLoss(), opt, "masks", torch.device("cpu"), clip_grad_norm=1e-3
+        model, train, nn.BCEWithLogitsLoss(), opt, PRESETS["masks"], torch.device("cpu"), clip_grad_norm=1e-3
     )
     assert max(norms) <= 1e-3 * 1.0001
     assert out["grad_norm"] > 1e-3  # the reported norm is the one before clipping
@@ -173,17 +181,17 @@ def test_clipping_bounds_the_gradient_norm():
 def test_ema_moves_towards_the_weights():
     torch.manual_seed(0)
     model = _TinySeg()
-    ema = engine.make_ema(model, decay=0.5)
+    ema = optim.make_ema(model, decay=0.5)
     before = [p.detach().clone() for p in ema.module.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     train, _ = _loaders()
-    engine.train_one_epoch(model, train, nn.BCEWithLogitsLoss(), opt, "masks", torch.device("cpu"), ema=ema)
+    engine.train_one_epoch(model, train, nn.BCEWithLogitsLoss(), opt, PRESETS["masks"], torch.device("cpu"), ema=ema)
     after = list(ema.module.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert any(not torch.equal(a, p) for a, p in zip(after, model.parameters(), strict=True))
     assert int(ema.n_averaged) == len(train)  # one update per optimiser step
     with pytest.raises(ValueError, match="decay"):
-        engine.make_ema(model, 1.0)
+        optim.make_ema(model, 1.0)
 
 
 def test_segcls_loss_gets_the_head_logits():
@@ -202,26 +210,26 @@ def test_segcls_loss_gets_the_head_logits():
 
 
 def test_scorer_binary_hand_values():
-    scorer = engine.Scorer("masks")
+    scorer = scoring.Scorer(PRESETS["masks"])
     logits = torch.full((2, 1, 2, 2), -5.0)
     logits[0, 0, 0, :] = 5.0  # image 0 predicts the top row
     masks = torch.zeros(2, 1, 2, 2)
     masks[0, 0, :, 0] = 1  # image 0 truth: left column; image 1: both empty
-    scorer.update(logits, masks)
+    scorer.update(logits > 0, masks)  # predictions: probability > 0.5
     result = scorer.result()
     assert result["dice"] == pytest.approx((2 * 1 / 4 + 1.0) / 2)
     assert result["pixel_error"] == pytest.approx(2 / 8)
 
 
 def test_scorer_multiclass_and_classification():
-    scorer = engine.Scorer("coco")
+    scorer = scoring.Scorer(PRESETS["coco"])
     logits = torch.zeros(1, 11, 1, 2)
     logits[0, 1, 0, 0] = 1.0
     logits[0, 0, 0, 1] = 1.0
-    scorer.update(logits, torch.tensor([[[1, 2]]]))
+    scorer.update(logits.argmax(1), torch.tensor([[[1, 2]]]))
     assert scorer.result()["pixel_accuracy"] == pytest.approx(0.5)
-    acc = engine.Scorer("cassava")
-    acc.update(torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([1, 1, 1]))
+    acc = scoring.Scorer(PRESETS["cassava"])
+    acc.update(torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]).argmax(1), torch.tensor([1, 1, 1]))
     assert acc.result()["accuracy"] == pytest.approx(2 / 3)
 
 
@@ -240,7 +248,7 @@ def test_fit_writes_checkpoints_and_history(tmp_path):
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["epoch"] == result.best_epoch and best["score"] == pytest.approx(result.best_score)
     last = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert last["checkpoint"] == engine.CHECKPOINT_KIND and last["epoch"] == 2 and last["finished"]
+    assert last["checkpoint"] == checkpoint.CHECKPOINT_KIND and last["epoch"] == 2 and last["finished"]
     assert {"optimizer", "scheduler", "rng", "history"} <= set(last)
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
@@ -280,9 +288,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = _TinySeg()
     train, valid = _loaders()
-    opt = engine.make_optimizer(model, 1e-2, 1e-2, 0.0)
+    opt = optim.make_optimizer(model, 1e-2, 1e-2, 0.0)
     with pytest.raises(engine.NonFiniteLossError, match=r"epoch 1, batch 0: loss is nan \(images img"):
-        engine.fit(model, train, valid, NanAfter(), opt, "masks", tmp_path, {"arch": "toy"}, 3, torch.device("cpu"))
+        engine.fit(model, train, valid, NanAfter(), opt, _config(3), tmp_path, {"arch": "toy"}, torch.device("cpu"))
     last = torch.load(tmp_path / "last.pt", weights_only=True)
     assert last["epoch"] == 0
     assert len(pd.read_csv(tmp_path / "history.csv")) == 1
@@ -300,26 +308,26 @@ def test_predict_and_write_predictions(tmp_path):
     torch.manual_seed(0)
     model = _TinySeg().eval()
     ds = _Toy(10)
-    loader = engine.make_loader(ds, 4, train=False)
+    loader = runtime.make_loader(ds, 4, train=False)
     ids = [f"img{i:02d}" for i in range(10)]
     batches = list(engine.predict(model, loader, torch.device("cpu"), out_size=(4, 4)))
     assert [len(b[0]) for b in batches] == [4, 4, 2]
     probs = torch.cat([b[1] for b in batches])
     assert probs.shape == (10, 1, 4, 4) and 0 <= probs.min() and probs.max() <= 1
     assert model.training is False
-    path = engine.write_predictions(tmp_path / "oof.npy", iter(reversed(batches)), ids, dtype="uint8")
+    path = predictions.write_predictions(tmp_path / "oof.npy", iter(reversed(batches)), ids, dtype="uint8")
     written = np.load(path)
     assert written.dtype == np.uint8 and written.shape == (10, 1, 4, 4)
     np.testing.assert_array_equal(written, (probs * 255).round().to(torch.uint8).numpy())  # rows by id
     with pytest.raises(ValueError, match="2 rows were not predicted"):
-        engine.write_predictions(tmp_path / "part.npy", iter(batches[:2]), ids)
+        predictions.write_predictions(tmp_path / "part.npy", iter(batches[:2]), ids)
     assert not (tmp_path / "part.npy").exists()
 
 
 def test_predict_tta_of_a_flip_equivariant_model_changes_nothing():
     torch.manual_seed(0)
     model = _TinySeg().eval()  # 1x1 convolutions commute with flips
-    loader = engine.make_loader(_Toy(4), 4, train=False)
+    loader = runtime.make_loader(_Toy(4), 4, train=False)
     plain = next(engine.predict(model, loader, torch.device("cpu")))[1]
     d4 = next(engine.predict(model, loader, torch.device("cpu"), tta="d4"))[1]
     torch.testing.assert_close(plain, d4)

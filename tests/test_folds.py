@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from kitlib.folds import attach_folds, fold_summary, load_folds, make_folds, save_folds
-from kitlib.presets import PRESETS
+from kitlib.presets import PRESETS, get_preset
 
 
 def _seg_table(preset: str, n: int, probs, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -45,7 +45,10 @@ TABLES = {
     "multiclass": lambda: _seg_table("coco", 61, np.linspace(0.1, 0.6, 10))[0],
     "classification": lambda: _cls_table(71),
 }
-PRESET_OF = {"multilabel": "clouds", "binary": "dacon_building", "multiclass": "coco", "classification": "cassava"}
+PRESET_OF = {
+    "multilabel": PRESETS["clouds"], "binary": PRESETS["dacon_building"], "multiclass": PRESETS["coco"],
+    "classification": PRESETS["cassava"],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", list(TABLES))
@@ -69,7 +72,7 @@ def test_one_fold_each_and_balanced_sizes(kind, n_folds):
 ])  # fmt: skip
 def test_multilabel_class_counts_balanced(preset, n, probs):
     df, presence = _seg_table(preset, n, probs, seed=n)
-    fold = make_folds(df, preset, n_folds=5, seed=0)["fold"].to_numpy()
+    fold = make_folds(df, PRESETS[preset], n_folds=5, seed=0)["fold"].to_numpy()
     counts = _per_fold(fold, presence, 5)
     mean = presence.sum(axis=0) / 5
     assert np.abs(counts - mean).max() <= 1.0, counts
@@ -77,12 +80,12 @@ def test_multilabel_class_counts_balanced(preset, n, probs):
 
 def test_binary_and_classification_stratified():
     df, presence = _seg_table("dacon_building", 57, [0.3])
-    fold = make_folds(df, "dacon_building", n_folds=5)["fold"].to_numpy()
+    fold = make_folds(df, PRESETS["dacon_building"], n_folds=5)["fold"].to_numpy()
     nonempty = _per_fold(fold, presence, 5)[:, 0]
     assert nonempty.max() - nonempty.min() <= 1 and nonempty.sum() == presence.sum()
 
     cls = _cls_table(203, probs=[0.05, 0.1, 0.1, 0.6, 0.15])
-    fold = make_folds(cls, "cassava", n_folds=5)["fold"].to_numpy()
+    fold = make_folds(cls, PRESETS["cassava"], n_folds=5)["fold"].to_numpy()
     counts = _per_fold(fold, np.eye(5, dtype=int)[cls["label"]], 5)
     assert (counts.max(axis=0) - counts.min(axis=0) <= 1).all(), counts
 
@@ -106,7 +109,7 @@ def test_groups_stratified_on_aggregated_presence():
     presence = presence[::3].repeat(3, axis=0)  # every row of a group gets the group's pattern
     for k, c in enumerate(PRESETS["clouds"].target_classes):
         df[c] = np.where(presence[:, k], "1 5", "")
-    out = make_folds(df, "clouds", n_folds=5, group_col="group")
+    out = make_folds(df, PRESETS["clouds"], n_folds=5, group_col="group")
     group_fold = out.groupby("group")["fold"].first().to_numpy()
     counts = _per_fold(group_fold, presence[::3], 5)
     assert np.abs(counts - presence[::3].sum(axis=0) / 5).max() <= 1.0
@@ -133,26 +136,26 @@ def test_bad_n_folds(n_folds, group_col, message):
     df = _cls_table(10)
     df["g"] = np.arange(10) % 3
     with pytest.raises(ValueError, match=message):
-        make_folds(df, "cassava", n_folds=n_folds, group_col=group_col)
+        make_folds(df, PRESETS["cassava"], n_folds=n_folds, group_col=group_col)
 
 
 def test_bad_tables():
     df = _cls_table(10)
     with pytest.raises(ValueError, match=r"image_id not unique: 1 id\(s\) repeated, e.g. 3.jpg"):
-        make_folds(df.assign(image_id=df["image_id"].replace("4.jpg", "3.jpg")), "cassava")
+        make_folds(df.assign(image_id=df["image_id"].replace("4.jpg", "3.jpg")), PRESETS["cassava"])
     with pytest.raises(ValueError, match=r"label must be an integer in 0..4; 1 bad row\(s\): 2.jpg=7"):
-        make_folds(df.assign(label=df["label"].mask(df.index == 2, 7)), "cassava")
+        make_folds(df.assign(label=df["label"].mask(df.index == 2, 7)), PRESETS["cassava"])
     with pytest.raises(ValueError, match="needs a 'label' column"):
-        make_folds(df.drop(columns="label"), "cassava")
+        make_folds(df.drop(columns="label"), PRESETS["cassava"])
     with pytest.raises(ValueError, match="group column 'site' not in the table"):
-        make_folds(df, "cassava", group_col="site")
+        make_folds(df, PRESETS["cassava"], group_col="site")
     with pytest.raises(ValueError, match=r"missing in 1 row\(s\), image_ids: 0.jpg"):
-        make_folds(df.assign(site=[None] + ["a"] * 9), "cassava", group_col="site")
+        make_folds(df.assign(site=[None] + ["a"] * 9), PRESETS["cassava"], group_col="site")
     seg, _ = _seg_table("clouds", 10, [0.5] * 4)
     with pytest.raises(ValueError, match=r"no column for class\(es\) Gravel, Sugar"):
-        make_folds(seg.drop(columns=["Gravel", "Sugar"]), "clouds")
+        make_folds(seg.drop(columns=["Gravel", "Sugar"]), PRESETS["clouds"])
     with pytest.raises(KeyError, match="unknown preset"):
-        make_folds(df, "nope")
+        make_folds(df, get_preset("nope"))
 
 
 def test_rare_classes_fall_back(caplog):
@@ -161,7 +164,7 @@ def test_rare_classes_fall_back(caplog):
     df.loc[0, "label"] = 4
     with caplog.at_level(logging.WARNING, logger="kitlib.folds"), warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = make_folds(df, "cassava", n_folds=5)
+        out = make_folds(df, PRESETS["cassava"], n_folds=5)
     assert "Healthy: 1" in caplog.text
     assert np.bincount(out["fold"]).tolist() == [8] * 5
     counts = _per_fold(out["fold"].to_numpy(), np.eye(5, dtype=int)[df["label"]], 5)
@@ -171,7 +174,7 @@ def test_rare_classes_fall_back(caplog):
     caplog.clear()
     tiny = pd.DataFrame({"image_id": [f"{i}.jpg" for i in range(6)], "label": [0, 0, 1, 1, 2, 3]})
     with caplog.at_level(logging.WARNING, logger="kitlib.folds"):
-        out = make_folds(tiny, "cassava", n_folds=3)
+        out = make_folds(tiny, PRESETS["cassava"], n_folds=3)
     assert "plain shuffled KFold" in caplog.text
     assert np.bincount(out["fold"]).tolist() == [2, 2, 2]
 
@@ -180,20 +183,20 @@ def test_rare_classes_fall_back(caplog):
     seg, _ = _seg_table("clouds", 30, [0.5, 0.5, 0.0, 0.0])
     seg.loc[[3, 9], "Gravel"] = "1 2"
     with caplog.at_level(logging.WARNING, logger="kitlib.folds"):
-        out = make_folds(seg, "clouds", n_folds=5)
+        out = make_folds(seg, PRESETS["clouds"], n_folds=5)
     assert "Gravel: 2" in caplog.text and "Sugar: 0" in caplog.text
     assert np.bincount(out["fold"]).tolist() == [6] * 5
 
 
 def test_all_empty_binary():
     df, _ = _seg_table("dacon_building", 12, [0.0])
-    out = make_folds(df, "dacon_building", n_folds=4)
+    out = make_folds(df, PRESETS["dacon_building"], n_folds=4)
     assert np.bincount(out["fold"]).tolist() == [3] * 4
 
 
 def test_fold_summary():
     df, presence = _seg_table("clouds", 40, [0.5, 0.3, 0.4, 0.2])
-    summary = fold_summary(make_folds(df, "clouds", n_folds=4), "clouds")
+    summary = fold_summary(make_folds(df, PRESETS["clouds"], n_folds=4), PRESETS["clouds"])
     assert list(summary.columns) == ["n_images", "Fish", "Flower", "Gravel", "Sugar"]
     assert summary["n_images"].tolist() == [10] * 4
     assert summary[["Fish", "Flower", "Gravel", "Sugar"]].sum().tolist() == presence.sum(axis=0).tolist()
@@ -202,7 +205,7 @@ def test_fold_summary():
 def test_save_load_round_trip(tmp_path):
     df = pd.DataFrame({"image_id": ["007", "0011165.jpg", "12", "a b.png"], "label": [0, 1, 0, 1]})
     df["site"] = ["x", "y", "x", "z"]
-    out = make_folds(df, "cassava", n_folds=2, group_col="site")
+    out = make_folds(df, PRESETS["cassava"], n_folds=2, group_col="site")
     path = save_folds(out, tmp_path / "exp001" / "folds.csv")
     assert path.read_text().splitlines()[0] == "image_id,fold,site"
     back = load_folds(path)
@@ -210,7 +213,7 @@ def test_save_load_round_trip(tmp_path):
     assert back["fold"].dtype == np.int64 and back["fold"].tolist() == out["fold"].tolist()
     assert back["site"].tolist() == df["site"].tolist()
     # without groups: only image_id,fold; attach_folds restores the column on a shuffled table
-    plain = make_folds(_cls_table(20), "cassava", n_folds=4)
+    plain = make_folds(_cls_table(20), PRESETS["cassava"], n_folds=4)
     save_folds(plain, tmp_path / "plain.csv")
     assert load_folds(tmp_path / "plain.csv").columns.tolist() == ["image_id", "fold"]
     shuffled = plain.drop(columns="fold").sample(frac=1.0, random_state=1)
@@ -269,7 +272,7 @@ def test_attach_folds_errors():
 def test_real_cassava_labels(cassava_dir):
     """The real train.csv of Cassava (21,397 rows, labels 0..4, CMD 61 %): every label split evenly."""
     df = pd.read_csv(cassava_dir / "train.csv", dtype={"image_id": str})
-    out = make_folds(df, "cassava", n_folds=5, seed=42)
+    out = make_folds(df, PRESETS["cassava"], n_folds=5, seed=42)
     sizes = np.bincount(out["fold"])
     assert sizes.max() - sizes.min() <= 1 and sizes.sum() == 21397
     counts = _per_fold(out["fold"].to_numpy(), np.eye(5, dtype=int)[df["label"]], 5)
@@ -280,9 +283,9 @@ def test_real_cassava_sample_loaded(cassava_dir, tmp_path):
     """The sample's 7 real images through load_competition (drop_missing) -> folds -> file -> attach."""
     from kitlib.formats import load_competition
 
-    df = load_competition("cassava", cassava_dir, drop_missing=True)
+    df = load_competition(PRESETS["cassava"], cassava_dir, drop_missing=True)
     assert len(df) == 7
-    out = make_folds(df, "cassava", n_folds=3)
+    out = make_folds(df, PRESETS["cassava"], n_folds=3)
     path = save_folds(out, tmp_path / "folds.csv")
     attached = attach_folds(df, load_folds(path))
     assert attached["fold"].tolist() == out["fold"].tolist()
@@ -293,9 +296,9 @@ def test_demo_folds(tmp_path):
     from kitlib.demo import make_demo
     from kitlib.formats import class_presence, load_competition
 
-    df = load_competition("demo", make_demo(tmp_path, n_train=80, n_test=1))
-    out = make_folds(df, "demo", n_folds=5)
+    df = load_competition(PRESETS["demo"], make_demo(tmp_path, n_train=80, n_test=1))
+    out = make_folds(df, PRESETS["demo"], n_folds=5)
     assert np.bincount(out["fold"]).tolist() == [16] * 5
-    counts = _per_fold(out["fold"].to_numpy(), class_presence(df, "demo"), 5)
+    counts = _per_fold(out["fold"].to_numpy(), class_presence(df, PRESETS["demo"]), 5)
     assert counts.min() >= 1
     assert np.abs(counts - counts.mean(axis=0)).max() <= 1.0

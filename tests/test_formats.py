@@ -16,9 +16,9 @@ from kitlib.formats import (
     load_competition,
     load_masks,
     masks_to_label_map,
-    read_image,
     target_columns,
 )
+from kitlib.images import read_image
 from kitlib.presets import PRESETS, get_preset
 from kitlib.rle import rle_decode, rle_encode
 
@@ -32,7 +32,7 @@ def _write_image(path: Path, h: int, w: int, value: int = 128) -> None:
 
 
 def test_clouds_sample(clouds_dir):
-    df = load_competition("clouds", clouds_dir, label_file="train_small.csv")
+    df = load_competition(PRESETS["clouds"], clouds_dir, label_file="train_small.csv")
     assert list(df.columns) == ["image_id", "image_path", "height", "width", "Fish", "Flower", "Gravel", "Sugar"]
     assert df["image_id"].tolist() == ["0011165.jpg"]
     row = df.iloc[0]
@@ -40,20 +40,20 @@ def test_clouds_sample(clouds_dir):
     assert row["Gravel"] == "" and row["Sugar"] == ""
     raw = pd.read_csv(clouds_dir / "train_small.csv").set_index("Image_Label")["EncodedPixels"]
     assert row["Fish"] == raw["0011165.jpg_Fish"]
-    masks = load_masks(row, "clouds")
+    masks = load_masks(row, PRESETS["clouds"])
     assert masks.shape == (1400, 2100, 4) and masks.dtype == np.uint8 and masks.flags.c_contiguous
     assert masks.reshape(-1, 4).sum(0).tolist() == [932312, 1156107, 0, 0]
-    assert class_presence(df, "clouds").tolist() == [[True, True, False, False]]
+    assert class_presence(df, PRESETS["clouds"]).tolist() == [[True, True, False, False]]
     # the competition's own label file name is the default: absent here, so a clear error names it
     with pytest.raises(FileNotFoundError, match="train.csv"):
-        load_competition("clouds", clouds_dir)
+        load_competition(PRESETS["clouds"], clouds_dir)
 
 
 def test_clouds_sample_test_split(clouds_dir):
     with pytest.raises(CompetitionDataError, match=r"3697 of 3698 images .* missing.*drop_missing=True") as e:
-        load_competition("clouds", clouds_dir, split="test")
+        load_competition(PRESETS["clouds"], clouds_dir, split="test")
     assert len(e.value.ids) == 3697 and "002f507.jpg" in e.value.ids
-    df = load_competition("clouds", clouds_dir, split="test", drop_missing=True)
+    df = load_competition(PRESETS["clouds"], clouds_dir, split="test", drop_missing=True)
     assert df["image_id"].tolist() == ["00a47f4.jpg"] and df.attrs["dropped_missing"] == 3697
     assert list(df.columns) == ["image_id", "image_path", "height", "width"]
     assert read_image(df["image_path"][0]).shape == (1400, 2100, 3)
@@ -61,46 +61,46 @@ def test_clouds_sample_test_split(clouds_dir):
 
 def test_dacon_sample(dacon_dir):
     with pytest.raises(CompetitionDataError, match="TRAIN_0003.*odd number of tokens") as e:
-        load_competition("dacon_building", dacon_dir)
+        load_competition(PRESETS["dacon_building"], dacon_dir)
     assert e.value.ids == ["TRAIN_0003"]
-    df = load_competition("dacon_building", dacon_dir, drop_invalid=True)
+    df = load_competition(PRESETS["dacon_building"], dacon_dir, drop_invalid=True)
     assert df["image_id"].tolist() == ["TRAIN_0000", "TRAIN_0001", "TRAIN_0002"]
     assert df.attrs["dropped_invalid"] == 1
     # '/content/TRAIN_0000.png' in the CSV is re-homed under the data folder by file name
     assert all(Path(p).is_file() and Path(p).parent.name == "train_img" for p in df["image_path"])
     assert (df["height"] == 1024).all() and (df["width"] == 1024).all()
-    areas = [int(load_masks(r, "dacon_building").sum()) for _, r in df.iterrows()]
+    areas = [int(load_masks(r, PRESETS["dacon_building"]).sum()) for _, r in df.iterrows()]
     assert areas == [24514, 65478, 27649]
-    test = load_competition("dacon_building", dacon_dir, split="test", drop_missing=True)
+    test = load_competition(PRESETS["dacon_building"], dacon_dir, split="test", drop_missing=True)
     assert test["image_id"].tolist() == [f"TEST_0000{i}" for i in range(4)]
     assert (test["height"] == 224).all()
 
 
 def test_isbi_sample(isbi_dir):
-    df = load_competition("masks", isbi_dir)
+    df = load_competition(PRESETS["masks"], isbi_dir)
     assert len(df) == 24 and list(df.columns) == ["image_id", "image_path", "height", "width", "mask_path"]
-    masks = np.stack([load_masks(r, "masks") for _, r in df.iterrows()])
+    masks = np.stack([load_masks(r, PRESETS["masks"]) for _, r in df.iterrows()])
     assert masks.shape == (24, 512, 512, 1) and set(np.unique(masks)) == {0, 1}
     foreground = masks.mean()
     assert 0.74 < foreground < 0.82  # cell interior; membrane is about 22% (the majority-class pixel error)
-    assert class_presence(df, "masks").all()
+    assert class_presence(df, PRESETS["masks"]).all()
     assert read_image(df["image_path"][0]).shape == (512, 512, 3)  # grey replicated to RGB
-    test = load_competition("masks", isbi_dir, split="test")
+    test = load_competition(PRESETS["masks"], isbi_dir, split="test")
     assert len(test) == 30 and (test["width"] == 512).all()
 
 
 def test_cassava_sample(cassava_dir):
     with pytest.raises(CompetitionDataError, match="21390 of 21397 images") as e:
-        load_competition("cassava", cassava_dir)
+        load_competition(PRESETS["cassava"], cassava_dir)
     assert len(e.value.ids) == 21390
-    df = load_competition("cassava", cassava_dir, drop_missing=True)
+    df = load_competition(PRESETS["cassava"], cassava_dir, drop_missing=True)
     assert len(df) == 7 and df.attrs["dropped_missing"] == 21390
     assert df["label"].dtype == np.int64 and sorted(set(df["label"])) == [0, 1, 2, 3, 4]
     assert ((df["height"] == 600) & (df["width"] == 800)).all()
-    test = load_competition("cassava", cassava_dir, split="test")
+    test = load_competition(PRESETS["cassava"], cassava_dir, split="test")
     assert test["image_id"].tolist() == ["2216849948.jpg"]
     with pytest.raises(ValueError, match="classification"):
-        class_presence(df, "cassava")
+        class_presence(df, PRESETS["cassava"])
 
 
 # --------------------------------------------------------------------------------------------- made here
@@ -115,7 +115,7 @@ def _clouds_folder(tmp_path: Path, rows: list[tuple[str, str]], images=("a.jpg",
 
 def test_image_label_missing_pair_is_empty(tmp_path):
     d = _clouds_folder(tmp_path, [("a.jpg_Fish", "1 3"), ("b.jpg_Sugar", "5 2"), ("b.jpg_Fish", "")])
-    df = load_competition("clouds", d)
+    df = load_competition(PRESETS["clouds"], d)
     assert df["image_id"].tolist() == ["a.jpg", "b.jpg"]
     assert df[["Fish", "Flower", "Gravel", "Sugar"]].values.tolist() == [["1 3", "", "", ""], ["", "", "", "5 2"]]
 
@@ -133,23 +133,23 @@ def test_image_label_missing_pair_is_empty(tmp_path):
 )
 def test_image_label_bad_rows(tmp_path, rows, match):
     with pytest.raises(CompetitionDataError, match=match):
-        load_competition("clouds", _clouds_folder(tmp_path, rows))
+        load_competition(PRESETS["clouds"], _clouds_folder(tmp_path, rows))
 
 
 def test_missing_column_and_bad_csv(tmp_path):
     pd.DataFrame({"Image": ["a.jpg_Fish"], "EncodedPixels": [""]}).to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(CompetitionDataError, match=r"missing column\(s\) \['Image_Label'\]"):
-        load_competition("clouds", tmp_path)
+        load_competition(PRESETS["clouds"], tmp_path)
     (tmp_path / "train.csv").write_text('Image_Label,EncodedPixels\n"a.jpg_Fish,1 2\n')
     with pytest.raises(CompetitionDataError, match="unreadable CSV"):
-        load_competition("clouds", tmp_path)
+        load_competition(PRESETS["clouds"], tmp_path)
 
 
 def test_unreadable_image(tmp_path):
     d = _clouds_folder(tmp_path, [("a.jpg_Fish", "1 3"), ("b.jpg_Fish", "")])
     (d / "train_images" / "b.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(CompetitionDataError, match="unreadable image file.*b.jpg"):
-        load_competition("clouds", d)
+        load_competition(PRESETS["clouds"], d)
     with pytest.raises(ValueError, match="cannot decode image file"):
         read_image(d / "train_images" / "b.jpg")
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
@@ -167,16 +167,16 @@ def test_severstal(tmp_path, layout):
         rows = pd.DataFrame({"ImageId_ClassId": ["s1.jpg_1", "s1.jpg_3", "s3.jpg_4", "s3.jpg_2"],
                              "EncodedPixels": ["1 4", "9 2", "40 1", ""]})  # fmt: skip
     rows.to_csv(tmp_path / "train.csv", index=False)
-    df = load_competition("severstal", tmp_path).set_index("image_id")
+    df = load_competition(PRESETS["severstal"], tmp_path).set_index("image_id")
     assert sorted(df.index) == ["s1.jpg", "s2.jpg", "s3.jpg"]  # s2 has no defect row: all empty
     assert df.loc["s1.jpg", ["1", "2", "3", "4"]].tolist() == ["1 4", "", "9 2", ""]
     assert df.loc["s2.jpg", ["1", "2", "3", "4"]].tolist() == ["", "", "", ""]
-    masks = load_masks(df.reset_index().iloc[0], "severstal")
+    masks = load_masks(df.reset_index().iloc[0], PRESETS["severstal"])
     np.testing.assert_array_equal(masks[:, :, 0], rle_decode("1 4", (4, 10), "F"))
     rows.iloc[:, 0] = rows.iloc[:, 0].str.replace("s3.jpg", "zz.jpg")
     rows.to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(CompetitionDataError, match="missing.*zz.jpg"):
-        load_competition("severstal", tmp_path)
+        load_competition(PRESETS["severstal"], tmp_path)
 
 
 def test_dacon_path_rehoming_and_duplicates(tmp_path):
@@ -184,7 +184,7 @@ def test_dacon_path_rehoming_and_duplicates(tmp_path):
     _write_image(tmp_path / "elsewhere" / "T1.png", 4, 4)
     pd.DataFrame({"img_id": ["T0", "T1"], "img_path": ["/content/T0.png", "./somewhere/T1.png"],
                   "mask_rle": ["1 2", "-1"]}).to_csv(tmp_path / "train.csv", index=False)  # fmt: skip
-    df = load_competition("dacon_building", tmp_path)
+    df = load_competition(PRESETS["dacon_building"], tmp_path)
     assert [Path(p).relative_to(tmp_path.resolve()).as_posix() for p in df["image_path"]] == [
         "train_img/T0.png", "elsewhere/T1.png"]  # fmt: skip
     assert df["building"].tolist() == ["1 2", ""]  # Dacon's "-1" becomes the canonical ""
@@ -192,7 +192,7 @@ def test_dacon_path_rehoming_and_duplicates(tmp_path):
         tmp_path / "train.csv", index=False
     )
     with pytest.raises(CompetitionDataError, match=r"duplicated img_id\(s\): T0"):
-        load_competition("dacon_building", tmp_path)
+        load_competition(PRESETS["dacon_building"], tmp_path)
 
 
 def test_mask_folder_errors_and_carvana_naming(tmp_path):
@@ -201,10 +201,10 @@ def test_mask_folder_errors_and_carvana_naming(tmp_path):
     (tmp_path / "train" / "label").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "train" / "label" / "x.png"), np.full((5, 6), 255, np.uint8))
     with pytest.raises(CompetitionDataError, match=r"1 image\(s\) without a mask file: y.png -> y.png"):
-        load_competition("masks", tmp_path)
+        load_competition(PRESETS["masks"], tmp_path)
     cv2.imwrite(str(tmp_path / "train" / "label" / "y.png"), np.zeros((5, 7), np.uint8))
     with pytest.raises(CompetitionDataError, match="size differs.*y.png"):
-        load_competition("masks", tmp_path)
+        load_competition(PRESETS["masks"], tmp_path)
     # Carvana: train/<id>.jpg with train_masks/<id>_mask.png holding 0/1 values
     carvana = get_preset("masks").replace(image_dir="train", label_file="train_masks", mask_suffix="_mask",
                                           mask_ext=".png")  # fmt: skip
@@ -237,36 +237,36 @@ def _coco(tmp_path: Path, categories=None, extra_ann=None) -> Path:
 
 
 def test_coco_semantic_masks(tmp_path):
-    df = load_competition("coco", _coco(tmp_path))
+    df = load_competition(PRESETS["coco"], _coco(tmp_path))
     assert df["image_id"].tolist() == ["batch_01/0001.jpg", "batch_01/0002.jpg"]
-    assert target_columns("coco") == list(PRESETS["coco"].classes[1:])
-    masks = load_masks(df.iloc[0], "coco")
+    assert target_columns(PRESETS["coco"]) == list(PRESETS["coco"].classes[1:])
+    masks = load_masks(df.iloc[0], PRESETS["coco"])
     assert masks.shape == (20, 30, 10)
     label_map = masks_to_label_map(masks)
     # the small object (General trash = 1) is painted over the large one (Paper = 2): larger areas first
     assert label_map[7, 12] == 1 and label_map[3, 3] == 2 and label_map[0, 0] == 0
     assert set(np.unique(label_map)) == {0, 1, 2}
     assert masks[:, :, 2:].sum() == 0
-    assert load_masks(df.iloc[1], "coco").sum() == 0  # no annotation: all background
-    presence = class_presence(df, "coco")
+    assert load_masks(df.iloc[1], PRESETS["coco"]).sum() == 0  # no annotation: all background
+    presence = class_presence(df, PRESETS["coco"])
     assert presence.shape == (2, 10) and presence[0, :2].all() and not presence[1].any()
-    test = load_competition("coco", tmp_path, split="test")
+    test = load_competition(PRESETS["coco"], tmp_path, split="test")
     assert test["image_id"].tolist() == ["batch_01/0002.jpg"] and test["height"].tolist() == [20]
 
 
 def test_coco_errors(tmp_path):
     with pytest.raises(CompetitionDataError, match="unknown class name.*Banana"):
-        load_competition("coco", _coco(tmp_path / "a", categories=[{"id": 1, "name": "Banana"}]))
+        load_competition(PRESETS["coco"], _coco(tmp_path / "a", categories=[{"id": 1, "name": "Banana"}]))
     bad = [{"id": 9, "image_id": 1, "category_id": 77, "segmentation": [[0, 0, 1, 1, 2, 0]], "area": 1}]
     with pytest.raises(CompetitionDataError, match="unknown category_id: 9"):
-        load_competition("coco", _coco(tmp_path / "b", extra_ann=bad))
+        load_competition(PRESETS["coco"], _coco(tmp_path / "b", extra_ann=bad))
     bad = [{"id": 9, "image_id": 5, "category_id": 1, "segmentation": [[0, 0, 1, 1, 2, 0]], "area": 1}]
     with pytest.raises(CompetitionDataError, match="not in 'images': 5"):
-        load_competition("coco", _coco(tmp_path / "c", extra_ann=bad))
+        load_competition(PRESETS["coco"], _coco(tmp_path / "c", extra_ann=bad))
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "train.json").write_text("{bad json")
     with pytest.raises(CompetitionDataError, match="invalid JSON at line 1"):
-        load_competition("coco", tmp_path / "d")
+        load_competition(PRESETS["coco"], tmp_path / "d")
 
 
 def test_label_csv_bad_labels(tmp_path):
@@ -276,7 +276,7 @@ def test_label_csv_bad_labels(tmp_path):
         tmp_path / "train.csv", index=False
     )
     with pytest.raises(CompetitionDataError, match=r"2 label\(s\) not an integer in 0..4: line 3 \(2.jpg: '7'\)"):
-        load_competition("cassava", tmp_path)
+        load_competition(PRESETS["cassava"], tmp_path)
 
 
 def test_masks_to_label_map_and_errors():
@@ -287,14 +287,14 @@ def test_masks_to_label_map_and_errors():
     with pytest.raises(ValueError, match="overlapping"):
         masks_to_label_map(masks)
     with pytest.raises(KeyError, match="unknown preset 'nope'; options"):
-        load_competition("nope", ".")
+        get_preset("nope")
     with pytest.raises(ValueError, match="split must be"):
-        load_competition("clouds", ".", split="valid")
+        load_competition(PRESETS["clouds"], ".", split="valid")
 
 
 def test_load_masks_names_bad_row():
     row = pd.Series({"image_id": "q.jpg", "height": 2, "width": 2, "Fish": "1 9", "Flower": "", "Gravel": "",
                      "Sugar": ""})  # fmt: skip
     with pytest.raises(ValueError, match="q.jpg / Fish: RLE run 0"):
-        load_masks(row, "clouds")
+        load_masks(row, PRESETS["clouds"])
     assert rle_encode(np.ones((2, 2))) == "1 4"

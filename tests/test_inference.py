@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from kitlib import inference
-from kitlib.config import save_config, write_json
+from kitlib import inference, postprocess
 from kitlib.demo import make_demo
 from kitlib.formats import load_competition
+from kitlib.io import write_json
 from kitlib.models import create_model, save_model
-from kitlib.postprocess import PostProcess
-from kitlib.presets import get_preset
+from kitlib.postprocess import PostProcess, decode
+from kitlib.presets import PRESETS, get_preset
+from kitlib.stages import TrainConfig
 from kitlib.submit import SubmissionError, read_submission, validate_submission
 
 ENCODER = "tu-test_resnet.r160_in1k"
@@ -31,8 +32,8 @@ def fake_fold(exp_dir: Path, fold: int, preset: str, height: int = 64, width: in
     model = create_model(**config)
     fold_dir = exp_dir / f"fold{fold}"
     save_model(fold_dir / "best.pt", model, config, extra={"fold": fold})
-    save_config(fold_dir / "config.json", dict(preset=preset, fold=fold, arch="unet", encoder_name=ENCODER,
-                                               height=height, width=width, amp="off"))  # fmt: skip
+    TrainConfig.from_notebook(preset=preset, fold=fold, arch="unet", encoder_name=ENCODER, height=height, width=width,
+                              amp="off").save(fold_dir / "config.json")  # fmt: skip
     return fold_dir
 
 
@@ -47,7 +48,7 @@ def test_load_fold_models_reads_every_fold_and_its_params(tmp_path):
     models = inference.load_fold_models(tmp_path / "e")
     assert [m.fold for m in models] == [0, 2]
     assert (models[1].height, models[1].width) == (32, 64) and not models[0].model.training
-    assert len(models[0].mean) == 3 and models[0].amp == "off"
+    assert len(models[0].mean) == 3 and models[0].config.amp == "off"
     assert [m.fold for m in inference.load_fold_models(tmp_path / "e", folds=[2])] == [2]
     with pytest.raises(FileNotFoundError, match="fold1/best.pt"):
         inference.load_fold_models(tmp_path / "e", folds=[1])
@@ -72,11 +73,11 @@ def test_predict_test_averages_folds_and_experiments(tmp_path, demo):
     fake_fold(tmp_path / "a", 0, "demo", seed=1)
     fake_fold(tmp_path / "a", 1, "demo", seed=2)
     fake_fold(tmp_path / "b", 0, "demo", height=32, width=64, seed=3)
-    test_df = load_competition("demo", demo, split="test")
+    test_df = load_competition(PRESETS["demo"], demo, split="test")
     a, b = inference.load_fold_models(tmp_path / "a"), inference.load_fold_models(tmp_path / "b")
 
     def run(members, **kwargs):
-        out = list(inference.predict_test(members, test_df, "demo", batch_size=2, **kwargs))
+        out = list(inference.predict_test(members, test_df, PRESETS["demo"], batch_size=2, **kwargs))
         assert [len(ids) for ids, _, _ in out] == [2, 2, 1]
         return torch.cat([p for _, p, _ in out]), [i for ids, _, _ in out for i in ids]
 
@@ -89,36 +90,40 @@ def test_predict_test_averages_folds_and_experiments(tmp_path, demo):
     flipped, _ = run([a[0]], tta="hflip")
     assert flipped.shape == pa0.shape and not torch.equal(flipped, pa0)
     with pytest.raises(ValueError, match="trained for preset 'demo'"):
-        next(inference.predict_test([a[0]], test_df, "clouds"))
+        next(inference.predict_test([a[0]], test_df, PRESETS["clouds"]))
 
 
 def test_make_submission_default_and_saved_postprocess(tmp_path, demo):
     fake_fold(tmp_path / "a", 0, "demo")
-    test_df = load_competition("demo", demo, split="test")
+    test_df = load_competition(PRESETS["demo"], demo, split="test")
     members = inference.load_members(tmp_path, "a")
-    assert inference.load_postprocess(tmp_path / "a", "demo").threshold == [0.5] * 4
+    assert postprocess.load_postprocess(tmp_path / "a", PRESETS["demo"]).threshold == [0.5] * 4
     out = tmp_path / "runs" / "a" / "submission.csv"
-    result = inference.make_submission(inference.predict_test(members, test_df, "demo", batch_size=4), test_df,
-                                       "demo", demo, out, keep_masks=["t0001.jpg"])  # fmt: skip
+    result = inference.make_submission(inference.predict_test(members, test_df, PRESETS["demo"], batch_size=4), test_df,
+                                       PRESETS["demo"], demo, out, keep_masks=["t0001.jpg"])  # fmt: skip
     sample = pd.read_csv(demo / "sample_submission.csv")
     written = read_submission(out)
     assert written["Image_Label"].tolist() == sample["Image_Label"].tolist()
-    assert validate_submission(out, demo / "sample_submission.csv", "demo")["images"] == 5
+    assert validate_submission(out, demo / "sample_submission.csv", PRESETS["demo"])["images"] == 5
     assert result.summary["rows"] == 20 and result.masks["t0001.jpg"].shape == (64, 96, 4)
     # a saved post-processing with threshold 1.0 empties every mask
     PostProcess(threshold=[1.0] * 4, min_area=[0] * 4).to_json(tmp_path / "a" / "postprocess.json")
-    params = inference.load_postprocess(tmp_path / "a", "demo")
-    inference.make_submission(inference.predict_test(members, test_df, "demo"), test_df, "demo", demo, out, params)
+    params = postprocess.load_postprocess(tmp_path / "a", PRESETS["demo"])
+    inference.make_submission(
+        inference.predict_test(members, test_df, PRESETS["demo"]), test_df, PRESETS["demo"], demo, out, params
+    )
     assert (read_submission(out)["EncodedPixels"] == "").all()
 
 
 def test_make_submission_refuses_missing_images(tmp_path, demo):
     fake_fold(tmp_path / "a", 0, "demo")
-    test_df = load_competition("demo", demo, split="test")
+    test_df = load_competition(PRESETS["demo"], demo, split="test")
     members = inference.load_members(tmp_path, "a")
     out = tmp_path / "sub.csv"
     with pytest.raises(SubmissionError, match="lacks 4 of the 20"):
-        inference.make_submission(inference.predict_test(members, test_df.head(4), "demo"), test_df, "demo", demo, out)
+        inference.make_submission(
+            inference.predict_test(members, test_df.head(4), PRESETS["demo"]), test_df, PRESETS["demo"], demo, out
+        )
     assert not out.exists()
 
 
@@ -133,13 +138,13 @@ def test_masks_preset_is_scored_at_each_images_own_size(tmp_path):
     for name, (h, w) in {"a.png": (64, 64), "b.png": (40, 72)}.items():
         cv2.imwrite(str(data / "test" / name), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
     fake_fold(tmp_path / "m", 0, "masks", height=32, width=32)
-    test_df = load_competition("masks", data, split="test")
+    test_df = load_competition(PRESETS["masks"], data, split="test")
     members = inference.load_members(tmp_path, "m")
-    (ids, probs, cls_probs), = inference.predict_test(members, test_df, "masks", batch_size=2)  # fmt: skip
+    (ids, probs, cls_probs), = inference.predict_test(members, test_df, PRESETS["masks"], batch_size=2)  # fmt: skip
     assert ids == ["a.png", "b.png"] and cls_probs is None
     assert [tuple(p.shape) for p in probs] == [(1, 64, 64), (1, 40, 72)]
-    result = inference.make_submission(inference.predict_test(members, test_df, "masks"), test_df, "masks", data,
-                                       tmp_path / "sub.csv")  # fmt: skip
+    batches = inference.predict_test(members, test_df, PRESETS["masks"])
+    result = inference.make_submission(batches, test_df, PRESETS["masks"], data, tmp_path / "sub.csv")
     assert result.summary["sizes_checked"] and list(result.submission["img"]) == ["a.png", "b.png"]
 
 
@@ -150,6 +155,6 @@ def test_masks_preset_is_scored_at_each_images_own_size(tmp_path):
      ("coco", np.eye(11)[[3, 0]].T.reshape(11, 1, 2), [[3, 0]]),
      ("cassava", np.array([0.1, 0.6, 0.1, 0.1, 0.1]), 1)],
 )  # fmt: skip
-def test_masks_from_probs(preset, probs, expected):
-    out = inference.masks_from_probs(probs.astype(np.float32), preset)
+def test_decode_one_image(preset, probs, expected):
+    out = decode(probs.astype(np.float32)[None], PRESETS[preset])[0]
     np.testing.assert_array_equal(out, np.array(expected))

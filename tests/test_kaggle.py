@@ -18,13 +18,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from kitlib import kaggle
-from kitlib.config import read_json, write_json
+from kitlib import kaggle, kaggle_bundle, kaggle_kernel, kaggle_push
+from kitlib.io import read_json, write_json
+from kitlib.params import ParameterError
+from kitlib.presets import PRESETS
 from tests.conftest import REPO
 
 COMPETITION = "kit-demo-competition"
 # taken before any test points HOME elsewhere: repeated runs reuse the downloaded wheels and the font cache
-WHEEL_CACHE = kaggle._default_cache()
+WHEEL_CACHE = kaggle_bundle._default_cache()
 HOME = str(Path.home())
 
 
@@ -84,28 +86,29 @@ def test_find_input_error_lists_what_was_looked_at_and_what_is_there(tmp_path, m
 
 def test_dataset_metadata_follows_kaggles_schema(monkeypatch):
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
-    meta = kaggle.dataset_metadata("alice", "kit-demo-bundle")
+    meta = kaggle_bundle.dataset_metadata("alice", "kit-demo-bundle")
     assert meta == {"title": "kit demo bundle", "id": "alice/kit-demo-bundle", "licenses": [{"name": "CC0-1.0"}]}
     monkeypatch.setenv("KAGGLE_USERNAME", "bob")
-    assert kaggle.dataset_metadata(None, "kit-demo-bundle", "My bundle", "CC-BY-SA-4.0")["id"] == "bob/kit-demo-bundle"
+    meta = kaggle_bundle.dataset_metadata(None, "kit-demo-bundle", "My bundle", "CC-BY-SA-4.0")
+    assert meta["id"] == "bob/kit-demo-bundle"
     for slug in ("short", "Upper-Case", "a--b-c-d", "x" * 51):
         with pytest.raises(ValueError, match="6 to 50"):
-            kaggle.dataset_metadata("alice", slug)
+            kaggle_bundle.dataset_metadata("alice", slug)
     with pytest.raises(ValueError, match="title"):
-        kaggle.dataset_metadata("alice", "kit-demo-bundle", "tiny")
+        kaggle_bundle.dataset_metadata("alice", "kit-demo-bundle", "tiny")
 
 
 def test_user_comes_from_kaggle_json_or_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="no Kaggle user name: pass --user"):
-        kaggle.kaggle_user()
+        kaggle_bundle.kaggle_user()
     write_json(tmp_path / "kaggle.json", {"username": "carol", "key": "secret"})
-    assert kaggle.kaggle_user() == "carol" and kaggle.kaggle_user("dave") == "dave"
+    assert kaggle_bundle.kaggle_user() == "carol" and kaggle_bundle.kaggle_user("dave") == "dave"
 
 
 def test_kernel_metadata_fields():
-    meta = kaggle.kernel_metadata("alice", "kit-demo-submit", "40_submit.ipynb", ["alice/kit-demo-bundle"],
+    meta = kaggle_kernel.kernel_metadata("alice", "kit-demo-submit", "40_submit.ipynb", ["alice/kit-demo-bundle"],
                                   ["understanding_cloud_organization"], accelerator="NvidiaTeslaT4",
                                   model_sources=["alice/unet/pyTorch/b4/1"])  # fmt: skip
     assert meta == {
@@ -115,11 +118,13 @@ def test_kernel_metadata_fields():
         "competition_sources": ["understanding_cloud_organization"], "kernel_sources": [],
         "model_sources": ["alice/unet/pyTorch/b4/1"], "machine_shape": "NvidiaTeslaT4",
     }  # fmt: skip
-    cpu = kaggle.kernel_metadata("alice", "kit-demo-submit", "a.ipynb", ["alice/b-bundle"], ["c"], is_private=False)
+    cpu = kaggle_kernel.kernel_metadata(
+        "alice", "kit-demo-submit", "a.ipynb", ["alice/b-bundle"], ["c"], is_private=False
+    )
     assert cpu["enable_gpu"] is False and cpu["is_private"] is False and "machine_shape" not in cpu
     assert cpu["enable_internet"] is False
     with pytest.raises(ValueError, match="unknown accelerator 'A100'; options: \\['NvidiaTeslaP100'"):
-        kaggle.kernel_metadata("alice", "kit-demo-submit", "a.ipynb", [], [], accelerator="A100")
+        kaggle_kernel.kernel_metadata("alice", "kit-demo-submit", "a.ipynb", [], [], accelerator="A100")
 
 
 class _FakeKaggleClient:
@@ -182,14 +187,14 @@ def check_with_kaggle_cli(api, kernel_dir: Path | None = None, bundle_dir: Path 
 
 def test_metadata_is_read_back_by_the_kaggle_cli(tmp_path, kaggle_api):
     kdir, ddir = _mkdirs(tmp_path, "kernel", "dataset")
-    meta = kaggle.kernel_metadata("tester", "kit-demo-submit", "40_submit.ipynb", ["tester/kit-demo-bundle"],
+    meta = kaggle_kernel.kernel_metadata("tester", "kit-demo-submit", "40_submit.ipynb", ["tester/kit-demo-bundle"],
                                   [COMPETITION], accelerator="NvidiaTeslaP100",
                                   model_sources=["tester/unet/pyTorch/b4/1"])  # fmt: skip
     write_json(kdir / "kernel-metadata.json", meta)
     write_json(kdir / "40_submit.ipynb", {"cells": [{"cell_type": "code", "source": ["1"], "metadata": {},
                                                      "outputs": [], "execution_count": None}],
                                           "metadata": {}, "nbformat": 4, "nbformat_minor": 5})  # fmt: skip
-    write_json(ddir / "dataset-metadata.json", kaggle.dataset_metadata("tester", "kit-demo-bundle"))
+    write_json(ddir / "dataset-metadata.json", kaggle_bundle.dataset_metadata("tester", "kit-demo-bundle"))
     sent = check_with_kaggle_cli(kaggle_api, kdir, ddir)
     k = sent["kernel"]
     assert (k.slug, k.new_title, k.language, k.kernel_type) == ("tester/kit-demo-submit", "kit demo submit",
@@ -214,24 +219,24 @@ def test_packages_are_pinned_and_the_kaggle_images_are_refused():
     import importlib.metadata
 
     smp = importlib.metadata.version("segmentation-models-pytorch")
-    assert kaggle.resolve_packages(["segmentation_models_pytorch", "timm==1.0.3", "# comment", ""]) == {
+    assert kaggle_bundle.resolve_packages(["segmentation_models_pytorch", "timm==1.0.3", "# comment", ""]) == {
         "segmentation-models-pytorch": smp, "timm": "1.0.3",
     }  # fmt: skip
     for name in ("torch", "torchvision", "Torch==2.1", "nvidia-cudnn-cu12", "numpy", "opencv-python-headless"):
         with pytest.raises(ValueError, match="Kaggle image ships it"):
-            kaggle.resolve_packages([name])
+            kaggle_bundle.resolve_packages([name])
     with pytest.raises(ValueError, match="kitlib: its wheel is built from this checkout"):
-        kaggle.resolve_packages(["kitlib"])
+        kaggle_bundle.resolve_packages(["kitlib"])
     with pytest.raises(ValueError, match="surely-not-installed-pkg is not installed here.*==X.Y"):
-        kaggle.resolve_packages(["surely-not-installed-pkg"])
+        kaggle_bundle.resolve_packages(["surely-not-installed-pkg"])
     with pytest.raises(ValueError, match="expected 'name' or 'name==version'"):
-        kaggle.resolve_packages(["smp=="])
+        kaggle_bundle.resolve_packages(["smp=="])
 
 
 def test_a_wheel_that_cannot_be_had_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # no network: pip download fails at once
     with pytest.raises(RuntimeError, match="cannot get a wheel of surely-not-a-package==0.0.1"):
-        kaggle._fetch_wheels({"surely-not-a-package": "0.0.1"}, tmp_path)
+        kaggle_bundle._fetch_wheels({"surely-not-a-package": "0.0.1"}, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ bundle
@@ -262,7 +267,7 @@ def _fake_kitlib_wheel(repo: Path, dest: Path) -> Path:
 def test_bundle_stores_each_file_once(tmp_path, demo_run, monkeypatch):
     """An ensemble that lists ``e`` twice, a byte-identical copy ``e2`` and a gate experiment: inference's files
     only (no last.pt, no OOF), each stored once; the kernel-side mirror restores every path."""
-    monkeypatch.setattr(kaggle, "_build_kitlib_wheel", _fake_kitlib_wheel)
+    monkeypatch.setattr(kaggle_bundle, "_build_kitlib_wheel", _fake_kitlib_wheel)
     root = tmp_path / "artifacts"
     shutil.copytree(demo_run.root / "e", root / "e")
     shutil.copytree(demo_run.root / "e", root / "e2")
@@ -273,12 +278,12 @@ def test_bundle_stores_each_file_once(tmp_path, demo_run, monkeypatch):
     write_json(root / "ens" / "postprocess.json", post)
     common = dict(ensemble="ens", artifacts_root=root, out_dir=tmp_path / "out", user="tester", packages=())
     with pytest.raises(ValueError, match="gate_exp 'gate' is not a presence classifier"):
-        kaggle.bundle(**common)  # inference would refuse it in the kernel: refused here instead
+        kaggle_bundle.bundle(**common)  # inference would refuse it in the kernel: refused here instead
     for fold in (0, 1):  # make "gate" a presence classifier, as 10_train with arch="classifier" writes it
         path = root / "gate" / f"fold{fold}" / "config.json"
         config = read_json(path)
         write_json(path, {**config, "params": {**config["params"], "arch": "classifier"}})
-    b = kaggle.bundle(**common)
+    b = kaggle_bundle.bundle(**common)
     assert b.dataset_id == "tester/kit-ens-bundle" and (b.preset, b.exp, b.ensemble) == ("demo", "ens", "ens")
     assert sorted(b.files) == [
         "artifacts/e/fold0/best.pt", "artifacts/e/fold0/config.json", "artifacts/e/fold1/best.pt",
@@ -327,33 +332,33 @@ def test_bundle_artifacts_wherever_the_archive_unpacked(tmp_path, unpacked):
 
 
 def test_bundle_failures_leave_nothing_behind(tmp_path, demo_run, monkeypatch):
-    monkeypatch.setattr(kaggle, "_build_kitlib_wheel", _fake_kitlib_wheel)
+    monkeypatch.setattr(kaggle_bundle, "_build_kitlib_wheel", _fake_kitlib_wheel)
     out = tmp_path / "out" / "b"
     common = dict(artifacts_root=demo_run.root, out_dir=out, user="tester", packages=())
     with pytest.raises(ValueError, match="needs an experiment"):
-        kaggle.bundle(**common)
+        kaggle_bundle.bundle(**common)
     with pytest.raises(FileNotFoundError, match="fold5/best.pt: no such checkpoint"):
-        kaggle.bundle("e", folds=[0, 5], **common)
+        kaggle_bundle.bundle("e", folds=[0, 5], **common)
     with pytest.raises(ValueError, match="torch: the Kaggle image ships it"):
-        kaggle.bundle("e", **{**common, "packages": ["torch"]})
+        kaggle_bundle.bundle("e", **{**common, "packages": ["torch"]})
 
     def killed(path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(kaggle, "_sha256", killed)
+    monkeypatch.setattr(kaggle_bundle, "_sha256", killed)
     with pytest.raises(KeyboardInterrupt):
-        kaggle.bundle("e", **common)
+        kaggle_bundle.bundle("e", **common)
     assert not out.exists() and list(out.parent.iterdir()) == []
     monkeypatch.undo()
-    monkeypatch.setattr(kaggle, "_build_kitlib_wheel", _fake_kitlib_wheel)
-    b = kaggle.bundle("e", folds=[1], **common)
+    monkeypatch.setattr(kaggle_bundle, "_build_kitlib_wheel", _fake_kitlib_wheel)
+    b = kaggle_bundle.bundle("e", folds=[1], **common)
     assert sorted(b.files)[:2] == ["artifacts/e/fold1/best.pt", "artifacts/e/fold1/config.json"]
     assert "artifacts/e/postprocess.json" in b.files and b.path == out
-    assert kaggle.bundle("e", **common).files.keys() >= {"artifacts/e/fold0/best.pt"}  # a bundle is replaced
+    assert kaggle_bundle.bundle("e", **common).files.keys() >= {"artifacts/e/fold0/best.pt"}  # a bundle is replaced
     assert sorted(p.name for p in out.parent.iterdir()) == ["b"]
     (tmp_path / "mine").mkdir()
     with pytest.raises(FileExistsError, match="not a folder this tool wrote"):
-        kaggle.bundle("e", **{**common, "out_dir": tmp_path / "mine"})
+        kaggle_bundle.bundle("e", **{**common, "out_dir": tmp_path / "mine"})
 
 
 # ------------------------------------------------------------------------------------------------ kernel
@@ -369,7 +374,7 @@ def _fake_bundle(folder: Path, dataset_id: str = "tester/kit-x-bundle", preset: 
 
 def test_kernel_parameters_are_typed_and_checked(tmp_path):
     bundle_dir = _fake_bundle(tmp_path / "b")
-    k = kaggle.kernel(bundle_dir, COMPETITION, out_dir=tmp_path / "k", user="tester",
+    k = kaggle_kernel.kernel(bundle_dir, COMPETITION, out_dir=tmp_path / "k", user="tester",
                       params={"batch_size": "16", "tta": "flips"})  # fmt: skip
     assert k.parameters == {"exp": "x", "preset": "demo", "ensemble": "", "n_folds": 0, "batch_size": 16,
                             "tta": "flips"}  # fmt: skip
@@ -380,15 +385,17 @@ def test_kernel_parameters_are_typed_and_checked(tmp_path):
     assert "batch_size = 16\n" in nb["cells"][[i for i, c in enumerate(nb["cells"]) if "injected-parameters" in
                                                c["metadata"].get("tags", [])][0]]["source"]  # fmt: skip
     with pytest.raises(ValueError, match="unknown parameter 'batchsize'.*'batch_size'"):
-        kaggle.kernel(bundle_dir, COMPETITION, out_dir=tmp_path / "k2", user="tester", params={"batchsize": 1})
+        kaggle_kernel.kernel(bundle_dir, COMPETITION, out_dir=tmp_path / "k2", user="tester", params={"batchsize": 1})
     with pytest.raises(ValueError, match="data_dir: the kernel sets it"):
-        kaggle.kernel(bundle_dir, COMPETITION, out_dir=tmp_path / "k2", user="tester", params={"data_dir": "/x"})
-    with pytest.raises(ValueError, match="batch_size: 'many' is not of type int"):
-        kaggle.kernel(bundle_dir, COMPETITION, out_dir=tmp_path / "k2", user="tester", params={"batch_size": "many"})
+        kaggle_kernel.kernel(bundle_dir, COMPETITION, out_dir=tmp_path / "k2", user="tester", params={"data_dir": "/x"})
+    with pytest.raises(ParameterError, match="parameter 'batch_size': 'many' is not int"):
+        kaggle_kernel.kernel(
+            bundle_dir, COMPETITION, out_dir=tmp_path / "k2", user="tester", params={"batch_size": "many"}
+        )
     with pytest.raises(ValueError, match="no Kaggle competition known for preset 'demo'; pass --competition"):
-        kaggle.kernel(bundle_dir, out_dir=tmp_path / "k2", user="tester")
+        kaggle_kernel.kernel(bundle_dir, out_dir=tmp_path / "k2", user="tester")
     assert not (tmp_path / "k2").exists()
-    clouds = kaggle.kernel(_fake_bundle(tmp_path / "c", preset="clouds"), out_dir=tmp_path / "k3", user="tester")
+    clouds = kaggle_kernel.kernel(_fake_bundle(tmp_path / "c", preset="clouds"), out_dir=tmp_path / "k3", user="tester")
     assert clouds.metadata["competition_sources"] == ["understanding_cloud_organization"]
 
 
@@ -405,14 +412,14 @@ def test_install_cell_finds_the_wheels_and_installs_offline(tmp_path, monkeypatc
     monkeypatch.setenv("KIT_KAGGLE_ROOT", str(tmp_path))
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.setenv(var, "0")
-    exec(kaggle._install_cell("tester/kit-x-bundle", names), {})
+    exec(kaggle_kernel._install_cell("tester/kit-x-bundle", names), {})
     (cmd,) = calls
     assert cmd[:4] == [sys.executable, "-m", "pip", "install"] and {"--no-index", "--no-deps"} <= set(cmd)
     assert cmd[cmd.index("--find-links") + 1] == str(wheels) and cmd[-2:] == [str(wheels / n) for n in names]
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
     monkeypatch.setenv("KIT_KAGGLE_ROOT", str(tmp_path / "elsewhere"))
     with pytest.raises(FileNotFoundError, match="dataset 'tester/kit-x-bundle' is not under .*elsewhere/input"):
-        exec(kaggle._install_cell("tester/kit-x-bundle", names), {})
+        exec(kaggle_kernel._install_cell("tester/kit-x-bundle", names), {})
 
 
 # ------------------------------------------------------------------------------------------------ push
@@ -459,13 +466,13 @@ def push_env(tmp_path, monkeypatch) -> SimpleNamespace:
     monkeypatch.setenv("KAGGLE_USERNAME", "tester")
     monkeypatch.setenv("KAGGLE_KEY", "not-a-real-key")
     bundle_dir, kernel_dir = _mkdirs(tmp_path, "bundle", "kernel")
-    write_json(bundle_dir / "dataset-metadata.json", kaggle.dataset_metadata("tester", "kit-x-bundle"))
+    write_json(bundle_dir / "dataset-metadata.json", kaggle_bundle.dataset_metadata("tester", "kit-x-bundle"))
     write_json(kernel_dir / "kernel-metadata.json", {"id": "tester/kit-x-submit"})
     return SimpleNamespace(bundle=bundle_dir, kernel=kernel_dir, log=tmp_path / "calls.log", bin=bin_dir)
 
 
 def test_push_creates_a_new_dataset_then_pushes_the_kernel(push_env):
-    result = kaggle.push(push_env.bundle, push_env.kernel, poll=0)
+    result = kaggle_push.push(push_env.bundle, push_env.kernel, poll=0)
     calls = push_env.log.read_text().splitlines()
     assert calls == [
         "datasets status tester/kit-x-bundle", f"datasets create -p {push_env.bundle} -r zip",
@@ -476,7 +483,7 @@ def test_push_creates_a_new_dataset_then_pushes_the_kernel(push_env):
 
 def test_push_versions_an_existing_dataset(push_env, monkeypatch):
     monkeypatch.setenv("FAKE_KAGGLE_MODE", "exists")
-    kaggle.push(push_env.bundle, message="new weights", wait=0)
+    kaggle_push.push(push_env.bundle, message="new weights", wait=0)
     assert push_env.log.read_text().splitlines() == [
         "datasets status tester/kit-x-bundle", f"datasets version -p {push_env.bundle} -m new weights -r zip",
     ]  # fmt: skip
@@ -500,11 +507,12 @@ def test_push_fails_with_one_clear_line(push_env, monkeypatch, capsys, setup, me
         monkeypatch.delenv("KAGGLE_KEY")
     else:
         monkeypatch.setenv("FAKE_KAGGLE_MODE", setup)
-    with pytest.raises(kaggle.KaggleError) as e:
-        kaggle.push(push_env.bundle, push_env.kernel, wait=0)
+    with pytest.raises(kaggle_push.KaggleError) as e:
+        kaggle_push.push(push_env.bundle, push_env.kernel, wait=0)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
     capsys.readouterr()
-    assert kaggle.main(["push", "--bundle", str(push_env.bundle), "--kernel", str(push_env.kernel), "--wait", "0"]) == 1
+    args = ["push", "--bundle", str(push_env.bundle), "--kernel", str(push_env.kernel), "--wait", "0"]
+    assert kaggle_push.main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
 
@@ -512,7 +520,7 @@ def test_push_fails_with_one_clear_line(push_env, monkeypatch, capsys, setup, me
 def test_main_help(capsys):
     for argv in (["--help"], ["bundle", "--help"], ["kernel", "--help"], ["push", "--help"]):
         with pytest.raises(SystemExit) as e:
-            kaggle.main(argv)
+            kaggle_push.main(argv)
         assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--packages" in out and "--accelerator" in out and "--dataset-mode" in out
@@ -570,14 +578,15 @@ def test_bundle_and_kernel_run_offline_in_a_fresh_environment(tmp_path, demo_run
     )
     # bundle + kernel through the command line, as the README says
     out = tmp_path / "runs"
-    assert kaggle.main(["bundle", "--exp", "eg", "--artifacts-root", str(root), "--user", "tester",
+    assert kaggle_push.main(["bundle", "--exp", "eg", "--artifacts-root", str(root), "--user", "tester",
                         "--out", str(out / "bundle"), "--wheel-cache", str(WHEEL_CACHE)]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     print(printed)  # the bundle's size, shown with pytest -s
     assert "bundle: " in printed and " MB" in printed and "(dataset tester/kit-eg-bundle)" in printed
-    assert kaggle.main(["kernel", "--bundle", str(out / "bundle"), "--competition", COMPETITION, "--user", "tester",
-                        "--out", str(out / "kernel"), "-p", "device", "cpu", "-p", "tta", "hflip"]) == 0  # fmt: skip
-    b = kaggle.Bundle.read(out / "bundle")
+    assert kaggle_push.main(["kernel", "--bundle", str(out / "bundle"), "--competition", COMPETITION, "--user",
+                             "tester", "--out", str(out / "kernel"), "-p", "device", "cpu", "-p", "tta",
+                             "hflip"]) == 0  # fmt: skip
+    b = kaggle_bundle.Bundle.read(out / "bundle")
     assert not any(name.endswith(("last.pt", ".npy")) for name in b.files)
     assert b.wheels[0].startswith("kitlib-") and b.wheels[1].startswith("segmentation_models_pytorch-")
     sent = check_with_kaggle_cli(kaggle_api, out / "kernel", out / "bundle")
@@ -614,7 +623,9 @@ def test_bundle_and_kernel_run_offline_in_a_fresh_environment(tmp_path, demo_run
 
     from kitlib.submit import validate_submission
 
-    summary = validate_submission(kroot / "working" / "submission.csv", demo_run.data / "sample_submission.csv", "demo")
+    summary = validate_submission(
+        kroot / "working" / "submission.csv", demo_run.data / "sample_submission.csv", PRESETS["demo"]
+    )
     assert summary["images"] == 5 and summary["rows"] == 20
     nb = read_json(executed)
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
@@ -635,6 +646,6 @@ def test_push_output_check_tells_errors_from_slugs_that_say_error():
     ok = (
         "Kernel version 1 successfully pushed.  Please check progress at https://www.kaggle.com/code/me/kit-error-study"
     )
-    assert kaggle._check(0, ok, args) == ok
-    with pytest.raises(kaggle.KaggleError, match="kaggle kernels push failed"):
-        kaggle._check(0, "Kernel push error: Notebook not found", args)
+    assert kaggle_push._check(0, ok, args) == ok
+    with pytest.raises(kaggle_push.KaggleError, match="kaggle kernels push failed"):
+        kaggle_push._check(0, "Kernel push error: Notebook not found", args)

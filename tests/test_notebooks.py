@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tests.conftest import REPO
 
@@ -16,8 +17,11 @@ pytestmark = pytest.mark.slow
 
 
 def run_notebook(name: str, out: Path, **params) -> dict:
-    """jupytext -> papermill, as run_all.sh does; returns the executed notebook (raises on a failing cell)."""
-    args = [arg for key, value in params.items() for arg in ("-p", key, str(value))]
+    """jupytext -> papermill with the parameters as a typed YAML file, as run_all.sh does; returns the executed
+    notebook (raises on a failing cell). Paths are passed as strings."""
+    params_file = out.with_name(out.stem + ".params.yaml")
+    params_file.write_text(yaml.safe_dump({k: str(v) if isinstance(v, Path) else v for k, v in params.items()}))
+    args = ["-f", str(params_file)]
     bindir = Path(sys.executable).parent
     convert = subprocess.run([str(bindir / "jupytext"), "--to", "ipynb", "--output", "-", str(REPO / "notebooks" /
                               f"{name}.py")], check=True, capture_output=True)  # fmt: skip
@@ -74,3 +78,13 @@ def test_eda_fails_loudly_on_bad_data(tmp_path):
     with pytest.raises(AssertionError, match="TRAIN_0003"):
         run_notebook("00_eda", tmp_path / "eda.ipynb", preset="dacon_building", data_dir=data, n_folds=0,
                      artifacts_root=tmp_path / "a")  # fmt: skip
+
+
+def test_a_parameter_of_the_wrong_type_or_an_unknown_name_fails_the_notebook(tmp_path):
+    """The config cell checks what papermill injected: the run fails naming the parameter, the value and the type
+    (papermill itself only warns about an unknown name)."""
+    with pytest.raises(AssertionError, match=r"parameter 'n_folds' = 'three' \(str\) is not int"):
+        run_notebook("00_eda", tmp_path / "a.ipynb", n_folds="three", artifacts_root=tmp_path / "a")
+    with pytest.raises(AssertionError, match=r"unknown parameter\(s\) 'n_fold' = 3 \(did you mean n_folds\?\)"):
+        run_notebook("00_eda", tmp_path / "b.ipynb", n_fold=3, artifacts_root=tmp_path / "a")
+    assert not (tmp_path / "a").exists()  # nothing was written

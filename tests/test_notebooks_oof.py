@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kitlib.config import read_json
 from kitlib.demo import make_demo
+from kitlib.io import read_json
 from kitlib.postprocess import PostProcess
 from kitlib.presets import get_preset
 from tests.test_notebooks import run_notebook
@@ -35,7 +35,7 @@ def _ensemble(path: Path, params: dict) -> dict:
 
 
 def _common(trained) -> dict:
-    return dict(preset="demo", data_dir=trained["data_dir"], artifacts_root=trained["artifacts_root"], n_folds=3)
+    return dict(preset="demo", data_dir=trained["data_dir"], artifacts_root=trained["artifacts_root"])
 
 
 def test_20_oof(trained, tmp_path):

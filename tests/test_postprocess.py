@@ -9,26 +9,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kitlib.formats import class_presence
+from kitlib.gate import classifier_thresholds, precision_recall_table
 from kitlib.metrics import dice_per_class
 from kitlib.postprocess import (
     PostProcess,
     apply_postprocess,
     apply_threshold_min_area,
-    best_per_class,
     binarize,
-    class_presence,
-    classifier_thresholds,
     combine_class_probs,
     force_one_class,
     gate_masks,
-    precision_recall_table,
     remove_small_components,
     scale_top_k,
-    search_thresholds,
-    search_triplet,
     top_k_class_probs,
     triplet_masks,
 )
+from kitlib.search import best_per_class, search_thresholds, search_triplet
 from tests.postprocess_reference import (
     remove_small_components_reference,
     search_thresholds_reference,

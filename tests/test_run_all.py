@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kitlib.presets import PRESETS
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -116,9 +117,10 @@ def test_run_all_tiny_end_to_end_and_killed_mid_fold(tiny, exp, exp2):
     args = ("--data", str(data), "--folds", "2", "--params", str(params))
     reference = _run("--exp", exp, *args)
     assert reference.returncode == 0, reference.stderr[-3000:]
+    assert "unknown parameter" not in reference.stderr  # each notebook gets the parameters it declares
     submission = REPO / "runs" / exp / "submission.csv"
     assert f"[run_all] submission: runs/{exp}/submission.csv" in reference.stdout
-    assert validate_submission(submission, data / "sample_submission.csv", "demo")["images"] == 4
+    assert validate_submission(submission, data / "sample_submission.csv", PRESETS["demo"])["images"] == 4
 
     proc = subprocess.Popen(["bash", str(REPO / "run_all.sh"), "--exp", exp2, *args], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -146,7 +148,7 @@ def test_run_all_tiny_end_to_end_and_killed_mid_fold(tiny, exp, exp2):
 def test_run_all_presence_classifier_gates_another_experiment(tiny, exp, exp2):
     """--until 20_oof trains and analyses a presence classifier; --gate-exp hands it to the segmentation
     experiment's 20_oof and 30_ensemble, and 40_submit still writes a valid submission."""
-    from kitlib.config import read_json
+    from kitlib.io import read_json
     from kitlib.submit import validate_submission
 
     data, params = tiny
@@ -155,14 +157,26 @@ def test_run_all_presence_classifier_gates_another_experiment(tiny, exp, exp2):
     cls = _run("--exp", exp, "--data", str(data), "--folds", "2", "--params", str(cls_params), "--until", "20_oof")
     assert cls.returncode == 0, cls.stderr[-3000:]
     assert "stopped after 20_oof (--until)" in cls.stdout and "30_ensemble" not in cls.stdout
+    assert "unknown parameter" not in cls.stderr  # `arch` reaches 10_train only, not 00_eda or 20_oof
     assert read_json(REPO / "artifacts" / exp / "cv.json")["metric"] == "presence_f1"
     seg = _run("--exp", exp2, "--data", str(data), "--folds", "2", "--params", str(params), "--gate-exp", exp)
     assert seg.returncode == 0, seg.stderr[-3000:]
     assert f"classifier {exp}" in (REPO / "runs" / exp2 / "20_oof.ipynb").read_text()
     assert f"classifier {exp}" in (REPO / "runs" / exp2 / "30_ensemble.ipynb").read_text()
     submission = REPO / "runs" / exp2 / "submission.csv"
-    assert validate_submission(submission, data / "sample_submission.csv", "demo")["images"] == 4
+    assert validate_submission(submission, data / "sample_submission.csv", PRESETS["demo"])["images"] == 4
     assert "(hidden test_truth.csv)" in seg.stdout
+
+
+def test_run_all_refuses_a_parameter_no_notebook_declares(tiny, exp):
+    """A typo in --params (``epoch``) fails before any notebook runs, naming it and the close match."""
+    data, params = tiny
+    typo = params.with_name("typo.yaml")
+    typo.write_text(TINY_YAML + "epoch: 3\n")
+    result = _run("--exp", exp, "--data", str(data), "--folds", "2", "--params", str(typo))
+    assert result.returncode == 1
+    assert "unknown parameter 'epoch': no notebook declares it; did you mean epochs" in result.stderr
+    assert "FAILED: the parameters of 00_eda" in result.stderr and not (REPO / "runs" / exp / "00_eda.ipynb").exists()
 
 
 def test_run_all_gpus_fails_fast_with_the_fold_notebook_path(tiny, exp):

@@ -9,7 +9,7 @@ import pytest
 
 import kitlib.submit as submit_module
 from kitlib.formats import load_competition
-from kitlib.presets import get_preset
+from kitlib.presets import PRESETS, get_preset
 from kitlib.rle import rle_decode
 from kitlib.submit import (
     SubmissionError,
@@ -54,7 +54,7 @@ def test_clouds_rows_hand_case():
 def test_severstal_rows_hand_case():
     masks = np.zeros((4, 2, 3), np.uint8)
     masks[2, 1, 2] = 1  # last pixel
-    rows = encode_rows("0000f269f.jpg", masks, "severstal")
+    rows = encode_rows("0000f269f.jpg", masks, PRESETS["severstal"])
     assert rows[2] == {"ImageId": "0000f269f.jpg", "EncodedPixels": "6 1", "ClassId": 3}
     assert [r["ClassId"] for r in rows] == [1, 2, 3, 4]
     assert [list(r) for r in rows] == [["ImageId", "EncodedPixels", "ClassId"]] * 4
@@ -62,25 +62,31 @@ def test_severstal_rows_hand_case():
 
 def test_dacon_rows_hand_case():
     mask = np.array([[0, 1, 1], [1, 0, 1]], np.uint8)  # row-major: "2 3 6 1"
-    assert encode_rows("TEST_00000", mask, "dacon_building") == [{"img_id": "TEST_00000", "mask_rle": "2 3 6 1"}]
-    assert encode_rows("TEST_00001", mask[None] * 0, "dacon_building") == [{"img_id": "TEST_00001", "mask_rle": "-1"}]
+    assert encode_rows("TEST_00000", mask, PRESETS["dacon_building"]) == [
+        {"img_id": "TEST_00000", "mask_rle": "2 3 6 1"}
+    ]
+    assert encode_rows("TEST_00001", mask[None] * 0, PRESETS["dacon_building"]) == [
+        {"img_id": "TEST_00001", "mask_rle": "-1"}
+    ]
 
 
 def test_masks_rows_hand_case():
     mask = np.array([[True, True], [False, True]])
-    assert encode_rows("0.png", mask, "masks") == [{"img": "0.png", "rle_mask": "1 2 4 1"}]
+    assert encode_rows("0.png", mask, PRESETS["masks"]) == [{"img": "0.png", "rle_mask": "1 2 4 1"}]
 
 
 def test_coco_rows_hand_case():
     label_map = np.array([[0, 1, 2], [3, 0, 10]], np.uint8)
     rows = encode_rows("batch_01_vt/0021.jpg", label_map, SMALL_COCO)
     assert rows == [{"image_id": "batch_01_vt/0021.jpg", "PredictionString": "0 1 2 3 0 10"}]
-    full = encode_rows("x.jpg", np.zeros((256, 256), np.int64), "coco")[0]["PredictionString"]
+    full = encode_rows("x.jpg", np.zeros((256, 256), np.int64), PRESETS["coco"])[0]["PredictionString"]
     assert len(full.split()) == 256 * 256
 
 
 def test_cassava_rows_hand_case():
-    assert encode_rows("2216849948.jpg", np.int64(4), "cassava") == [{"image_id": "2216849948.jpg", "label": 4}]
+    assert encode_rows("2216849948.jpg", np.int64(4), PRESETS["cassava"]) == [
+        {"image_id": "2216849948.jpg", "label": 4}
+    ]
 
 
 # (preset, per-image input maker, sizes needed): encode several images, then validate against a sample built
@@ -308,9 +314,9 @@ def test_encode_errors():
     with pytest.raises(ValueError, match=r"a\.jpg: class indices must be in 0\.\.10, got 0\.\.11"):
         encode_rows("a.jpg", np.array([[0, 11, 0], [0, 0, 0]]), SMALL_COCO)
     with pytest.raises(ValueError, match=r"a\.jpg: label 5 outside 0\.\.4"):
-        encode_rows("a.jpg", 5, "cassava")
+        encode_rows("a.jpg", 5, PRESETS["cassava"])
     with pytest.raises(ValueError, match="one integer label"):
-        encode_rows("a.jpg", 1.0, "cassava")
+        encode_rows("a.jpg", 1.0, PRESETS["cassava"])
 
 
 def test_round_trip_check(monkeypatch):
@@ -358,54 +364,58 @@ def test_write_and_read_back(tmp_path):
 
 
 def test_read_sample_submission(tmp_path):
-    assert read_sample_submission("masks", tmp_path) is None
+    assert read_sample_submission(PRESETS["masks"], tmp_path) is None
     with pytest.raises(FileNotFoundError, match="sample_submission.csv"):
-        read_sample_submission("clouds", tmp_path)
+        read_sample_submission(PRESETS["clouds"], tmp_path)
     (tmp_path / "sample_submission.csv").write_text("img_id,mask_rle\nT0,-1\n")
     with pytest.raises(SubmissionError, match=r"columns \['img_id', 'mask_rle'\] are not those of preset 'clouds'"):
-        read_sample_submission("clouds", tmp_path)
-    assert read_sample_submission("dacon_building", tmp_path)["mask_rle"].tolist() == ["-1"]
+        read_sample_submission(PRESETS["clouds"], tmp_path)
+    assert read_sample_submission(PRESETS["dacon_building"], tmp_path)["mask_rle"].tolist() == ["-1"]
 
 
 # --------------------------------------------------------------------------------------------- real samples
 
 
 def test_real_clouds_sample(clouds_dir):
-    sample = read_sample_submission("clouds", clouds_dir)
+    sample = read_sample_submission(PRESETS["clouds"], clouds_dir)
     assert len(sample) == 14_792 and set(sample["EncodedPixels"]) == {"1 1"}
-    summary = validate_submission(sample, sample, "clouds")
+    summary = validate_submission(sample, sample, PRESETS["clouds"])
     assert summary == {
         "rows": 14_792,
         "images": 3_698,
         "sizes_checked": True,
         "nonempty": {"Fish": 1.0, "Flower": 1.0, "Gravel": 1.0, "Sugar": 1.0},
     }
-    assert validate_submission(clouds_dir / "sample_submission.csv", clouds_dir / "sample_submission.csv", "clouds")
+    assert validate_submission(
+        clouds_dir / "sample_submission.csv", clouds_dir / "sample_submission.csv", PRESETS["clouds"]
+    )
     assert rle_decode("1 1", (350, 525)).sum() == 1
     ids = list(dict.fromkeys(sample["Image_Label"].str.rpartition("_")[0]))[:3]
-    rows = [r for i in ids for r in encode_rows(i, np.zeros((4, 350, 525), np.uint8), "clouds")]
+    rows = [r for i in ids for r in encode_rows(i, np.zeros((4, 350, 525), np.uint8), PRESETS["clouds"])]
     assert [r["Image_Label"] for r in rows] == sample["Image_Label"].tolist()[:12]
 
 
 def test_real_dacon_sample(dacon_dir):
-    sample = read_sample_submission("dacon_building", dacon_dir)
+    sample = read_sample_submission(PRESETS["dacon_building"], dacon_dir)
     assert len(sample) == 60_640
-    summary = validate_submission(sample, sample, "dacon_building")
+    summary = validate_submission(sample, sample, PRESETS["dacon_building"])
     assert summary["images"] == 60_640 and summary["nonempty"] == {"building": 0.0}
     assert not summary["sizes_checked"]  # Dacon has no preset-wide size: structure only without sizes
     sizes = dict.fromkeys(sample["img_id"], (224, 224))
-    assert validate_submission(sample, sample, "dacon_building", sizes=sizes)["sizes_checked"]
+    assert validate_submission(sample, sample, PRESETS["dacon_building"], sizes=sizes)["sizes_checked"]
 
 
 def test_real_isbi_test_images(isbi_dir):
-    test = load_competition("masks", isbi_dir, split="test")
+    test = load_competition(PRESETS["masks"], isbi_dir, split="test")
     rows = [r for i, h, w in test[["image_id", "height", "width"]].itertuples(index=False)
-            for r in encode_rows(i, np.eye(h, w, dtype=np.uint8), "masks")]  # fmt: skip
-    summary = validate_submission(_frame(rows), read_sample_submission("masks", isbi_dir), "masks", image_ids=test)
+            for r in encode_rows(i, np.eye(h, w, dtype=np.uint8), PRESETS["masks"])]  # fmt: skip
+    summary = validate_submission(
+        _frame(rows), read_sample_submission(PRESETS["masks"], isbi_dir), PRESETS["masks"], image_ids=test
+    )
     assert summary == {"rows": len(test), "images": len(test), "sizes_checked": True, "nonempty": {"foreground": 1.0}}
 
 
 def test_real_cassava_sample(cassava_dir):
-    sample = read_sample_submission("cassava", cassava_dir)
-    summary = validate_submission(sample, sample, "cassava")
+    sample = read_sample_submission(PRESETS["cassava"], cassava_dir)
+    summary = validate_submission(sample, sample, PRESETS["cassava"])
     assert summary["rows"] == 1 and summary["label_fraction"]["Healthy"] == 1.0

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from kitlib.config import save_config
 from kitlib.demo import make_demo
 from kitlib.models import create_model, save_model
+from kitlib.presets import PRESETS
 from kitlib.rle import rle_decode
+from kitlib.stages import TrainConfig
 from kitlib.submit import read_submission, validate_submission
 from tests.test_notebooks import _images_shown, run_notebook
 from tests.test_train import train_tiny
@@ -28,7 +29,7 @@ def test_submit_demo(tmp_path):
     out = tmp_path / "runs" / "e" / "submission.csv"
     nb = run_notebook("40_submit", tmp_path / "40.ipynb", exp="e", preset="demo", data_dir=data, n_folds=2,
                       artifacts_root=root, device="cpu", tta="hflip", submission_path=out)  # fmt: skip
-    summary = validate_submission(out, data / "sample_submission.csv", "demo")
+    summary = validate_submission(out, data / "sample_submission.csv", PRESETS["demo"])
     assert summary["images"] == 5 and summary["rows"] == 20
     assert _images_shown(nb) >= 1
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
@@ -50,14 +51,14 @@ def test_submit_real_clouds_image(tmp_path, clouds_dir):
                   decoder_channels=(16, 16, 8, 8, 8))  # fmt: skip
     fold_dir = tmp_path / "artifacts" / "fake" / "fold0"
     save_model(fold_dir / "best.pt", create_model(**config), config)
-    save_config(fold_dir / "config.json", dict(preset="clouds", fold=0, arch="unet", aux_head=True, height=64,
-                                               width=96, amp="off", encoder_name=config["encoder_name"]))  # fmt: skip
+    TrainConfig.from_notebook(preset="clouds", fold=0, arch="unet", aux_head=True, height=64, width=96, amp="off",
+                              encoder_name=config["encoder_name"]).save(fold_dir / "config.json")  # fmt: skip
     out = tmp_path / "sub.csv"
     run_notebook("40_submit", tmp_path / "40.ipynb", exp="fake", preset="clouds", data_dir=data, n_folds=1,
                  artifacts_root=tmp_path / "artifacts", device="cpu", submission_path=out)  # fmt: skip
     sub = read_submission(out)
     assert sub["Image_Label"].tolist() == [f"{image}_{c}" for c in classes]
-    summary = validate_submission(out, data / "sample_submission.csv", "clouds")
+    summary = validate_submission(out, data / "sample_submission.csv", PRESETS["clouds"])
     assert summary["images"] == 1 and summary["sizes_checked"]
     # every RLE decodes at 350x525 in column-major order; the untrained model predicts some foreground
     masks = [rle_decode(r, (350, 525), order="F") for r in sub["EncodedPixels"]]

@@ -16,11 +16,14 @@ import pandas as pd
 import pytest
 import torch
 
-from kitlib import train
-from kitlib.config import write_json
+from kitlib import predictions, recipes, train
 from kitlib.demo import make_demo
 from kitlib.folds import make_folds, save_folds
 from kitlib.formats import load_competition
+from kitlib.presets import PRESETS
+from kitlib.scoring import score_oof
+from kitlib.stages import TrainConfig
+from kitlib.targets import TargetMasks, scoring_size
 from tests.conftest import REPO
 
 TINY = dict(
@@ -32,16 +35,24 @@ TINY_CLASSIFIER = dict(arch="classifier", model_name="test_resnet.r160_in1k", mo
                        batch_size=4, epochs=2, device="cpu", num_workers=0)  # fmt: skip
 
 
+def train_config(preset: str, **overrides) -> TrainConfig:
+    """10_train's config for ``preset`` with ``overrides``, as papermill would inject them."""
+    return TrainConfig.from_notebook(preset=preset, **overrides)
+
+
 def train_tiny(data: Path, root: Path, exp: str, n_folds: int = 2, folds_seed: int = 0, **overrides) -> list[dict]:
     """Train every fold of a tiny demo experiment ``root/exp`` (TINY with ``overrides``); writes ``folds.csv``
     (``make_folds`` with ``folds_seed``) unless the experiment has one. Returns each fold's ``train_fold`` result."""
     folds_path = Path(root) / exp / "folds.csv"
     if not folds_path.is_file():
-        save_folds(make_folds(load_competition("demo", data), "demo", n_folds=n_folds, seed=folds_seed), folds_path)
+        save_folds(
+            make_folds(load_competition(PRESETS["demo"], data), PRESETS["demo"], n_folds=n_folds, seed=folds_seed),
+            folds_path,
+        )
     n_folds = int(pd.read_csv(folds_path)["fold"].max()) + 1
     return [
         train.train_fold(
-            train.train_config(
+            train_config(
                 "demo", **{**TINY, **overrides}, exp=exp, fold=fold, data_dir=str(data), artifacts_root=str(root)
             )
         )  # fmt: skip
@@ -54,66 +65,66 @@ def demo_exp(tmp_path_factory) -> dict:
     """A 24-image demo with 3 folds: data_dir and artifacts_root for train_config."""
     root = tmp_path_factory.mktemp("demo_exp")
     data = make_demo(root / "data", n_train=24, n_test=4, height=64, width=96)
-    folds = make_folds(load_competition("demo", data), "demo", n_folds=3, seed=0)
+    folds = make_folds(load_competition(PRESETS["demo"], data), PRESETS["demo"], n_folds=3, seed=0)
     save_folds(folds, root / "artifacts" / "t" / "folds.csv")
     return {"data_dir": str(data), "artifacts_root": str(root / "artifacts"), "exp": "t"}
 
 
-def _config(demo_exp, exp: str, **kwargs) -> train.TrainConfig:
+def _config(demo_exp, exp: str, **kwargs) -> TrainConfig:
     root = Path(demo_exp["artifacts_root"])
     if not (root / exp / "folds.csv").exists():
         (root / exp).mkdir(parents=True, exist_ok=True)
         (root / exp / "folds.csv").write_bytes((root / "t" / "folds.csv").read_bytes())
-    return train.train_config("demo", **{**demo_exp, "exp": exp, **TINY, **kwargs})
+    return train_config("demo", **{**demo_exp, "exp": exp, **TINY, **kwargs})
 
 
 # ------------------------------------------------------------------------------------------------ config
 
 
 def test_train_config_takes_the_recipe_and_ignores_none():
-    cfg = train.train_config("masks", epochs=None, batch_size=2, encoder_weights="none")
-    assert cfg.epochs == train.TRAIN_RECIPES["masks"]["epochs"] and cfg.batch_size == 2
+    cfg = train_config("masks", epochs=None, batch_size=2, encoder_weights="none")
+    assert cfg.epochs == recipes.TRAIN_RECIPES["masks"]["epochs"] and cfg.batch_size == 2
     assert cfg.encoder_weights is None and "ISBI" in cfg.recipe_source
-    assert train.train_config("clouds").loss == "clouds_1st"
-    with pytest.raises(TypeError, match="unknown training parameters \\['epoch'\\]"):
-        train.train_config("demo", epoch=3)
+    assert train_config("clouds").loss == "clouds_1st"
+    with pytest.raises(TypeError, match="unknown parameter.*'epoch' = 3"):
+        train_config("demo", epoch=3)
     with pytest.raises(KeyError, match="unknown loss"):
-        train.train_config("demo", loss="dice_bce")
+        train_config("demo", loss="dice_bce")
     with pytest.raises(ValueError, match="scheduler"):
-        train.train_config("demo", scheduler="step")
+        train_config("demo", scheduler="step")
 
 
 def test_run_id_changes_with_training_fields_only():
-    a = train.train_config("demo")
-    assert a.run_id() == train.train_config("demo", num_workers=4, tta="d4").run_id()
-    assert a.run_id() != train.train_config("demo", epochs=9).run_id()
-    assert a.run_id() != train.train_config("demo", fold=1).run_id()
+    a = train_config("demo")
+    assert a.run_id() == train_config("demo", num_workers=4, tta="d4").run_id()
+    assert a.run_id() != train_config("demo", epochs=9).run_id()
+    assert a.run_id() != train_config("demo", fold=1).run_id()
 
 
 def test_every_recipe_builds_a_valid_config():
-    for preset in train.TRAIN_RECIPES:
-        cfg = train.train_config(preset)
+    for preset in recipes.TRAIN_RECIPES:
+        cfg = train_config(preset)
         assert cfg.recipe_source
 
 
 def test_scoring_size(isbi_dir):
-    df = load_competition("masks", isbi_dir)
-    assert train.scoring_size("masks", df) == (512, 512)
-    assert train.scoring_size("demo", df) == (64, 96)
+    df = load_competition(PRESETS["masks"], isbi_dir)
+    assert scoring_size(PRESETS["masks"], df) == (512, 512)
+    assert scoring_size(PRESETS["demo"], df) == (64, 96)
     mixed = df.copy()
     mixed.loc[0, "height"] = 256
     with pytest.raises(ValueError, match="2 sizes"):
-        train.scoring_size("masks", mixed)
+        scoring_size(PRESETS["masks"], mixed)
 
 
 def test_score_oof_hand_case(tmp_path):
     data = make_demo(tmp_path / "d", n_train=4, n_test=1, height=64, width=96)
-    df = load_competition("demo", data).head(2)
-    truth = np.stack(list(train.iter_target_masks(df, "demo", (64, 96))))
+    df = load_competition(PRESETS["demo"], data).head(2)
+    truth = np.stack(list(TargetMasks(df, PRESETS["demo"], (64, 96))))
     assert truth.shape == (2, 4, 64, 96) and truth.dtype == np.uint8
-    perfect = train.score_oof(truth * 255, df, "demo")
+    perfect = score_oof(truth * 255, truth, PRESETS["demo"]).summary
     assert perfect["dice"] == 1.0 and perfect["pixel_error"] == 0.0
-    empty = train.score_oof(np.zeros_like(truth), df, "demo")
+    empty = score_oof(np.zeros_like(truth), truth, PRESETS["demo"]).summary
     present = truth.reshape(2, 4, -1).any(axis=2)
     assert empty["dice"] == pytest.approx((~present).mean())
     assert empty["pixel_error"] == pytest.approx(truth.mean())
@@ -129,14 +140,14 @@ def test_train_fold_writes_the_artifacts(demo_exp):
     for name in ("best.pt", "last.pt", "history.csv", "config.json", "oof_probs.npy", "oof_ids.csv", "scores.json",
                  "oof_cls_probs.npy", "done.json"):  # fmt: skip
         assert (fold_dir / name).is_file(), name
-    probs, ids = train.read_oof(fold_dir)
+    probs, ids = predictions.read_oof(fold_dir)
     folds = pd.read_csv(Path(cfg.artifacts_root) / cfg.exp / "folds.csv", dtype={"image_id": str})
     held_out = folds.loc[folds["fold"] == 0, "image_id"].tolist()
     assert ids == held_out  # rows in folds.csv order
     assert probs.dtype == np.uint8 and probs.shape == (len(ids), 4, 64, 96)  # the demo's scoring resolution
     assert np.load(fold_dir / "oof_cls_probs.npy").shape == (len(ids), 4)
     config = json.loads((fold_dir / "config.json").read_text())
-    assert config["params"]["run_id"] == train.fold_run_id(cfg) and "versions" in config["run"]
+    assert config["run_id"] == train.fold_run_id(cfg) and "versions" in config["run"]
     assert set(out["scores"]) >= {"dice", "dice_per_class", "pixel_error"}
     assert train.train_fold(cfg)["scores"] == out["scores"]  # done.json: nothing to redo
     from kitlib.models import load_model
@@ -154,7 +165,7 @@ def test_a_new_split_retrains_and_keeps_the_previous_run(demo_exp):
     folds.to_csv(folds_path, index=False)
     second = train.train_fold(cfg)
     assert second["scores"]["n_images"] == int((folds["fold"] == 0).sum())
-    _, ids = train.read_oof(cfg.fold_dir)
+    _, ids = predictions.read_oof(cfg.fold_dir)
     assert ids == folds.loc[folds["fold"] == 0, "image_id"].tolist()
     previous = cfg.fold_dir.with_name("fold0.previous")
     assert json.loads((previous / "done.json").read_text())["best_epoch"] == first["best_epoch"]
@@ -192,7 +203,7 @@ def test_killed_run_resumes_to_the_same_result(demo_exp):
     reference = _config(demo_exp, "uninterrupted", epochs=epochs)
     killed = _config(demo_exp, "killed", epochs=epochs)
     launch = killed.fold_dir / "launch.json"
-    write_json(launch, killed.to_dict())
+    killed.save(launch)
     cmd = [sys.executable, "-m", "kitlib.train", str(launch)]
     proc = subprocess.Popen(cmd, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = killed.fold_dir / "history.csv"
@@ -210,7 +221,7 @@ def test_killed_run_resumes_to_the_same_result(demo_exp):
     subprocess.run(cmd, env=_subprocess_env(), check=True, capture_output=True)
     # The reference runs in the same kind of process: CPU results are bitwise equal for the same thread count.
     reference_launch = reference.fold_dir / "launch.json"
-    write_json(reference_launch, reference.to_dict())
+    reference.save(reference_launch)
     subprocess.run([*cmd[:-1], str(reference_launch)], env=_subprocess_env(), check=True, capture_output=True)
     a, b = reference.fold_dir, killed.fold_dir
     assert (a / "oof_probs.npy").read_bytes() == (b / "oof_probs.npy").read_bytes()
@@ -228,20 +239,20 @@ def test_ddp_two_cpu_processes(demo_exp):
     single-process prediction with the saved best.pt."""
     cfg = _config(demo_exp, "ddp", epochs=2)
     out = train.launch_distributed(cfg, 2, extra_env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
-    assert json.loads((cfg.fold_dir / "config.json").read_text())["params"]["world_size"] == 2
-    probs, ids = train.read_oof(cfg.fold_dir)
+    assert json.loads((cfg.fold_dir / "config.json").read_text())["world_size"] == 2
+    probs, ids = predictions.read_oof(cfg.fold_dir)
     assert len(ids) == len(set(ids)) and probs.shape[0] == len(ids)
     assert out["scores"]["n_images"] == len(ids)
 
-    from kitlib import engine
+    from kitlib import engine, runtime
     from kitlib.data import build_transforms, make_dataset, normalization_for
     from kitlib.models import load_model
 
     model, _ = load_model(cfg.fold_dir / "best.pt")
     _, _, valid = train.fold_tables(cfg)
     mean, std = normalization_for(cfg.encoder_name)
-    ds = make_dataset(valid, "demo", build_transforms("valid", cfg.height, cfg.width, mean, std))
-    loader = engine.make_loader(ds, 4, train=False, info=engine.DistInfo())
+    ds = make_dataset(valid, PRESETS["demo"], build_transforms("valid", cfg.height, cfg.width, mean, std))
+    loader = runtime.make_loader(ds, 4, train=False, info=runtime.DistInfo())
     single = np.concatenate(
         [(p * 255).round().to(torch.uint8).numpy() for _, p, _ in engine.predict(model, loader, torch.device("cpu"),
                                                                                    out_size=(64, 96))]

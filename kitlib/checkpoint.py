@@ -1,0 +1,190 @@
+"""Training checkpoints that resume to the same result: ``last.pt`` after every epoch, ``best.pt`` on the monitored
+score, both atomic (``kitlib.models.save_model`` writes to a temporary name and renames).
+
+``last.pt`` holds the model in ``save_model`` format (so ``load_model`` reads it) and everything else a run needs to
+continue exactly where it stopped: optimizer, scheduler, GradScaler and EMA states, the ``TrainingState`` (epoch, best
+score and epoch, epochs without improvement, history) and the random generators' states; ``run_id`` says which
+configuration wrote it, and a run of another configuration refuses it rather than mixing it in.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kitlib.models import save_model
+from kitlib.runtime import unwrap
+
+__all__ = ["CHECKPOINT_KIND", "TrainingState", "resume", "save_best", "save_last"]
+
+log = logging.getLogger(__name__)
+
+#: ``checkpoint`` entry of a ``last.pt``.
+CHECKPOINT_KIND = "kitlib.training_state"
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands after its last finished epoch.
+
+    Attributes:
+        epoch: the last finished epoch (0-based), -1 before the first.
+        best_score: best value of the monitored history column so far, NaN while none was finite.
+        best_epoch: the epoch whose weights are in ``best.pt``, -1 if none.
+        stale: epochs since the last improvement (early stopping).
+        history: one dict per finished epoch (``kitlib.engine.fit``'s history rows).
+        finished: the run is over (last epoch, or stopped early).
+    """
+
+    epoch: int = -1
+    best_score: float = math.nan
+    best_epoch: int = -1
+    stale: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    finished: bool = False
+
+    def record(self, row: Mapping[str, float], monitor: str, minimise: bool) -> bool:
+        """Append an epoch's history row and update the best score; returns whether it improved.
+
+        Raises:
+            ValueError: ``monitor`` is not a column of the row (the columns are listed).
+        """
+        if monitor not in row:
+            raise ValueError(f"monitor {monitor!r} is not a history column; options: {sorted(row)}")
+        self.history.append(dict(row))
+        self.epoch = int(row["epoch"])
+        score = float(row[monitor])
+        better = score < self.best_score if minimise else score > self.best_score
+        improved = bool(np.isfinite(score) and (self.best_epoch < 0 or better))
+        if improved:
+            self.best_score, self.best_epoch, self.stale = score, self.epoch, 0
+        else:
+            self.stale += 1
+        return improved
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()  # noqa: NPY002
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    key = state["numpy"]["key"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", key, state["numpy"]["pos"], 0, 0.0))  # noqa: NPY002
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_last(
+    path: str | Path,
+    model: nn.Module,
+    model_config: Mapping[str, Any],
+    state: TrainingState,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any = None,
+    scaler: Any = None,
+    ema: Any = None,
+    run_id: str = "",
+    monitor: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``last.pt``: the model (``save_model`` format) with the state of everything that continues the run.
+
+    Args:
+        path: ``fold<k>/last.pt``.
+        model: the trained model (possibly DDP-wrapped).
+        model_config: ``create_model`` / ``create_classifier`` keywords.
+        state: the run's ``TrainingState`` after the epoch.
+        optimizer, scheduler, scaler, ema: their ``state_dict`` is saved (None: none).
+        run_id: the configuration's fingerprint; monitor: the history column that picks ``best.pt``.
+        extra: more entries (``fold``, ``preset``, ``exp``).
+    """
+    entries = {
+        **dict(extra or {}), "checkpoint": CHECKPOINT_KIND, "run_id": run_id, "epoch": state.epoch,
+        "finished": state.finished, "optimizer": optimizer.state_dict(),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "scaler": None if scaler is None else scaler.state_dict(), "ema": None if ema is None else ema.state_dict(),
+        "best_score": state.best_score, "best_epoch": state.best_epoch, "stale": state.stale,
+        "history": state.history, "rng": _rng_state(), "monitor": monitor,
+    }  # fmt: skip
+    save_model(path, unwrap(model), model_config, extra=entries)
+
+
+def save_best(
+    path: str | Path,
+    model: nn.Module,
+    model_config: Mapping[str, Any],
+    epoch: int,
+    score: float,
+    monitor: str,
+    run_id: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``best.pt``: the evaluated weights (the EMA's when there is one) with ``epoch``, ``score``, ``monitor``
+    and ``run_id`` (``save_model`` format, what inference loads)."""
+    entries = {**dict(extra or {}), "epoch": epoch, "score": score, "monitor": monitor, "run_id": run_id}
+    save_model(path, unwrap(model), model_config, extra=entries)
+
+
+def resume(
+    path: str | Path,
+    run_id: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any = None,
+    scaler: Any = None,
+    ema: Any = None,
+) -> TrainingState | None:
+    """Load ``last.pt`` into the model and the training objects, and restore the random generators.
+
+    Args:
+        path: ``fold<k>/last.pt``; nothing happens when it does not exist.
+        run_id: this run's configuration; a checkpoint of another one is refused.
+        model, optimizer, scheduler, scaler, ema: receive their saved states (None: skipped).
+    Returns:
+        The ``TrainingState`` after the checkpoint's epoch, or None when there is no ``last.pt``.
+    Raises:
+        ValueError: not a kitlib training checkpoint, or one written by another configuration (both ids named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("checkpoint") != CHECKPOINT_KIND:
+        raise ValueError(f"{path}: not a kitlib training checkpoint (no checkpoint={CHECKPOINT_KIND!r})")
+    if saved.get("run_id") != run_id:
+        raise ValueError(
+            f"{path} belongs to another configuration (run_id {saved.get('run_id')!r}, this run {run_id!r}); "
+            "delete the fold folder to start over, or use a new exp name"
+        )
+    unwrap(model).load_state_dict(saved["state_dict"])
+    optimizer.load_state_dict(saved["optimizer"])
+    for target, key in ((scheduler, "scheduler"), (scaler, "scaler"), (ema, "ema")):
+        if target is not None and saved.get(key) is not None:
+            target.load_state_dict(saved[key])
+    _set_rng_state(saved["rng"])
+    log.info("resumed %s after epoch %d", path, int(saved["epoch"]))
+    return TrainingState(
+        epoch=int(saved["epoch"]), best_score=float(saved["best_score"]), best_epoch=int(saved["best_epoch"]),
+        stale=int(saved["stale"]), history=[dict(row) for row in saved["history"]],
+        finished=bool(saved.get("finished")),
+    )  # fmt: skip

@@ -1,0 +1,213 @@
+"""Artifact I/O: atomic writes, JSON / CSV / .npy files, provenance of a run, paths from the repository root.
+
+Every artifact the kit writes goes through these helpers: the bytes land under a temporary name in the
+same folder and are moved into place with ``os.replace``, so a killed run leaves either the old file or
+the new one, never half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.metadata
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "replace_dir",
+    "write_json",
+    "read_json",
+    "save_npy",
+    "write_csv",
+    "run_info",
+    "json_default",
+    "project_root",
+    "project_path",
+]
+
+log = logging.getLogger(__name__)
+
+_VERSIONED_PACKAGES = (
+    "kitlib", "torch", "torchvision", "timm", "segmentation-models-pytorch", "albumentations",
+    "numpy", "pandas", "opencv-python-headless", "scipy",
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it onto ``path`` atomically.
+
+    Use it for writers that want a file name (``torch.save``, ``np.save``, ``fig.savefig``). On an
+    exception the temporary file is removed and ``path`` is untouched. Parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts get the usual permissions
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once (reading it means setting it, which is not thread-safe)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def replace_dir(tmp_dir: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move a finished folder ``tmp_dir`` (built beside ``dest``, same filesystem) onto ``dest``: an existing ``dest``
+    is renamed aside first and deleted after, so a reader sees the old folder or the new one, never a mix. The new
+    folder gets the usual permissions (``tempfile.mkdtemp`` makes it 0700)."""
+    tmp_dir, dest = Path(tmp_dir), Path(dest)
+    os.chmod(tmp_dir, 0o777 & ~_umask())
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+    os.replace(tmp_dir, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file + fsync + ``os.replace``). Returns the path."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically. Returns the path."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for what artifacts hold besides JSON types: numpy scalars and arrays, paths, sets
+    and tuples. Raises TypeError for anything else."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically (numpy scalars/arrays and paths are converted)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message names it).
+        ValueError: the file is not valid JSON (the message names the file, line and column).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """``np.save`` atomically (no pickles). Returns the path."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_csv(path: str | os.PathLike, df, **to_csv_kwargs) -> Path:
+    """``DataFrame.to_csv`` atomically; ``index=False`` unless given. Returns the path."""
+    to_csv_kwargs.setdefault("index", False)
+    return atomic_write_text(path, df.to_csv(**to_csv_kwargs))
+
+
+def _git_commit(start: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=start, capture_output=True, text=True, timeout=5, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=start, capture_output=True, text=True, timeout=5, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def run_info() -> dict[str, Any]:
+    """Provenance of a run: Python, platform, package versions, git commit of the kit.
+
+    Reads package metadata only (no heavy imports). ``git_commit`` is None outside a git checkout and ends
+    with ``-dirty`` when tracked files have uncommitted changes.
+    """
+    versions: dict[str, str | None] = {}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+        "git_commit": _git_commit(Path(__file__).resolve().parent),
+    }
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The folder that relative notebook paths are resolved against.
+
+    ``KIT_ROOT`` when set; else the nearest folder at or above ``start`` (default: the working folder) that
+    holds both ``notebooks/`` and ``run_all.sh`` (the kit's checkout, so a notebook opened in Jupyter from
+    ``notebooks/`` and one run by papermill from the repository root agree); else the working folder.
+    """
+    if os.environ.get("KIT_ROOT"):
+        return Path(os.environ["KIT_ROOT"]).expanduser().resolve()
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "notebooks").is_dir() and (folder / "run_all.sh").is_file():
+            return folder
+    return here
+
+
+def project_path(path: str | os.PathLike) -> Path:
+    """An absolute path: ``path`` itself when absolute, else ``project_root() / path``."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_root() / path

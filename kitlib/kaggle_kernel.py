@@ -1,0 +1,256 @@
+"""The submission notebook as a Kaggle kernel (the build side of ``kitlib.kaggle``): ``kernel`` writes the folder that
+``kaggle kernels push`` uploads.
+
+``notebooks/40_submit.py`` becomes ``40_submit.ipynb`` with its parameters injected (papermill's prepare-only mode,
+typed against the notebook's parameters cell: ``kitlib.config``), a first cell that installs the bundle's wheels with
+the internet off (the source of ``kitlib.kaggle_install_cell`` and one call with the bundle's values), a cell after the
+parameters that finds the data with ``kitlib.kaggle.find_input`` / ``bundle_artifacts`` at run time, and
+``kernel-metadata.json`` (internet off, set explicitly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kitlib import kaggle_install_cell
+from kitlib.io import project_path, write_json
+from kitlib.kaggle import input_patterns
+from kitlib.kaggle_bundle import (
+    Bundle,
+    _check_out,
+    _check_slug,
+    _check_title,
+    _checkout,
+    _last_line,
+    _replace_dir,
+    _slugify,
+    kaggle_user,
+)
+from kitlib.offline import OFFLINE_VARS
+from kitlib.params import check_value, coerce_text, read_declaration
+
+__all__ = ["COMPETITIONS", "KERNEL_METADATA", "MACHINE_SHAPES", "Kernel", "kernel", "kernel_metadata"]
+
+# Kaggle competition slug of each preset that is a Kaggle competition (the others need --competition).
+COMPETITIONS = {
+    "clouds": "understanding_cloud_organization",
+    "severstal": "severstal-steel-defect-detection",
+    "cassava": "cassava-leaf-disease-classification",
+}
+# kernel-metadata.json "machine_shape" values (kagglesdk ApiSaveKernelRequest.machine_shape) -> GPU (else TPU).
+MACHINE_SHAPES = {"NvidiaTeslaT4": "gpu", "NvidiaTeslaP100": "gpu", "Tpu1VmV38": "tpu"}
+
+KERNEL_METADATA = "kernel-metadata.json"
+_RUNTIME_PARAMS = ("data_dir", "artifacts_root", "submission_path")  # resolved inside the kernel
+
+
+def kernel_metadata(
+    user: str,
+    slug: str,
+    code_file: str,
+    dataset_sources: Sequence[str],
+    competition_sources: Sequence[str],
+    title: str | None = None,
+    is_private: bool = True,
+    enable_gpu: bool = False,
+    accelerator: str | None = None,
+    model_sources: Sequence[str] = (),
+    kernel_sources: Sequence[str] = (),
+) -> dict:
+    """Kaggle's ``kernel-metadata.json`` for a notebook with the internet off.
+
+    Args:
+        user: the owner; slug: the kernel's slug (6-50 of ``[a-z0-9-]``).
+        code_file: the notebook's file name inside the kernel folder.
+        dataset_sources, competition_sources, model_sources, kernel_sources: attached inputs (``user/slug``,
+            competition slugs, ``owner/model/framework/variation/version``, ``user/kernel``).
+        title: default: the slug with spaces.
+        is_private, enable_gpu: as Kaggle's fields.
+        accelerator: a ``MACHINE_SHAPES`` name (``NvidiaTeslaT4``, ...) written as ``machine_shape``; a GPU shape sets
+            ``enable_gpu``, a TPU ``enable_tpu``.
+    Returns:
+        The dict; ``enable_internet`` is False (explicit: Kaggle's default is True).
+    Raises:
+        ValueError: a bad slug or title, or an unknown accelerator (the message lists the known ones).
+    """
+    _check_slug(slug, "kernel")
+    title = _check_title(title or slug.replace("-", " "), slug, "kernel")
+    if accelerator and accelerator not in MACHINE_SHAPES:
+        raise ValueError(f"unknown accelerator {accelerator!r}; options: {sorted(MACHINE_SHAPES)}")
+    kind = MACHINE_SHAPES.get(accelerator or "")
+    meta = {
+        "id": f"{kaggle_user(user)}/{slug}",
+        "title": title,
+        "code_file": code_file,
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": bool(is_private),
+        "enable_gpu": bool(enable_gpu) or kind == "gpu",
+        "enable_tpu": kind == "tpu",
+        "enable_internet": False,
+        "dataset_sources": list(dict.fromkeys(dataset_sources)),
+        "competition_sources": list(dict.fromkeys(competition_sources)),
+        "kernel_sources": list(kernel_sources),
+        "model_sources": list(model_sources),
+    }
+    if accelerator:
+        meta["machine_shape"] = accelerator
+    return meta
+
+
+@dataclass
+class Kernel:
+    """A kernel folder written by ``kernel``: ``path/<code_file>`` and ``path/kernel-metadata.json``."""
+
+    path: Path
+    kernel_id: str
+    code_file: str
+    metadata: dict = field(repr=False)
+    parameters: dict = field(repr=False)
+
+
+def _run_tool(module: str, args: Sequence[str], stdin: bytes | None = None) -> bytes:
+    proc = subprocess.run([sys.executable, "-m", module, *args], input=stdin, capture_output=True)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace")
+        if f"No module named {module}" in err:
+            raise RuntimeError(f"{module} is not installed here: pip install jupytext papermill (or -e '.[notebooks]')")
+        raise RuntimeError(f"{module} {' '.join(args[:2])} failed: {_last_line(err)}")
+    return proc.stdout
+
+
+def _code_cell(source: str, tag: str) -> dict:
+    return {"cell_type": "code", "execution_count": None, "metadata": {"tags": [tag]}, "outputs": [],
+            "source": source.splitlines(keepends=True)}  # fmt: skip
+
+
+def _install_cell(dataset_id: str, wheels: Sequence[str]) -> str:
+    """The first cell: the source of ``kitlib.kaggle_install_cell`` and a call of its ``install`` with the bundle's
+    dataset, input patterns (``find_input``'s) and wheels, and the offline switches (``OFFLINE_VARS``)."""
+    source = Path(kaggle_install_cell.__file__).read_text(encoding="utf-8")
+    call = f"install({dataset_id!r}, {input_patterns(dataset_id)!r}, {list(wheels)!r}, {list(OFFLINE_VARS)!r})"
+    return f"# Written by kitlib.kaggle_kernel from kitlib/kaggle_install_cell.py\n{source.rstrip()}\n\n{call}\n"
+
+
+def _paths_cell(dataset_id: str, competition: str) -> str:
+    return f"""\
+# Written by kitlib.kaggle_kernel: the competition data and the bundle under /kaggle/input, the submission in
+# /kaggle/working
+import kitlib
+from kitlib import kaggle
+
+data_dir = str(kaggle.find_input({competition!r}))
+artifacts_root = str(kaggle.bundle_artifacts({dataset_id!r}))
+submission_path = str(kaggle.working_dir() / "submission.csv")
+print(f"kitlib {{kitlib.__version__}} from {{kitlib.__file__}}")
+print(f"data_dir={{data_dir}}\\nartifacts_root={{artifacts_root}}\\nsubmission_path={{submission_path}}")
+"""
+
+
+def kernel(
+    bundle_dir: str | os.PathLike,
+    competition: str | None = None,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    user: str | None = None,
+    slug: str | None = None,
+    title: str | None = None,
+    notebook: str | os.PathLike = "notebooks/40_submit.py",
+    params: Mapping[str, Any] | None = None,
+    is_private: bool = True,
+    enable_gpu: bool = False,
+    accelerator: str | None = None,
+    datasets: Sequence[str] = (),
+    models: Sequence[str] = (),
+) -> Kernel:
+    """Write the kernel folder that runs ``40_submit`` on Kaggle with the bundle's wheels and artifacts.
+
+    The notebook is converted with jupytext, its parameters injected with ``papermill --prepare-only`` (``exp``,
+    ``preset``, ``ensemble`` from the bundle, ``n_folds`` 0: every fold in the bundle, then ``params``), a first cell
+    installs the wheels offline, and a cell after the injected parameters sets ``data_dir``, ``artifacts_root`` and
+    ``submission_path`` with ``find_input`` / ``bundle_artifacts`` / ``working_dir`` when the kernel runs.
+
+    Args:
+        bundle_dir: a folder written by ``bundle``.
+        competition: the competition slug; default ``COMPETITIONS[preset]``.
+        out_dir: default ``runs/kaggle/<slug>``; an existing kernel folder there is replaced, no other folder.
+        user: default ``KAGGLE_USERNAME`` or kaggle.json; slug: default ``kit-<name>-submit``; title: the slug
+            with spaces.
+        notebook: the jupytext notebook (relative: to the repository root).
+        params: more notebook parameters (``tta``, ``batch_size``, ``device``, ...); strings are converted to the
+            parameter's annotated type.
+        is_private, enable_gpu, accelerator: ``kernel-metadata.json`` (see ``kernel_metadata``).
+        datasets: more dataset sources (``user/slug``, e.g. pretrained weights); models: Kaggle model sources.
+    Returns:
+        ``Kernel``.
+    Raises:
+        FileNotFoundError: no bundle manifest or notebook.
+        ValueError: no competition for the preset, an unknown parameter or one the kernel sets itself, a bad
+            value, slug, title or accelerator.
+        RuntimeError: jupytext or papermill missing or failing.
+        FileExistsError: ``out_dir`` exists and is not a kernel folder.
+    """
+    info = Bundle.read(bundle_dir)
+    if not competition:
+        if info.preset not in COMPETITIONS:
+            raise ValueError(
+                f"no Kaggle competition known for preset {info.preset!r}; pass --competition SLUG "
+                f"(known: {', '.join(f'{k}={v}' for k, v in COMPETITIONS.items())})"
+            )
+        competition = COMPETITIONS[info.preset]
+    input_patterns(competition)
+    name = info.ensemble or info.exp
+    slug = slug or f"kit-{_slugify(name)}-submit"
+    notebook = Path(notebook).expanduser()
+    if not notebook.is_absolute():
+        local = project_path(notebook)
+        notebook = local if local.is_file() else _checkout() / notebook
+    if not notebook.is_file():
+        raise FileNotFoundError(f"{notebook}: no such notebook")
+    code_file = notebook.with_suffix(".ipynb").name
+    out = _check_out(Path(out_dir) if out_dir is not None else project_path("runs/kaggle") / slug, KERNEL_METADATA)
+    meta = kernel_metadata(
+        user, slug, code_file, [info.dataset_id, *datasets], [competition], title=title, is_private=is_private,
+        enable_gpu=enable_gpu, accelerator=accelerator, model_sources=models,
+    )  # fmt: skip
+    raw = json.loads(_run_tool("jupytext", ["--to", "ipynb", "--output", "-", str(notebook)]))
+    declared = read_declaration(notebook)
+    values: dict[str, Any] = {"exp": info.exp, "preset": info.preset, "ensemble": info.ensemble, "n_folds": 0}
+    for key, value in (params or {}).items():
+        if key in _RUNTIME_PARAMS:
+            raise ValueError(f"parameter {key}: the kernel sets it when it runs (from the Kaggle input folders)")
+        if key not in declared:
+            raise ValueError(f"unknown parameter {key!r} of {notebook.name}; options: {sorted(declared)}")
+        kind = declared[key].type
+        values[key] = coerce_text(key, value, kind) if isinstance(value, str) else check_value(key, value, kind)
+    values = {k: v for k, v in values.items() if k in declared}
+    prepared = _run_tool(
+        "papermill",
+        ["-", "-", "--prepare-only", "--no-progress-bar", "-y", json.dumps(values)],
+        json.dumps(raw).encode(),
+    )
+    nb = json.loads(prepared)
+    cells = nb["cells"]
+    at = next(i for i, c in enumerate(cells) if "injected-parameters" in c.get("metadata", {}).get("tags", []))
+    cells.insert(at + 1, _code_cell(_paths_cell(info.dataset_id, competition), "kaggle-paths"))
+    cells.insert(0, _code_cell(_install_cell(info.dataset_id, info.wheels), "kaggle-install"))
+    nb.setdefault("metadata", {})["kitlib"] = {"bundle": info.dataset_id, "competition": competition}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write_json(tmp / code_file, nb)
+        write_json(tmp / KERNEL_METADATA, meta)
+        _replace_dir(tmp, out, KERNEL_METADATA)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Kernel(path=out, kernel_id=meta["id"], code_file=code_file, metadata=meta, parameters=values)
