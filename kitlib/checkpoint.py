@@ -103,6 +103,7 @@ def save_last(
     scheduler: Any = None,
     scaler: Any = None,
     ema: Any = None,
+    average: Any = None,
     run_id: str = "",
     monitor: str = "",
     extra: Mapping[str, Any] | None = None,
@@ -114,7 +115,8 @@ def save_last(
         model: the trained model (possibly DDP-wrapped).
         model_config: ``create_model`` / ``create_classifier`` keywords.
         state: the run's ``TrainingState`` after the epoch.
-        optimizer, scheduler, scaler, ema: their ``state_dict`` is saved (None: none).
+        optimizer, scheduler, scaler, ema, average: their ``state_dict`` is saved (None: none; ``average`` is a
+            ``kitlib.averaging.WeightAverage``).
         run_id: the configuration's fingerprint; monitor: the history column that picks ``best.pt``.
         extra: more entries (``fold``, ``preset``, ``exp``).
     """
@@ -123,6 +125,7 @@ def save_last(
         "finished": state.finished, "optimizer": optimizer.state_dict(),
         "scheduler": None if scheduler is None else scheduler.state_dict(),
         "scaler": None if scaler is None else scaler.state_dict(), "ema": None if ema is None else ema.state_dict(),
+        "average": None if average is None or not average.active else average.state_dict(),
         "best_score": state.best_score, "best_epoch": state.best_epoch, "stale": state.stale,
         "history": state.history, "rng": _rng_state(), "monitor": monitor,
     }  # fmt: skip
@@ -153,13 +156,14 @@ def resume(
     scheduler: Any = None,
     scaler: Any = None,
     ema: Any = None,
+    average: Any = None,
 ) -> TrainingState | None:
     """Load ``last.pt`` into the model and the training objects, and restore the random generators.
 
     Args:
         path: ``fold<k>/last.pt``; nothing happens when it does not exist.
         run_id: this run's configuration; a checkpoint of another one is refused.
-        model, optimizer, scheduler, scaler, ema: receive their saved states (None: skipped).
+        model, optimizer, scheduler, scaler, ema, average: receive their saved states (None: skipped).
     Returns:
         The ``TrainingState`` after the checkpoint's epoch, or None when there is no ``last.pt``.
     Raises:
@@ -178,7 +182,7 @@ def resume(
         )
     unwrap(model).load_state_dict(saved["state_dict"])
     optimizer.load_state_dict(saved["optimizer"])
-    for target, key in ((scheduler, "scheduler"), (scaler, "scaler"), (ema, "ema")):
+    for target, key in ((scheduler, "scheduler"), (scaler, "scaler"), (ema, "ema"), (average, "average")):
         if target is not None and saved.get(key) is not None:
             target.load_state_dict(saved[key])
     _set_rng_state(saved["rng"])

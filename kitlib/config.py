@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kitlib.io import read_json, run_info, write_json
+from kitlib.io import project_path, read_json, run_info, write_json
 from kitlib.params import Parameter, ParameterError, canonical_type, check_value, read_declaration
 
 __all__ = ["StageConfig"]
@@ -162,7 +162,9 @@ class StageConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> StageConfig:
-        """Rebuild the config saved by ``save`` from the file alone (its ``types`` travel with it).
+        """Rebuild the config saved by ``save`` from the file alone (its ``types`` travel with it). Parameters the
+        stage's notebook declares and the file lacks (a config written by an older kit) take their declared defaults
+        when the notebook is in this checkout.
 
         Raises:
             FileNotFoundError: no such file. ValueError: not a config of this stage (the message names the file).
@@ -175,8 +177,13 @@ class StageConfig:
         if cls.stage and data.get("stage") != cls.stage:
             raise ValueError(f"{path}: a config of stage {data.get('stage')!r}, not {cls.stage!r}")
         extra = {k: v for k, v in data.items() if k not in ("stage", "params", "types", "run")}
+        params, types = dict(data["params"]), dict(data["types"])
+        if cls.notebook and project_path(cls.notebook).is_file():  # a config of an older kit: the new parameters'
+            for p in cls.declaration().values():  # defaults (None: the recipe's value, as when it was trained)
+                if p.name not in types and not p.required:
+                    params[p.name], types[p.name] = p.default, p.type
         try:
-            return cls(data["params"], data["types"], extra)
+            return cls(params, types, extra)
         except ParameterError as e:
             raise ParameterError(f"{path}: {e}") from None
 

@@ -12,8 +12,9 @@ precision on CUDA (bf16, or fp16 with a GradScaler; off on CPU), channels_last, 
 ``torchrun``.
 
 Determinism: every epoch reseeds torch, numpy, ``random``, the sampler and the albumentations pipeline from
-``(seed, epoch)``, so epoch e draws the same batches and augmentations whether the run started at epoch 0 or resumed
-from ``last.pt``; on CPU two runs with the same seed give identical weights and OOF bytes.
+``(seed, epoch)``, so epoch e draws the same batches, augmentations and batch mixes (``kitlib.mixes``, from numpy's
+state) whether the run started at epoch 0 or resumed from ``last.pt``; on CPU two runs with the same seed give
+identical weights and OOF bytes.
 
 Batches are dicts (``{"image_id", "image", "mask" | "label"}``, ``kitlib.data``); models return logits, or
 ``(mask_logits, cls_logits)`` with a classification head (``kitlib.models.create_model(aux_head=True)``).
@@ -25,7 +26,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,11 @@ from torch.utils.data.distributed import DistributedSampler
 
 from kitlib import checkpoint
 from kitlib._private import progress
+from kitlib.averaging import WeightAverage, recompute_bn
 from kitlib.io import write_csv
 from kitlib.losses import SegClsLoss
-from kitlib.optim import make_ema
+from kitlib.mixes import make_mix
+from kitlib.optim import make_ema, steps_per_epoch_only
 from kitlib.presets import Preset
 from kitlib.runtime import (
     all_reduce,
@@ -120,6 +123,7 @@ def train_one_epoch(
     channels_last: bool = False,
     epoch: int = 0,
     desc: str = "train",
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader`` with optimiser steps every ``accumulate`` batches.
 
@@ -140,6 +144,8 @@ def train_one_epoch(
         channels_last: feed NHWC images (the model should be converted too).
         epoch: 0-based, for the sampler and error messages.
         desc: progress-bar label.
+        mix: ``(images, labels) -> (images, targets)`` before the forward pass (a ``kitlib.mixes.BatchMix``: mixed
+            images and soft targets); None: batches as they come.
     Returns:
         ``{"loss": mean over batches, "<term>": mean of each loss term, "grad_norm": mean pre-clip norm (when
         clipping)}`` of this process.
@@ -159,6 +165,8 @@ def train_one_epoch(
     bar = progress(loader, desc=desc, leave=False, delay=5, dynamic_ncols=True)
     for i, batch in enumerate(bar):
         images, target = to_device(batch, device, channels_last, key)
+        if mix is not None:
+            images, target = mix(images, target)
         step_now = (i + 1) % accumulate == 0 or i + 1 == n_batches
         sync = nullcontext() if step_now or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
@@ -255,6 +263,7 @@ def predict(
     channels_last: bool = False,
     tta: str = "none",
     desc: str = "predict",
+    tta_weight: float | None = None,
 ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor | None]]:
     """Probabilities batch by batch, so a whole test set is never held in memory.
 
@@ -267,7 +276,10 @@ def predict(
         out_size: (H, W) to resize segmentation probabilities to (bilinear, ``align_corners=False``), e.g. the
             competition's scoring resolution; None keeps the model's.
         tta: a ``kitlib.tta`` name ("none", "hflip", "vflip", "flips", "d4"): ``kitlib.tta.predict_tta`` averages the
-            probabilities over the augmented views after undoing each augmentation.
+            probabilities over the augmented views after undoing each augmentation; crops and rescales
+            ("five_crop", "multiscale", ...) for classifiers.
+        tta_weight: ``predict_tta``'s ``plain_weight``: the plain view's weight against the mean of the others; None
+            weighs every view the same.
     Yields:
         ``(image_ids, probs, cls_probs)``: probs (B, K, H, W) or (B, C) float32 on the CPU in [0, 1]; cls_probs
         (B, K) from a classification head (sigmoid), else None.
@@ -277,7 +289,7 @@ def predict(
         for batch in progress(loader, desc=desc, leave=False, delay=5, dynamic_ncols=True):
             images, _ = to_device(batch, device, channels_last, None)
             with autocast(device, amp_dtype):
-                out = predict_tta(model, images, tta, activation, cls_activation="sigmoid")
+                out = predict_tta(model, images, tta, activation, cls_activation="sigmoid", plain_weight=tta_weight)
             probs, cls_probs = out if isinstance(out, tuple) else (out, None)
             if out_size is not None and probs.dim() == 4 and tuple(probs.shape[-2:]) != tuple(out_size):
                 probs = F.interpolate(probs, size=tuple(out_size), mode="bilinear", align_corners=False)
@@ -297,6 +309,9 @@ class FitResult:
         monitor: the history column that picked ``best.pt`` ("valid_dice", "valid_loss", ...).
         resumed_from: the epoch after which a previous run's ``last.pt`` was loaded, else None.
         stopped_early: whether ``patience`` ended the run.
+        paths: ``last``, ``best`` and ``history`` files.
+        averaged: with weight averaging (``cfg.swa_epochs`` / ``cfg.average_top_k``), the method and the averaged
+            weights' validation scores (they are ``best.pt``; the best epoch's weights are ``best_epoch.pt``).
     """
 
     history: pd.DataFrame
@@ -306,6 +321,7 @@ class FitResult:
     resumed_from: int | None = None
     stopped_early: bool = False
     paths: dict[str, Path] = field(default_factory=dict)
+    averaged: dict[str, Any] | None = None
 
 
 def fit(
@@ -347,11 +363,15 @@ def fit(
             (``resolve_amp``; fp16 adds a GradScaler), ``accumulate``, ``clip_grad_norm``, ``channels_last``,
             ``ema_decay`` (0: none; validation and ``best.pt`` use the EMA weights), ``monitor`` (the history column
             that picks ``best.pt``; "" for ``valid_<metric>``; ``*loss`` and ``*error`` are minimised), ``patience``
-            (epochs without improvement before stopping; 0: never) and ``seed``.
+            (epochs without improvement before stopping; 0: never), ``seed``, ``swa_epochs`` / ``average_top_k``
+            (weight averaging at the end, ``kitlib.averaging``: the averaged weights become ``best.pt``, the best
+            epoch's ``best_epoch.pt``), and the batch mix of classification runs (``mix``, ``mix_prob``,
+            ``mix_alpha``; ``mix_epochs``: the first epochs mix, the rest train unmixed; validation is never mixed).
         out_dir: the fold's artifact folder.
         model_config: ``create_model`` / ``create_classifier`` keywords, saved with the weights.
         device: the training device.
-        scheduler: stepped per optimiser step (``kitlib.optim.make_scheduler``).
+        scheduler: ``kitlib.optim.make_scheduler``'s: stepped per optimiser step, or per epoch with the monitored
+            score for "plateau".
         run_id: fingerprint of the configuration (``TrainConfig.run_id``, with the folds).
         extra: more entries saved in both checkpoints (``fold``, ``preset`` ...).
         stop_after_epoch: end the process's training after this epoch as if killed (tests of resuming).
@@ -365,41 +385,40 @@ def fit(
     epochs = int(cfg.n_epochs)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    preset, out_dir, info = cfg.model_preset, Path(out_dir), dist_info()
     amp_dtype = resolve_amp(cfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    ema = make_ema(model, cfg.ema_decay) if cfg.ema_decay else None
-    monitor = cfg.monitor or f"valid_{preset.metric}"
-    minimise = monitor.endswith("loss") or monitor.endswith("error")
+    monitor, minimise = cfg.monitor_column, cfg.minimise
+    run = _Run(
+        model=model, train_loader=train_loader, valid_loader=valid_loader, loss_fn=loss_fn, optimizer=optimizer,
+        scheduler=scheduler, cfg=cfg, device=device, amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None,
+        ema=make_ema(model, cfg.ema_decay) if cfg.ema_decay else None,
+        mix=make_mix(cfg.mix, cfg.model_preset.num_classes, cfg.mix_prob, cfg.mix_alpha) if cfg.mix_epochs else None,
+        average=WeightAverage(model, out_dir, epochs, min(cfg.swa_epochs, epochs), min(cfg.average_top_k, epochs),
+                              minimise),  # a smoke run averages what it has
+    )  # fmt: skip
+    out_dir, info = Path(out_dir), dist_info()
     paths = {"last": out_dir / "last.pt", "best": out_dir / "best.pt", "history": out_dir / "history.csv"}
-    extra = dict(extra or {})
-    state = checkpoint.resume(paths["last"], run_id, model, optimizer, scheduler, scaler, ema) if resume else None
+    saved = dict(model_config=model_config, run_id=run_id, monitor=monitor, extra=dict(extra or {}))
+    state = (checkpoint.resume(paths["last"], run_id, model, optimizer, scheduler, run.scaler, run.ema, run.average)
+             if resume else None)  # fmt: skip
     resumed_from = None if state is None else state.epoch + 1
     state = state or checkpoint.TrainingState()
-    group_names = [g.get("name", str(i)) for i, g in enumerate(optimizer.param_groups)]
     stopped_early = False
     for epoch in range(epochs if state.finished else state.epoch + 1, epochs):
-        started = time.perf_counter()
-        _reseed(train_loader, cfg.seed, epoch, info.rank)
-        lrs = {f"lr_{name}": g["lr"] for name, g in zip(group_names, optimizer.param_groups, strict=True)}
-        train = train_one_epoch(
-            model, train_loader, loss_fn, optimizer, preset, device, scheduler=scheduler, scaler=scaler,
-            amp_dtype=amp_dtype, accumulate=cfg.accumulate, clip_grad_norm=cfg.clip_grad_norm, ema=ema,
-            channels_last=cfg.channels_last, epoch=epoch, desc=f"epoch {epoch + 1}/{epochs}",
-        )  # fmt: skip
-        eval_model = ema.module if ema is not None else model
-        valid = evaluate(eval_model, valid_loader, loss_fn, preset, device, amp_dtype, cfg.channels_last)
-        row = {"epoch": epoch, **{f"train_{k}": v for k, v in _mean_over_ranks(train).items()}}
-        row.update({f"valid_{k}": v for k, v in valid.items()}, **lrs, time_s=round(time.perf_counter() - started, 3))
+        row = _run_epoch(run, epoch, epochs)
         improved = state.record(row, monitor, minimise)
+        run.average.after_epoch(model, epoch, float(row[monitor]), write=info.is_main)
+        if steps_per_epoch_only(scheduler):
+            scheduler.step(row[monitor])
         stop = bool(cfg.patience) and state.stale >= cfg.patience
         state.finished = stop or epoch + 1 == epochs
         if info.is_main:
             if improved:
-                checkpoint.save_best(paths["best"], eval_model, model_config, epoch, state.best_score, monitor, run_id,
-                                     extra)  # fmt: skip
+                checkpoint.save_best(paths["best"], run.eval_model, model_config, epoch, state.best_score, monitor,
+                                     run_id, saved["extra"])  # fmt: skip
             checkpoint.save_last(paths["last"], model, model_config, state, optimizer=optimizer, scheduler=scheduler,
-                                 scaler=scaler, ema=ema, run_id=run_id, monitor=monitor, extra=extra)  # fmt: skip
+                                 scaler=run.scaler, ema=run.ema, average=run.average, run_id=run_id, monitor=monitor,
+                                 extra=saved["extra"])  # fmt: skip
             write_csv(paths["history"], pd.DataFrame(state.history), index=False)
             _epoch_line(row, monitor, improved)
         barrier()
@@ -408,10 +427,80 @@ def fit(
             break
         if stop_after_epoch is not None and epoch >= stop_after_epoch and not state.finished:
             break
+    averaged = _finish_average(run, state, paths, saved) if run.average.active and state.finished else None
     return FitResult(
         history=pd.DataFrame(state.history), best_score=state.best_score, best_epoch=state.best_epoch,
-        monitor=monitor, resumed_from=resumed_from, stopped_early=stopped_early, paths=paths,
+        monitor=monitor, resumed_from=resumed_from, stopped_early=stopped_early, paths=paths, averaged=averaged,
     )  # fmt: skip
+
+
+@dataclass
+class _Run:
+    """What every epoch of one ``fit`` uses."""
+
+    model: nn.Module
+    train_loader: DataLoader
+    valid_loader: DataLoader
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    cfg: Any
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    scaler: Any
+    ema: Any
+    mix: Any
+    average: WeightAverage
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is validated and saved as ``best.pt``: the EMA of the weights when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def _run_epoch(run: _Run, epoch: int, epochs: int) -> dict[str, float]:
+    """Train and validate one epoch; its history row."""
+    cfg, started = run.cfg, time.perf_counter()
+    _reseed(run.train_loader, cfg.seed, epoch, dist_info().rank)
+    groups = run.optimizer.param_groups
+    lrs = {f"lr_{g.get('name', str(i))}": g["lr"] for i, g in enumerate(groups)}
+    per_step = None if steps_per_epoch_only(run.scheduler) else run.scheduler
+    train = train_one_epoch(
+        run.model, run.train_loader, run.loss_fn, run.optimizer, cfg.model_preset, run.device, scheduler=per_step,
+        scaler=run.scaler, amp_dtype=run.amp_dtype, accumulate=cfg.accumulate, clip_grad_norm=cfg.clip_grad_norm,
+        ema=run.ema, channels_last=cfg.channels_last, epoch=epoch, desc=f"epoch {epoch + 1}/{epochs}",
+        mix=run.mix if epoch < cfg.mix_epochs else None,
+    )  # fmt: skip
+    valid = evaluate(run.eval_model, run.valid_loader, run.loss_fn, cfg.model_preset, run.device, run.amp_dtype,
+                     cfg.channels_last)  # fmt: skip
+    row = {"epoch": epoch, **{f"train_{k}": v for k, v in _mean_over_ranks(train).items()}}
+    row.update({f"valid_{k}": v for k, v in valid.items()}, **lrs, time_s=round(time.perf_counter() - started, 3))
+    return row
+
+
+def _finish_average(run: _Run, state: Any, paths: dict[str, Path], saved: dict[str, Any]) -> dict[str, Any]:
+    """The averaged weights (``kitlib.averaging``), their BatchNorm statistics recomputed, validated, and saved as
+    ``best.pt`` (what OOF and test predictions load); the best single epoch's weights move to ``best_epoch.pt``."""
+    cfg, info = run.cfg, dist_info()
+    averaged = run.average.averaged(run.model).to(run.device)
+    _reseed(run.train_loader, cfg.seed, int(cfg.n_epochs), info.rank)
+    recompute_bn(averaged, run.train_loader, run.device, cfg.channels_last)
+    valid = evaluate(averaged, run.valid_loader, run.loss_fn, cfg.model_preset, run.device, run.amp_dtype,
+                     cfg.channels_last)  # fmt: skip
+    scores = {f"valid_{k}": v for k, v in valid.items()}
+    if info.is_main:
+        best_epoch = paths["best"].with_name("best_epoch.pt")
+        if paths["best"].is_file() and not best_epoch.is_file():
+            os.replace(paths["best"], best_epoch)
+        extra = {**saved["extra"], "averaged": run.average.description, "best_epoch": state.best_epoch}
+        checkpoint.save_best(paths["best"], averaged, saved["model_config"], -1, float(scores[saved["monitor"]]),
+                             saved["monitor"], saved["run_id"], extra)  # fmt: skip
+        from tqdm import tqdm
+
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in scores.items())
+        tqdm.write(f"averaged ({run.average.description}): {shown}", file=sys.stderr)
+    barrier()
+    return {"method": run.average.description, **scores}
 
 
 def _reseed(loader: DataLoader, seed: int, epoch: int, rank: int) -> None:

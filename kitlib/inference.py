@@ -267,6 +267,7 @@ def predict_test(
     num_workers: int = 0,
     desc: str = "test",
     gate_models: Sequence[FoldModel] | None = None,
+    tta_weight: float | None = None,
 ) -> Iterator[Batch]:
     """Ensemble probabilities of the test images, batch by batch.
 
@@ -282,7 +283,10 @@ def predict_test(
         preset: the competition; its ``submission_size`` is the scoring size, or each image's own (height, width)
             when None.
         batch_size: images per batch.
-        tta: a ``kitlib.tta`` name ("none", "hflip", "vflip", "flips", "d4") or a list of transforms.
+        tta: a ``kitlib.tta`` name ("none", "hflip", "vflip", "flips", "d4"; for classifiers also "five_crop",
+            "center_crop", "multiscale", ...) or a list of transforms.
+        tta_weight: the plain view's weight against the mean of the other TTA views (``predict_tta``'s
+            ``plain_weight``); None weighs them all the same.
         num_workers: DataLoader processes per input transform.
         gate_models: presence classifier folds whose mean probabilities become ``cls_probs``.
     Yields:
@@ -310,7 +314,8 @@ def predict_test(
         probs_sum, cls_sum, cls_weight, gate_sum = None, None, 0.0, None
         for batch, group in zip(batches, groups.values(), strict=True):
             for m, w in group:
-                probs, cls_probs = _predict_batch(m, batch, common if m.preset.is_segmentation else None, tta, desc)
+                probs, cls_probs = _predict_batch(m, batch, common if m.preset.is_segmentation else None, tta, desc,
+                                                 tta_weight)  # fmt: skip
                 if m.presence:
                     gate_sum = probs * w if gate_sum is None else gate_sum + probs * w
                 elif preset.is_segmentation and common is None:
@@ -358,12 +363,13 @@ def _weighted_models(
     return [(m, w / total) for m, w in weighted] + [(m, 1.0 / len(gate_models)) for m in gate_models]
 
 
-def _predict_batch(m: FoldModel, batch: dict, out_size: tuple[int, int] | None, tta, desc: str):
+def _predict_batch(m: FoldModel, batch: dict, out_size: tuple[int, int] | None, tta, desc: str, tta_weight=None):
     """One model's (TTA-averaged) probabilities and head probabilities of one batch (``engine.predict``)."""
     device = next(m.model.parameters()).device
     _, probs, cls_probs = next(engine.predict(
         m.model, [batch], device, activation=m.preset.activation, out_size=out_size,
         amp_dtype=resolve_amp(m.config.amp, device), channels_last=m.config.channels_last, tta=tta, desc=desc,
+        tta_weight=tta_weight,
     ))  # fmt: skip
     return probs, cls_probs
 

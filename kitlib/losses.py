@@ -2,9 +2,10 @@
 
 Segmentation losses come from ``segmentation_models_pytorch.losses`` (smp) where smp has them. The kit adds what
 smp lacks: an SSIM loss, weighted sums of losses and a mask + classification-head loss (``SegClsLoss``). The
-classification losses of the Cassava solutions (focal CE, bi-tempered, focal cosine, Taylor CE, symmetric CE) live
-in ``kitlib.robust_losses``; the registry ``LOSSES`` here lists them too. Every loss takes raw logits, never
-probabilities.
+classification losses live in ``kitlib.class_losses`` (cross-entropy with label smoothing in torch's and the
+bi-tempered reference's conventions, focal CE; targets, class weights) and ``kitlib.robust_losses`` (the Cassava
+solutions' bi-tempered, focal cosine, Taylor CE, symmetric CE, NCE+RCE); the registry ``LOSSES`` here lists them
+too. Every loss takes raw logits, never probabilities.
 
 Segmentation losses take a ``mode``, in smp's words; a preset's ``task`` is that mode
 (``create_loss("dice", mode=preset.task)``):
@@ -14,8 +15,9 @@ Segmentation losses take a ``mode``, in smp's words; a preset's ``task`` is that
   Clouds).
 - ``"multiclass"``: logits (N, C, H, W); masks (N, H, W) int64 class indices, background 0 (trash contest).
 
-Classification losses take logits (N, C) and int64 targets (N,) (Cassava); "ce", "bi_tempered" and "taylor_ce"
-also take soft targets (N, C) float.
+Classification losses take logits (N, C) and int64 labels (N,) (Cassava) or soft targets (N, C) float (the batch
+mixes of ``kitlib.mixes``), and a ``weight`` per class. ``loss_parameters(name)`` lists the keywords a loss takes
+(what ``loss_kwargs`` may hold), ``check_loss_kwargs`` refuses others before anything is built.
 
 Usage::
 
@@ -27,6 +29,7 @@ Usage::
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,14 +40,8 @@ import torch.nn.functional as F
 from segmentation_models_pytorch import losses as smp_losses
 from torch import nn
 
-from kitlib.robust_losses import (
-    BiTemperedLoss,
-    FocalCELoss,
-    FocalCosineLoss,
-    SymmetricCELoss,
-    TaylorCELoss,
-    _check_reduction,
-)
+from kitlib.class_losses import CrossEntropyLoss, FocalCELoss, check_reduction
+from kitlib.robust_losses import BiTemperedLoss, FocalCosineLoss, NCERCELoss, SymmetricCELoss, TaylorCELoss
 
 __all__ = [
     "MODES",
@@ -52,8 +49,10 @@ __all__ = [
     "SEGMENTATION_LOSSES",
     "RECIPES",
     "LossRecipe",
+    "check_loss_kwargs",
     "create_loss",
     "create_recipe",
+    "loss_parameters",
     "WeightedSum",
     "SegClsLoss",
     "mask_presence",
@@ -107,7 +106,7 @@ class SoftBCELoss(smp_losses.SoftBCEWithLogitsLoss):
         _check_mode(mode, ("binary", "multilabel"))
         super().__init__(
             ignore_index=ignore_index,
-            reduction=_check_reduction(reduction),
+            reduction=check_reduction(reduction),
             smooth_factor=smooth_factor,
             pos_weight=pos_weight,
         )
@@ -132,26 +131,42 @@ def _bce(
     return SoftBCELoss(mode, smooth_factor, pos_weight, ignore_index, reduction)
 
 
+def _signature_of(cls: type) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Give a factory ``fn(*, mode, **kwargs) -> cls(mode, **kwargs)`` the signature of ``cls``, so that
+    ``loss_parameters`` names the keywords smp's class takes."""
+
+    def mark(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        fn.__signature__ = inspect.signature(cls)
+        return fn
+
+    return mark
+
+
+@_signature_of(smp_losses.DiceLoss)
 def _dice(*, mode: str, **kwargs: Any) -> nn.Module:
     """smp ``DiceLoss``: 1 - soft Dice per class over the batch, classes without target pixels count 0."""
     return smp_losses.DiceLoss(_check_mode(mode), **kwargs)
 
 
+@_signature_of(smp_losses.JaccardLoss)
 def _jaccard(*, mode: str, **kwargs: Any) -> nn.Module:
     """smp ``JaccardLoss``: 1 - soft IoU per class over the batch, classes without target pixels count 0."""
     return smp_losses.JaccardLoss(_check_mode(mode), **kwargs)
 
 
+@_signature_of(smp_losses.FocalLoss)
 def _focal(*, mode: str, **kwargs: Any) -> nn.Module:
     """smp ``FocalLoss`` (Lin et al. 2017) on sigmoid outputs; multiclass sums one-vs-rest terms over classes."""
     return smp_losses.FocalLoss(_check_mode(mode), **kwargs)
 
 
+@_signature_of(smp_losses.LovaszLoss)
 def _lovasz(*, mode: str, **kwargs: Any) -> nn.Module:
     """smp ``LovaszLoss`` (Berman et al. 2018): Lovasz hinge (binary, multilabel), Lovasz-softmax (multiclass)."""
     return smp_losses.LovaszLoss(_check_mode(mode), **kwargs)
 
 
+@_signature_of(smp_losses.TverskyLoss)
 def _tversky(*, mode: str, **kwargs: Any) -> nn.Module:
     """smp ``TverskyLoss`` (Salehi et al. 2017): alpha weighs false positives, beta false negatives."""
     return smp_losses.TverskyLoss(_check_mode(mode), **kwargs)
@@ -164,7 +179,7 @@ def _soft_ce(
     ``smooth_factor=None`` fails at the first call, so the default here is 0."""
     _check_mode(mode, ("multiclass",))
     return smp_losses.SoftCrossEntropyLoss(
-        reduction=_check_reduction(reduction), smooth_factor=smooth_factor, ignore_index=ignore_index
+        reduction=check_reduction(reduction), smooth_factor=smooth_factor, ignore_index=ignore_index
     )
 
 
@@ -431,13 +446,14 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "tversky": _tversky,
     "soft_ce": _soft_ce,
     "ssim": SSIMLoss,
-    # classification: forward(logits (N, C), targets (N,) int64)
-    "ce": nn.CrossEntropyLoss,
+    # classification: forward(logits (N, C), labels (N,) int64 or soft targets (N, C) float)
+    "ce": CrossEntropyLoss,
     "focal_ce": FocalCELoss,
     "bi_tempered": BiTemperedLoss,
     "focal_cosine": FocalCosineLoss,
     "taylor_ce": TaylorCELoss,
     "symmetric_ce": SymmetricCELoss,
+    "nce_rce": NCERCELoss,
     # weighted sum of the above: terms={name: weight or (weight, kwargs)}, mode=
     "combo": _combo,
 }
@@ -465,6 +481,40 @@ def create_loss(name: str, **kwargs: Any) -> nn.Module:
     if name not in LOSSES:
         raise KeyError(f"unknown loss {name!r}; options: {sorted(LOSSES)}")
     return LOSSES[name](**kwargs)
+
+
+def loss_parameters(name: str) -> tuple[str, ...]:
+    """The keywords ``create_loss(name, ...)`` accepts (what ``loss_kwargs`` may hold), read from the loss's signature
+    (smp's class for the smp losses).
+
+    Raises:
+        KeyError: unknown name; the message lists the valid ones.
+    """
+    if name not in LOSSES:
+        raise KeyError(f"unknown loss {name!r}; options: {sorted(LOSSES)}")
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in inspect.signature(LOSSES[name]).parameters.values() if p.kind in kinds)
+
+
+def check_loss_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse keywords that loss ``name`` does not take, before anything is built (for "combo": the terms' too).
+
+    Args:
+        name: key of ``LOSSES``.
+        kwargs: the keywords for ``create_loss(name, **kwargs)``.
+    Raises:
+        KeyError: an unknown loss name (also of a combo term).
+        TypeError: a keyword the loss does not take; the message names the loss and the keywords it takes.
+    """
+    accepted = loss_parameters(name)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"loss {name!r} takes no {', '.join(map(repr, unknown))}; its parameters: {', '.join(accepted)}"
+        )
+    if name == "combo":
+        for term, spec in dict(kwargs.get("terms") or {}).items():
+            check_loss_kwargs(term, dict(spec[1]) if isinstance(spec, tuple | list) and len(spec) > 1 else {})
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,21 @@
 1. ``DEFAULT_RECIPE``: a value for every training parameter that 10_train leaves at None;
 2. ``TRAIN_RECIPES[preset.name]``: the preset's recipe, with its source in ``recipe_source``;
 3. ``PRESENCE_RECIPE`` when the model is a presence classifier (``kitlib.presets.model_preset``);
-4. the notebook's parameters that are not None.
+4. ``NAMED_RECIPES[recipe]`` when the run names one (``-p recipe cassava_1st_b4_bitempered``): what one solution
+   trained, for any preset of its task;
+5. the notebook's parameters that are not None.
 
-The vocabularies the training loop understands (``SCHEDULERS``, ``AMP_MODES``, ``OOF_DTYPES``) live here too, so a
-config is checked without importing torch.
+The vocabularies the training loop understands (``SCHEDULERS``, ``AMP_MODES``, ``OOF_DTYPES``, ``MIXES``) live here
+too, so a config is checked without importing torch.
+
+A recipe's ``loss_kwargs`` belong to the recipe's ``loss``: a run that names another loss without ``loss_kwargs``
+gets none of them (``fill_recipe``).
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Callable
 from typing import Any
 
 from kitlib.presets import Preset
@@ -20,19 +27,25 @@ from kitlib.presets import Preset
 __all__ = [
     "AMP_MODES",
     "DEFAULT_RECIPE",
+    "MIXES",
+    "NAMED_RECIPES",
     "OOF_DTYPES",
     "PRESENCE_RECIPE",
     "SCHEDULERS",
     "TRAIN_RECIPES",
+    "check_optimizer",
+    "fill_recipe",
     "recipe_for",
 ]
 
 #: ``kitlib.optim.make_scheduler`` names.
-SCHEDULERS = ("onecycle", "cosine", "constant")
+SCHEDULERS = ("onecycle", "cosine", "cosine_restarts", "plateau", "constant")
 #: ``kitlib.runtime.resolve_amp`` modes.
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 #: dtypes of a segmentation fold's ``oof_probs.npy``.
 OOF_DTYPES = ("uint8", "float16", "float32")
+#: ``kitlib.mixes.make_mix`` names: batch mixing of classification runs ("none": off).
+MIXES = ("none", "mixup", "cutmix", "fmix", "mixup_cutmix")
 
 #: The value of every training parameter that neither the preset's recipe nor the notebook sets.
 DEFAULT_RECIPE: dict[str, Any] = dict(
@@ -42,6 +55,9 @@ DEFAULT_RECIPE: dict[str, Any] = dict(
     encoder_weights=None,
     aux_head=False,
     dropout=0.0,
+    multi_sample_dropout=0,
+    global_pool="avg",
+    drop_path_rate=0.0,
     model_kwargs={},
     height=256,
     width=256,
@@ -52,9 +68,18 @@ DEFAULT_RECIPE: dict[str, Any] = dict(
     encoder_lr=2.5e-5,
     decoder_lr=2.5e-4,
     weight_decay=0.01,
+    optimizer="adamw",
+    optimizer_kwargs={},
     scheduler="onecycle",
     warmup_epochs=0.0,
     pct_start=0.3,
+    min_lr_ratio=0.0,
+    restart_epochs=1.0,
+    restart_mult=1,
+    plateau_factor=0.1,
+    plateau_patience=2,
+    swa_epochs=0,
+    average_top_k=0,
     loss="clouds_6th",
     loss_kwargs={},
     accumulate=1,
@@ -63,12 +88,107 @@ DEFAULT_RECIPE: dict[str, Any] = dict(
     channels_last=False,
     ema_decay=0.0,
     augment="light",
+    mix="none",
+    mix_prob=0.5,
+    mix_alpha=1.0,
+    mix_off_epochs=0,
     monitor="",
     patience=0,
     num_workers=0,
     cache=True,
     oof_dtype="uint8",
 )
+
+#: What single solutions trained, by name (``-p recipe NAME``): each applies to any preset of its ``task`` and
+#: overrides the preset's recipe; the notebook's parameters still override it. Pretrained weights are the timm tags'
+#: ("imagenet"), attached as files in a Kaggle kernel (``kitlib.offline``).
+NAMED_RECIPES: dict[str, dict[str, Any]] = {
+    "cassava_1st_b4_bitempered": dict(
+        task="classification",
+        model_name="tf_efficientnet_b4.ns_jft_in1k",
+        encoder_weights="imagenet",
+        height=512,
+        width=512,
+        batch_size=16,
+        epochs=10,
+        encoder_lr=1e-4,
+        decoder_lr=1e-4,
+        weight_decay=1e-6,
+        scheduler="cosine",
+        warmup_epochs=1,
+        loss="bi_tempered",
+        loss_kwargs={"t1": 0.8, "t2": 1.4, "label_smoothing": 0.06},
+        channels_last=True,
+        recipe_source="Cassava Leaf Disease 1st place: EfficientNet-B4 Noisy Student at 512x512 with the bi-tempered "
+        "logistic loss (Amid et al. 2019) t1 0.8, t2 1.4, label smoothing 0.06; cosine schedule with a warmup epoch.",
+    ),
+    "cassava_seresnext50_focal_cosine": dict(
+        task="classification",
+        model_name="seresnext50_32x4d.racm_in1k",
+        encoder_weights="imagenet",
+        height=512,
+        width=512,
+        batch_size=16,
+        epochs=10,
+        encoder_lr=1e-4,
+        decoder_lr=1e-4,
+        weight_decay=1e-6,
+        scheduler="cosine_restarts",
+        restart_epochs=10,
+        warmup_epochs=0,
+        loss="focal_cosine",
+        loss_kwargs={"alpha": 1.0, "gamma": 2.0, "xent": 0.1},
+        channels_last=True,
+        recipe_source="Cassava Leaf Disease solutions (discussion 203271): SE-ResNeXt50 at 512x512 with the focal "
+        "cosine loss (Kim et al. 2020, arXiv:2007.07805; alpha 1, gamma 2, xent 0.1), Adam with cosine annealing "
+        "(warm restarts with a 10-epoch cycle: one cycle per run).",
+    ),
+    "cassava_b4_taylor_ce": dict(
+        task="classification",
+        model_name="tf_efficientnet_b4.ns_jft_in1k",
+        encoder_weights="imagenet",
+        height=512,
+        width=512,
+        batch_size=16,
+        epochs=10,
+        encoder_lr=1e-4,
+        decoder_lr=1e-4,
+        weight_decay=1e-6,
+        scheduler="cosine",
+        warmup_epochs=1,
+        loss="taylor_ce",
+        loss_kwargs={"n": 2, "smoothing": 0.2},
+        channels_last=True,
+        recipe_source="Cassava Leaf Disease kernels' Taylor cross-entropy (order 2) with label smoothing "
+        "(kaggle.com/yerramvarun/cassava-taylorce-loss-label-smoothing-combo); 0.2, where the solutions found "
+        "0.2-0.3 best and 0.1 worst, on EfficientNet-B4 Noisy Student at 512x512.",
+    ),
+    "cassava_b4_cutmix_swa": dict(
+        task="classification",
+        model_name="tf_efficientnet_b4.ns_jft_in1k",
+        encoder_weights="imagenet",
+        height=512,
+        width=512,
+        batch_size=16,
+        epochs=12,
+        encoder_lr=1e-4,
+        decoder_lr=1e-4,
+        weight_decay=1e-6,
+        scheduler="cosine",
+        warmup_epochs=1,
+        loss="ce",
+        loss_kwargs={"label_smoothing": 0.3},
+        mix="cutmix",
+        mix_prob=0.5,
+        mix_alpha=1.0,
+        mix_off_epochs=2,
+        swa_epochs=3,
+        channels_last=True,
+        recipe_source="Cassava Leaf Disease solutions: EfficientNet-B4 Noisy Student at 512x512, CE with label "
+        "smoothing 0.3, CutMix (Yun et al. 2019) on half the batches and off for the last 2 epochs, SWA (Izmailov et "
+        "al. 2018) over the last 3 epochs.",
+    ),
+}
 
 # Each preset's default recipe: what its winners trained (with pretrained encoders, which a Kaggle kernel attaches
 # as files), and, for the real-data check and the demo, recipes that train from scratch on a CPU in minutes.
@@ -135,24 +255,8 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
         channels_last=True,
         recipe_source="Trash-sorting contest: Unet++ EfficientNet-B3 at 512x512, CE + Dice.",
     ),
-    "cassava": dict(
-        model_name="tf_efficientnet_b4.ns_jft_in1k",
-        encoder_weights="imagenet",
-        height=512,
-        width=512,
-        batch_size=16,
-        epochs=10,
-        encoder_lr=1e-4,
-        decoder_lr=1e-4,
-        weight_decay=1e-6,
-        scheduler="cosine",
-        warmup_epochs=1,
-        loss="ce",
-        loss_kwargs={"label_smoothing": 0.1},
-        channels_last=True,
-        recipe_source="Cassava top solutions: EfficientNet-B4 Noisy Student at 512, CE with label smoothing 0.1, "
-        "cosine schedule with warmup.",
-    ),
+    # the 1st place's recipe (NAMED_RECIPES["cassava_1st_b4_bitempered"])
+    "cassava": {k: v for k, v in NAMED_RECIPES["cassava_1st_b4_bitempered"].items() if k != "task"},
     "masks": dict(
         arch="unet",
         encoder_name="resnet18",
@@ -206,14 +310,18 @@ PRESENCE_RECIPE: dict[str, Any] = dict(
 )
 
 
-def recipe_for(preset: Preset, model_preset: Preset) -> tuple[dict[str, Any], str]:
-    """The training values of layers 1-3 (module docstring) and where they come from.
+def recipe_for(preset: Preset, model_preset: Preset, name: str = "") -> tuple[dict[str, Any], str]:
+    """The training values of layers 1-4 (module docstring) and where they come from.
 
     Args:
         preset: the competition.
         model_preset: what the model learns: ``preset``, or its presence task (``kitlib.presets.model_preset``).
+        name: a ``NAMED_RECIPES`` key, or "" for the preset's own recipe.
     Returns:
         ``(values, recipe_source)``: every training parameter's value before the notebook's own.
+    Raises:
+        KeyError: an unknown recipe name (the message lists them).
+        ValueError: a named recipe for another task than the model's (a classification recipe for masks).
     """
     recipe = {**DEFAULT_RECIPE, **TRAIN_RECIPES.get(preset.name, {})}
     if model_preset.task == "presence":
@@ -221,5 +329,53 @@ def recipe_for(preset: Preset, model_preset: Preset) -> tuple[dict[str, Any], st
 
         encoder = str(recipe.get("encoder_name", ""))
         recipe.update(PRESENCE_RECIPE, model_name=encoder if timm.is_model(encoder) else "resnet34")
+    if name:
+        if name not in NAMED_RECIPES:
+            raise KeyError(f"unknown recipe {name!r}; options: {sorted(NAMED_RECIPES)}")
+        named = dict(NAMED_RECIPES[name])
+        task = named.pop("task")
+        if task != model_preset.task:
+            raise ValueError(f"recipe {name!r} trains a {task} model; preset {preset.name!r}: {model_preset.task}")
+        recipe.update(named)
     source = str(recipe.pop("recipe_source", "the kit's defaults (kitlib.recipes.DEFAULT_RECIPE)"))
     return recipe, source
+
+
+def check_optimizer(name: str) -> str:
+    """``name`` when timm knows the optimiser (``timm.optim.list_optimizers()``, optionally behind ``lookahead_``).
+
+    Raises:
+        ValueError: an unknown name (close matches named).
+    """
+    from timm.optim import list_optimizers
+
+    known = list_optimizers()
+    if name.removeprefix("lookahead_") not in known:
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+        raise ValueError(f"unknown optimizer {name!r}; close matches: {close} (timm.optim.list_optimizers())")
+    return name
+
+
+#: Parameters whose recipe value belongs to another parameter's recipe value: a run that sets the owner (to another
+#: value than the recipe's) and leaves these at None gets their neutral value, not the recipe's.
+_BELONGS_TO: dict[str, tuple[str, Callable[[], Any]]] = {"loss_kwargs": ("loss", dict)}
+
+
+def fill_recipe(recipe: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's values for the parameters that ``values`` leaves at None.
+
+    A value that belongs to another parameter (``loss_kwargs`` to ``loss``) is the recipe's only when that parameter
+    is the recipe's too: with the cassava recipe (``loss="bi_tempered"``, ``loss_kwargs={"t1": 0.8, "t2": 1.4,
+    "label_smoothing": 0.06}``), ``loss="taylor_ce"`` alone gets ``loss_kwargs={}``.
+
+    Args:
+        recipe: ``recipe_for``'s values.
+        values: the run's parameters (None: not set).
+    Returns:
+        name -> value for each parameter of ``values`` that is None and has a recipe value.
+    """
+    filled = {k: v for k, v in recipe.items() if k in values and values[k] is None}
+    for name, (owner, neutral) in _BELONGS_TO.items():
+        if name in filled and values.get(owner) is not None and values[owner] != recipe.get(owner):
+            filled[name] = neutral()
+    return filled

@@ -1,11 +1,11 @@
 """Noise-robust classification losses, from logits: the losses of the Cassava Leaf Disease solutions.
 
-Every loss here takes logits (N, C) and int64 targets (N,); ``BiTemperedLoss`` and ``TaylorCELoss`` also take soft
-targets (N, C) float. They are registered in ``kitlib.losses.LOSSES`` ("focal_ce", "bi_tempered", "focal_cosine",
-"taylor_ce", "symmetric_ce"), beside the segmentation losses; build them with ``kitlib.losses.create_loss``.
+Every loss here is a ``kitlib.class_losses.ClassificationLoss``: logits (N, C) with int64 labels (N,) or soft
+targets (N, C) float (rows summing to 1, e.g. from the batch mixes of ``kitlib.mixes``), an optional ``weight`` per
+class and a ``reduction``. They are registered in ``kitlib.losses.LOSSES`` ("bi_tempered", "focal_cosine",
+"taylor_ce", "symmetric_ce", "nce_rce"), beside the cross-entropy and the focal loss of ``kitlib.class_losses``;
+build them with ``kitlib.losses.create_loss``.
 
-- ``FocalCELoss``: softmax focal loss (Lin, Goyal, Girshick, He, Dollar 2017, "Focal Loss for Dense Object
-  Detection"); also usable per pixel, (N, C, H, W).
 - ``BiTemperedLoss`` and ``tempered_softmax``: the bi-tempered logistic loss and its tempered softmax (Amid,
   Warmuth, Anil, Koren 2019, "Robust Bi-Tempered Logistic Loss Based on Bregman Divergences", NeurIPS), after
   Google's reference implementation (github.com/google/bi-tempered-loss, tensorflow/loss.py), with the exact
@@ -18,8 +18,11 @@ targets (N, C) float. They are registered in ``kitlib.losses.LOSSES`` ("focal_ce
   github.com/CoinCheung/pytorch-loss).
 - ``SymmetricCELoss``: symmetric cross-entropy (Wang, Ma, Chen, Luo, Yi, Bailey 2019, "Symmetric Cross Entropy for
   Robust Learning with Noisy Labels", ICCV).
+- ``NCERCELoss``: normalized CE + reverse CE (Ma, Huang, Wang, Romano, Erfani, Bailey 2020, "Normalized Loss
+  Functions for Deep Learning with Noisy Labels", ICML), the Cassava solutions' "ComboLoss".
 
-Label smoothing here is the bi-tempered reference's (1 - s on the true class, s / (C - 1) elsewhere), not torch's.
+Label smoothing here defaults to the bi-tempered reference's convention ("others": 1 - s on the true class,
+s / (C - 1) elsewhere), not torch's; ``smoothing_convention="uniform"`` gives torch's (``kitlib.class_losses``).
 
 Usage::
 
@@ -29,110 +32,24 @@ Usage::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from kitlib.class_losses import ClassificationLoss, check_smoothing, focal_nll, smooth_targets
 
 __all__ = [
-    "FocalCELoss",
     "BiTemperedLoss",
     "tempered_softmax",
     "FocalCosineLoss",
     "TaylorCELoss",
     "taylor_softmax",
     "SymmetricCELoss",
+    "NCERCELoss",
+    "reverse_ce",
 ]
-
-_REDUCTIONS = ("mean", "sum", "none")
-
-
-def _check_reduction(reduction: str) -> str:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    return reduction
-
-
-def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return loss.mean()
-    if reduction == "sum":
-        return loss.sum()
-    return loss
-
-
-def _check_smoothing(smoothing: float) -> float:
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"label smoothing must be in [0, 1), got {smoothing}")
-    return float(smoothing)
-
-
-def _class_probs_targets(logits: torch.Tensor, targets: torch.Tensor, soft_ok: bool = True) -> torch.Tensor:
-    """(N, C) float targets from int64 class indices (N,) or, where ``soft_ok``, soft targets (N, C)."""
-    if logits.dim() != 2:
-        raise ValueError(f"logits must be (N, C), got shape {tuple(logits.shape)}")
-    n, c = logits.shape
-    if soft_ok and targets.is_floating_point() and targets.shape == logits.shape:
-        return targets.to(logits.dtype)
-    if targets.dim() == 1 and targets.size(0) == n and not targets.is_floating_point():
-        return F.one_hot(targets.long(), c).to(logits.dtype)
-    accepted = "int64 (N,) or float (N, C)" if soft_ok else "int64 (N,)"
-    raise ValueError(
-        f"targets must be {accepted} for logits {tuple(logits.shape)}, got {targets.dtype} {tuple(targets.shape)}"
-    )
-
-
-def _smooth_labels(labels: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Spread ``smoothing`` over the other classes: one-hot -> 1 - s on the true class, s / (C - 1) elsewhere.
-
-    This is the smoothing of Google's bi-tempered reference and of the Cassava Taylor-CE kernels; torch's
-    ``label_smoothing`` differs (s / C on every class, the true one included).
-    """
-    if smoothing == 0.0:
-        return labels
-    c = labels.size(-1)
-    if c < 2:
-        raise ValueError("label smoothing needs at least 2 classes")
-    return (1.0 - smoothing * c / (c - 1)) * labels + smoothing / (c - 1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Losses
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class FocalCELoss(nn.Module):
-    """Softmax focal loss, -alpha (1 - p_t)^gamma log p_t (Lin et al. 2017, "Focal Loss for Dense Object
-    Detection"), as the Cassava kernels write it: a scalar alpha, the CE of the true class.
-
-    Args:
-        gamma: focusing parameter; 0 gives alpha * CE.
-        alpha: scalar weight.
-        ignore_index: target value that adds nothing; the mean is over the other targets.
-        reduction: "mean", "sum" or "none".
-
-    Shape:
-        y_pred: (N, C) logits, or (N, C, H, W) for segmentation.
-        y_true: (N,) int64 in 0..C-1, or (N, H, W).
-
-    Raises:
-        ValueError: gamma < 0, bad reduction.
-    """
-
-    def __init__(self, gamma: float = 2.0, alpha: float = 1.0, ignore_index: int = -100, reduction: str = "mean"):
-        super().__init__()
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        self.gamma, self.alpha, self.ignore_index = gamma, alpha, ignore_index
-        self.reduction = _check_reduction(reduction)
-
-    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(y_pred.float(), y_true, reduction="none", ignore_index=self.ignore_index)
-        loss = self.alpha * (1.0 - torch.exp(-ce)).pow(self.gamma) * ce
-        if self.reduction == "mean":
-            return loss.sum() / (y_true != self.ignore_index).sum().clamp_min(1)
-        return _reduce(loss, self.reduction)
 
 
 def _log_t(u: torch.Tensor, t: float) -> torch.Tensor:
@@ -218,7 +135,7 @@ def tempered_softmax(logits: torch.Tensor, t: float, num_iters: int = 5) -> torc
     return _exp_t(logits - _TemperedNormalization.apply(logits, t, num_iters), t)
 
 
-class BiTemperedLoss(nn.Module):
+class BiTemperedLoss(ClassificationLoss):
     """Bi-tempered logistic loss (Amid, Warmuth, Anil, Koren 2019, "Robust Bi-Tempered Logistic Loss Based on
     Bregman Divergences", NeurIPS), after Google's reference implementation (github.com/google/bi-tempered-loss,
     tensorflow/loss.py): the Bregman divergence of the tempered logarithm log_t1 between the labels and the tempered
@@ -236,10 +153,12 @@ class BiTemperedLoss(nn.Module):
     Args:
         t1: temperature of the logarithm, 0 <= t1 < 2.
         t2: temperature of the softmax, > 0.
-        label_smoothing: s in [0, 1): the true class gets 1 - s, each other class s / (C - 1) (the reference's
-            smoothing, also applied to soft targets).
+        label_smoothing: s in [0, 1), applied to labels and soft targets alike.
         num_iters: iterations of the normalisation of the tempered softmax (5 in the reference).
         reduction: "mean", "sum" or "none".
+        smoothing_convention: "others" (the reference's: 1 - s on the true class, s / (C - 1) on each other) or
+            "uniform" (torch's).
+        weight: C class weights (``kitlib.class_losses``), or None.
 
     Shape:
         y_pred: (N, C) logits.
@@ -256,8 +175,10 @@ class BiTemperedLoss(nn.Module):
         label_smoothing: float = 0.0,
         num_iters: int = 5,
         reduction: str = "mean",
+        smoothing_convention: str = "others",
+        weight: Sequence[float] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(weight, reduction)
         if not 0.0 <= t1 < 2.0:
             raise ValueError(f"t1 must be in [0, 2), got {t1}")
         if t2 <= 0.0:
@@ -265,62 +186,68 @@ class BiTemperedLoss(nn.Module):
         if num_iters < 1:
             raise ValueError(f"num_iters must be >= 1, got {num_iters}")
         self.t1, self.t2, self.num_iters = float(t1), float(t2), num_iters
-        self.label_smoothing = _check_smoothing(label_smoothing)
-        self.reduction = _check_reduction(reduction)
+        self.label_smoothing = check_smoothing(label_smoothing, smoothing_convention)
+        self.smoothing_convention = smoothing_convention
 
-    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-        logits = y_pred.float()
-        labels = _smooth_labels(_class_probs_targets(logits, y_true), self.label_smoothing)
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        labels = smooth_targets(targets, self.label_smoothing, self.smoothing_convention)
         if self.t1 == 1.0 and self.t2 == 1.0:
-            loss = -(labels * logits.log_softmax(dim=-1)).sum(dim=-1)
-        else:
-            t1 = self.t1
-            probs = tempered_softmax(logits, self.t2, self.num_iters).clamp_min(torch.finfo(logits.dtype).tiny)
-            loss = (
-                labels * (_log_t(labels + 1e-10, t1) - _log_t(probs, t1))
-                - (labels.pow(2.0 - t1) - probs.pow(2.0 - t1)) / (2.0 - t1)
-            ).sum(dim=-1)
-        return _reduce(loss, self.reduction)
+            return -(labels * logits.log_softmax(dim=-1)).sum(dim=-1)
+        t1 = self.t1
+        probs = tempered_softmax(logits, self.t2, self.num_iters).clamp_min(torch.finfo(logits.dtype).tiny)
+        return (
+            labels * (_log_t(labels + 1e-10, t1) - _log_t(probs, t1))
+            - (labels.pow(2.0 - t1) - probs.pow(2.0 - t1)) / (2.0 - t1)
+        ).sum(dim=-1)
 
     def extra_repr(self) -> str:
-        return f"t1={self.t1}, t2={self.t2}, label_smoothing={self.label_smoothing}, num_iters={self.num_iters}"
+        return (
+            f"t1={self.t1}, t2={self.t2}, label_smoothing={self.label_smoothing}, num_iters={self.num_iters}, "
+            f"smoothing_convention={self.smoothing_convention!r}"
+        )
 
 
-class FocalCosineLoss(nn.Module):
+class FocalCosineLoss(ClassificationLoss):
     """Focal cosine loss (Kim, Kim, Lee, Song, Park 2020, "Data-Efficient Deep Learning Method for Image
     Classification Using Data Augmentation, Focal Cosine Loss, and Ensemble", arXiv:2007.07805), in the form the
     Cassava solutions used (kaggle.com/c/cassava-leaf-disease-classification/discussion/203271):
 
-        (1 - cos(logits, one_hot)) + xent * alpha * (1 - p_t)^gamma * CE(normalize(logits), target),
+        (1 - cos(logits, t)) + xent * alpha * focal(normalize(logits), t),
 
-    where normalize scales each row of logits to unit L2 norm before the softmax.
+    where t is the one-hot row of the label (or the soft target), normalize scales each row of logits to unit L2
+    norm before the softmax, and focal is -sum_c t_c (1 - p_c)^gamma log p_c (``focal_nll``: (1 - p_y)^gamma CE
+    for a label).
 
     Args:
         alpha: weight of the focal term.
         gamma: focusing parameter of the focal term.
         xent: weight of the focal cross-entropy against the cosine term (0.1 in the paper).
         reduction: "mean", "sum" or "none".
+        weight: C class weights, or None.
 
     Shape:
         y_pred: (N, C) logits.
-        y_true: (N,) int64 in 0..C-1.
+        y_true: (N,) int64 in 0..C-1, or (N, C) float soft targets.
 
     Raises:
-        ValueError: targets that are not int64 (N,); bad reduction.
+        ValueError: targets that do not fit the logits; bad reduction.
     """
 
-    def __init__(self, alpha: float = 1.0, gamma: float = 2.0, xent: float = 0.1, reduction: str = "mean"):
-        super().__init__()
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        gamma: float = 2.0,
+        xent: float = 0.1,
+        reduction: str = "mean",
+        weight: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(weight, reduction)
         self.alpha, self.gamma, self.xent = alpha, gamma, xent
-        self.reduction = _check_reduction(reduction)
 
-    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-        logits = y_pred.float()
-        one_hot = _class_probs_targets(logits, y_true, soft_ok=False)
-        cosine = 1.0 - F.cosine_similarity(logits, one_hot, dim=1)
-        ce = F.cross_entropy(F.normalize(logits, dim=1), y_true.long(), reduction="none")
-        focal = self.alpha * (1.0 - torch.exp(-ce)).pow(self.gamma) * ce
-        return _reduce(cosine + self.xent * focal, self.reduction)
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        cosine = 1.0 - F.cosine_similarity(logits, targets, dim=1)
+        focal = self.alpha * focal_nll(F.normalize(logits, dim=1).log_softmax(dim=1), targets, self.gamma)
+        return cosine + self.xent * focal
 
 
 def taylor_softmax(logits: torch.Tensor, n: int = 2, dim: int = 1) -> torch.Tensor:
@@ -347,7 +274,7 @@ def taylor_softmax(logits: torch.Tensor, n: int = 2, dim: int = 1) -> torch.Tens
     return f / f.sum(dim=dim, keepdim=True)
 
 
-class TaylorCELoss(nn.Module):
+class TaylorCELoss(ClassificationLoss):
     """The Cassava solutions' Taylor cross-entropy: the NLL of the order-n Taylor softmax (``taylor_softmax``),
     with label smoothing (kaggle.com/yerramvarun/cassava-taylorce-loss-label-smoothing-combo, after
     github.com/CoinCheung/pytorch-loss, taylor_softmax.py).
@@ -358,8 +285,11 @@ class TaylorCELoss(nn.Module):
 
     Args:
         n: even order of the Taylor softmax (2 in the kernels).
-        smoothing: s in [0, 1): the true class gets 1 - s, each other class s / (C - 1) (the kernels used 0.2).
+        smoothing: s in [0, 1) (the kernels used 0.2).
         reduction: "mean", "sum" or "none".
+        smoothing_convention: "others" (the kernels': 1 - s on the true class, s / (C - 1) on each other) or
+            "uniform" (torch's).
+        weight: C class weights, or None.
 
     Shape:
         y_pred: (N, C) logits.
@@ -369,49 +299,115 @@ class TaylorCELoss(nn.Module):
         ValueError: n odd or < 2; smoothing out of range; targets that do not fit the logits.
     """
 
-    def __init__(self, n: int = 2, smoothing: float = 0.0, reduction: str = "mean"):
-        super().__init__()
+    def __init__(
+        self,
+        n: int = 2,
+        smoothing: float = 0.0,
+        reduction: str = "mean",
+        smoothing_convention: str = "others",
+        weight: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(weight, reduction)
         if n < 2 or n % 2:
             raise ValueError(f"Taylor softmax order n must be even and >= 2, got {n}")
         self.n = n
-        self.smoothing = _check_smoothing(smoothing)
-        self.reduction = _check_reduction(reduction)
+        self.smoothing = check_smoothing(smoothing, smoothing_convention)
+        self.smoothing_convention = smoothing_convention
 
-    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-        logits = y_pred.float()
-        labels = _smooth_labels(_class_probs_targets(logits, y_true), self.smoothing)
-        log_probs = taylor_softmax(logits, self.n, dim=1).log()
-        return _reduce(-(labels * log_probs).sum(dim=1), self.reduction)
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        labels = smooth_targets(targets, self.smoothing, self.smoothing_convention)
+        return -(labels * taylor_softmax(logits, self.n, dim=1).log()).sum(dim=1)
 
 
-class SymmetricCELoss(nn.Module):
+def reverse_ce(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Reverse cross-entropy -sum_c p_c log t_c, as the symmetric-CE and NCE+RCE authors compute it: p clamped to
+    [1e-7, 1] and t to [1e-4, 1], so log 0 is -log(1e-4); for a label y, -log(1e-4) (1 - p_y) when no p is clamped.
+
+    Args:
+        probs: (N, C) softmax probabilities.
+        targets: (N, C) target rows.
+    Returns:
+        (N,) per sample, >= 0.
+    """
+    return -(probs.clamp(1e-7, 1.0) * targets.clamp(1e-4, 1.0).log()).sum(dim=1)
+
+
+class _PlusReverseCE(ClassificationLoss):
+    """alpha * active + beta * ``reverse_ce``, the form of symmetric CE and of Ma et al.'s active + passive losses; a
+    subclass writes the active term, ``active(log_probs, targets)`` -> (N,)."""
+
+    def __init__(self, alpha: float, beta: float, reduction: str, weight: Sequence[float] | None) -> None:
+        super().__init__(weight, reduction)
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def active(self, log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_probs = logits.log_softmax(dim=1)
+        return self.alpha * self.active(log_probs, targets) + self.beta * reverse_ce(log_probs.exp(), targets)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}"
+
+
+class SymmetricCELoss(_PlusReverseCE):
     """Symmetric cross-entropy, alpha * CE + beta * RCE (Wang, Ma, Chen, Luo, Yi, Bailey 2019, "Symmetric Cross
-    Entropy for Robust Learning with Noisy Labels", ICCV), as the authors' code computes it: the reverse CE
-    RCE = -sum_c p_c log(clamp(one_hot_c, 1e-4, 1)) with p clamped to [1e-7, 1], i.e. -log(1e-4) * (1 - p_y)
-    for unclamped p.
+    Entropy for Robust Learning with Noisy Labels", ICCV), as the authors' code computes it: RCE is ``reverse_ce``.
 
     Args:
         alpha: weight of CE (0.1 in the paper's CIFAR-10 runs).
         beta: weight of RCE (1.0 in the paper's CIFAR-10 runs).
         reduction: "mean", "sum" or "none".
+        weight: C class weights, or None.
 
     Shape:
         y_pred: (N, C) logits.
-        y_true: (N,) int64 in 0..C-1.
+        y_true: (N,) int64 in 0..C-1, or (N, C) float soft targets.
 
     Raises:
-        ValueError: targets that are not int64 (N,); bad reduction.
+        ValueError: targets that do not fit the logits; bad reduction.
     """
 
-    def __init__(self, alpha: float = 0.1, beta: float = 1.0, reduction: str = "mean"):
-        super().__init__()
-        self.alpha, self.beta = alpha, beta
-        self.reduction = _check_reduction(reduction)
+    def __init__(
+        self, alpha: float = 0.1, beta: float = 1.0, reduction: str = "mean", weight: Sequence[float] | None = None
+    ) -> None:
+        super().__init__(alpha, beta, reduction, weight)
 
-    def forward(self, y_pred: torch.Tensor, y_true: torch.Tensor) -> torch.Tensor:
-        logits = y_pred.float()
-        one_hot = _class_probs_targets(logits, y_true, soft_ok=False)
-        ce = F.cross_entropy(logits, y_true.long(), reduction="none")
-        probs = logits.softmax(dim=1).clamp(1e-7, 1.0)
-        rce = -(probs * one_hot.clamp(1e-4, 1.0).log()).sum(dim=1)
-        return _reduce(self.alpha * ce + self.beta * rce, self.reduction)
+    def active(self, log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return -(targets * log_probs).sum(dim=1)
+
+
+class NCERCELoss(_PlusReverseCE):
+    """NCE + RCE, alpha * NCE + beta * RCE (Ma, Huang, Wang, Romano, Erfani, Bailey 2020, "Normalized Loss Functions
+    for Deep Learning with Noisy Labels", ICML; the authors' code: github.com/HanxunH/Active-Passive-Losses,
+    loss.py, ``NCEandRCE``), the Cassava solutions' "ComboLoss". An active loss made robust by normalisation plus a
+    passive one:
+
+        NCE = (-sum_c t_c log p_c) / (-sum_k log p_k)   (= log p_y / sum_k log p_k for a label y; in [0, 1])
+        RCE = ``reverse_ce``(p, t)                       (= -log(1e-4) (1 - p_y) for a label y)
+
+    The normalisation divides the CE of the target by the sum of the CEs of every class; for a soft target the
+    numerator is the CE of the target row (linear in it, so a one-hot row gives its label's NCE). C >= 2.
+
+    Args:
+        alpha: weight of NCE (1 in the paper's CIFAR-10 runs, 10 on CIFAR-100).
+        beta: weight of RCE (1 on CIFAR-10, 0.1 on CIFAR-100).
+        reduction: "mean", "sum" or "none".
+        weight: C class weights, or None.
+
+    Shape:
+        y_pred: (N, C) logits.
+        y_true: (N,) int64 in 0..C-1, or (N, C) float soft targets.
+
+    Raises:
+        ValueError: targets that do not fit the logits; bad reduction.
+    """
+
+    def __init__(
+        self, alpha: float = 1.0, beta: float = 1.0, reduction: str = "mean", weight: Sequence[float] | None = None
+    ) -> None:
+        super().__init__(alpha, beta, reduction, weight)
+
+    def active(self, log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (targets * log_probs).sum(dim=1) / log_probs.sum(dim=1)

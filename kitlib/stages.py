@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from kitlib.config import StageConfig
 from kitlib.io import project_path
 from kitlib.params import ParameterError
 from kitlib.presets import get_preset, model_preset
-from kitlib.recipes import AMP_MODES, OOF_DTYPES, SCHEDULERS, recipe_for
+from kitlib.recipes import AMP_MODES, OOF_DTYPES, SCHEDULERS, check_optimizer, fill_recipe, recipe_for
 
 __all__ = ["EdaConfig", "TrainConfig", "OofConfig", "EnsembleConfig", "SubmitConfig"]
 
@@ -93,13 +94,15 @@ class TrainConfig(_ExperimentStage):
     notebook = "notebooks/10_train.py"
 
     #: Parameters that do not change the trained weights (left out of ``run_id``).
-    RUN_ID_IGNORES = ("num_workers", "device", "tta", "oof_dtype", "artifacts_root", "data_dir", "gpus")
+    #: Parameters whose None is a value ("scratch", "equal weights"), not a gap for the recipe to fill.
+    OPTIONAL = ("encoder_weights", "tta_weight", "init_from")
+    RUN_ID_IGNORES = ("num_workers", "device", "tta", "tta_weight", "oof_dtype", "artifacts_root", "data_dir", "gpus")
 
     def _resolve(self) -> None:
         preset = get_preset(self._values["preset"])
         learned = model_preset(preset, self._values.get("arch"))
-        recipe, source = recipe_for(preset, learned)
-        self._set_values(**{k: v for k, v in recipe.items() if k in self._values and self._values[k] is None})
+        recipe, source = recipe_for(preset, learned, self._values.get("recipe") or "")
+        self._set_values(**fill_recipe(recipe, self._values))
         weights = self._values.get("encoder_weights")
         if isinstance(weights, str) and weights.lower() in ("", "none"):
             self._set_values(encoder_weights=None)
@@ -119,13 +122,91 @@ class TrainConfig(_ExperimentStage):
             raise ValueError(f"unknown amp {v['amp']!r}; options: {list(AMP_MODES)}")
         if v["oof_dtype"] not in OOF_DTYPES:
             raise ValueError(f"oof_dtype must be one of {list(OOF_DTYPES)}, got {v['oof_dtype']!r}")
-        from kitlib.losses import LOSSES, RECIPES  # torch: only when a training run is configured
-
-        if v["loss"] not in RECIPES and v["loss"] not in LOSSES:
-            raise KeyError(f"unknown loss {v['loss']!r}; recipes: {sorted(RECIPES)}; losses: {sorted(LOSSES)}")
-        unresolved = sorted(k for k, value in v.items() if value is None and k != "encoder_weights")
+        unresolved = sorted(k for k, value in v.items() if value is None and k not in self.OPTIONAL)
         if unresolved:
             raise ParameterError(f"{self.stage}: no value for {unresolved} in the parameters or the recipe")
+        self._check_schedule()
+        self._check_heads()
+        self._check_loss()
+        self._check_mix()
+        from kitlib.tta import check_tta  # torch: only when a training run is configured
+
+        check_tta(v["tta"], v["tta_weight"], segmentation=self.model_preset.is_segmentation)
+
+    def _check_schedule(self) -> None:
+        v = self._values
+        check_optimizer(v["optimizer"])
+        if v["restart_epochs"] <= 0 or v["restart_mult"] < 1 or v["plateau_patience"] < 0:
+            raise ValueError(f"{self.stage}: restart_epochs must be > 0, restart_mult >= 1, plateau_patience >= 0; got "
+                             f"{v['restart_epochs']}, {v['restart_mult']}, {v['plateau_patience']}")  # fmt: skip
+        if min(v["swa_epochs"], v["average_top_k"]) < 0 or (v["swa_epochs"] and v["average_top_k"]):
+            raise ValueError(f"{self.stage}: average either the last swa_epochs or the average_top_k best epochs, "
+                             f"got {v['swa_epochs']} and {v['average_top_k']}")  # fmt: skip
+        if v["scheduler"] in ("cosine", "cosine_restarts") and v["warmup_epochs"] >= self.n_epochs:
+            raise ValueError(f"{self.stage}: warmup_epochs ({v['warmup_epochs']}) must be shorter than the run "
+                             f"(epochs {self.n_epochs}{', smoke' if v['smoke'] else ''}): set warmup_epochs below it "
+                             "(0 for none)")  # fmt: skip
+        if max(v["swa_epochs"], v["average_top_k"]) > v["epochs"]:
+            raise ValueError(f"{self.stage}: cannot average {max(v['swa_epochs'], v['average_top_k'])} epochs of a "
+                             f"{v['epochs']}-epoch run")  # fmt: skip
+
+    def _check_heads(self) -> None:
+        v = self._values
+        if v["init_from"] == v["exp"]:
+            raise ValueError(f"{self.stage}: init_from names this experiment ({v['exp']!r}); name the one to start")
+        heads = self.head_kwargs
+        if heads and self.model_preset.is_segmentation:
+            raise ValueError(f"{self.stage}: {sorted(heads)} set the head of a timm classifier; a segmentation model's "
+                             "classification head takes aux_head and dropout")  # fmt: skip
+        if set(heads) & set(v["model_kwargs"]):
+            raise ValueError(f"{self.stage}: {sorted(set(heads) & set(v['model_kwargs']))} given both as parameters "
+                             "and in model_kwargs")  # fmt: skip
+        if v["multi_sample_dropout"] >= 2 and not 0.0 < v["dropout"] < 1.0:
+            raise ValueError(f"{self.stage}: multi_sample_dropout {v['multi_sample_dropout']} needs dropout in (0, 1), "
+                             f"got {v['dropout']}")  # fmt: skip
+
+    def _check_loss(self) -> None:
+        from kitlib.losses import LOSSES, RECIPES, check_loss_kwargs  # torch: only when a training run is configured
+
+        v = self._values
+        if v["loss"] not in RECIPES and v["loss"] not in LOSSES:
+            raise KeyError(f"unknown loss {v['loss']!r}; recipes: {sorted(RECIPES)}; losses: {sorted(LOSSES)}")
+        kwargs = v["loss_kwargs"] or {}
+        if v["loss"] in RECIPES:
+            if kwargs:
+                raise ParameterError(f"{self.stage}: loss_kwargs {kwargs} given with the loss recipe {v['loss']!r}; "
+                                     "loss_kwargs are the keywords of a loss name (kitlib.losses.LOSSES)")  # fmt: skip
+            return
+        try:
+            check_loss_kwargs(v["loss"], kwargs)
+        except TypeError as e:
+            raise ParameterError(f"{self.stage}: loss_kwargs: {e}") from None
+        classes = self._resolved["model_preset"].num_classes
+        weight = kwargs.get("weight")
+        if weight is not None and (not isinstance(weight, list) or len(weight) != classes):
+            raise ValueError(
+                f"{self.stage}: loss_kwargs weight must be a list of {classes} class weights, got {weight!r}"
+            )
+
+    def _check_mix(self) -> None:
+        from kitlib.mixes import check_mix
+
+        v = self._values
+        if "mix" not in v:  # a config saved before batch mixing existed: no mix (``mix_epochs``)
+            return
+        try:
+            check_mix(v["mix"], v["mix_prob"], v["mix_alpha"])
+        except ValueError as e:
+            raise ValueError(f"{self.stage}: {e}") from None
+        task = self._resolved["model_preset"].task
+        if v["mix"] != "none" and task != "classification":
+            raise ValueError(f"{self.stage}: mix {v['mix']!r} needs a classification preset (labels to mix), not a "
+                             f"{task} task")  # fmt: skip
+        if v["mix_off_epochs"] < 0:
+            raise ValueError(f"{self.stage}: mix_off_epochs must be >= 0, got {v['mix_off_epochs']}")
+        if v["mix"] != "none" and v["mix_off_epochs"] >= v["epochs"]:
+            raise ValueError(f"{self.stage}: mix_off_epochs {v['mix_off_epochs']} leaves none of the {v['epochs']} "
+                             f"epochs mixed (mix {v['mix']!r})")  # fmt: skip
 
     @property
     def fold_dir(self) -> Path:
@@ -140,6 +221,33 @@ class TrainConfig(_ExperimentStage):
     def n_epochs(self) -> int:
         """Epochs to train: ``epochs``, or 2 for a ``smoke`` run."""
         return 2 if self._values["smoke"] else int(self._values["epochs"])
+
+    @property
+    def monitor_column(self) -> str:
+        """The history column that picks ``best.pt``: ``monitor``, or ``valid_<metric>`` of what the model learns."""
+        return self._values["monitor"] or f"valid_{self.model_preset.metric}"
+
+    @property
+    def minimise(self) -> bool:
+        """Whether a lower monitored score is better (a loss or an error)."""
+        return self.monitor_column.endswith(("loss", "error"))
+
+    @property
+    def head_kwargs(self) -> dict[str, Any]:
+        """``create_classifier`` keywords of the classifier head parameters that differ from timm's defaults
+        (``multi_sample_dropout``, ``global_pool``, ``drop_path_rate``), so a default run's ``model_config`` stays
+        as it was."""
+        defaults = {"multi_sample_dropout": 0, "global_pool": "avg", "drop_path_rate": 0.0}
+        return {k: self._values[k] for k, d in defaults.items() if self._values[k] != d}
+
+    @property
+    def mix_epochs(self) -> int:
+        """How many epochs, the first ones, mix their batches (``kitlib.mixes``): ``n_epochs - mix_off_epochs``; 0
+        with mix "none" or for a config saved before batch mixing existed."""
+        v = self._values
+        if v.get("mix", "none") == "none":
+            return 0
+        return max(self.n_epochs - int(v["mix_off_epochs"]), 0)
 
     @property
     def crop(self) -> tuple[int, int] | None:
@@ -200,6 +308,12 @@ class SubmitConfig(_ExperimentStage):
 
     stage = "40_submit"
     notebook = "notebooks/40_submit.py"
+
+    def _resolve(self) -> None:
+        super()._resolve()
+        from kitlib.tta import check_tta  # torch: only when a submission is configured
+
+        check_tta(self._values["tta"], self._values["tta_weight"], segmentation=self.preset.is_segmentation)
 
     @property
     def submission_file(self) -> Path:

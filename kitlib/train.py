@@ -49,7 +49,7 @@ from kitlib.scoring import score_oof
 from kitlib.stages import TrainConfig
 from kitlib.targets import TargetMasks, scoring_size
 
-__all__ = ["build_loss", "build_model", "fold_run_id", "fold_tables", "launch_distributed", "train_fold"]
+__all__ = ["build_loss", "build_model", "fold_run_id", "fold_tables", "init_model", "launch_distributed", "train_fold"]
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +75,72 @@ def build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
 
     Segmentation presets get ``kitlib.models.create_model`` (``arch``, ``encoder_name``, ``aux_head``, ...),
     classification and presence tasks a timm classifier (``create_classifier``: ``model_name``, one output per class).
+    With ``init_from`` no pretrained weights are loaded: ``init_model`` then loads every weight.
     """
     task = cfg.model_preset
+    weights = None if cfg.init_from else cfg.encoder_weights  # init_from replaces every weight
     if task.is_segmentation:
         model_config = dict(
             arch=cfg.arch, encoder_name=cfg.encoder_name, classes=task.num_classes, aux_head=cfg.aux_head,
             dropout=cfg.dropout, **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model_kwargs.items()},
         )  # fmt: skip
-        return create_model(encoder_weights=cfg.encoder_weights, **model_config), model_config
+        return create_model(encoder_weights=weights, **model_config), model_config
     num_classes = len(task.target_classes) if task.task == "presence" else task.num_classes
-    model_config = dict(model_name=cfg.model_name, num_classes=num_classes, drop_rate=cfg.dropout, **cfg.model_kwargs)
-    return create_classifier(pretrained_weights=cfg.encoder_weights, **model_config), model_config
+    model_config = dict(model_name=cfg.model_name, num_classes=num_classes, drop_rate=cfg.dropout, **cfg.head_kwargs,
+                        **cfg.model_kwargs)  # fmt: skip
+    return create_classifier(pretrained_weights=weights, **model_config), model_config
+
+
+def init_model(cfg: TrainConfig, model: torch.nn.Module, valid_df: pd.DataFrame) -> Path | None:
+    """Load fold k's ``best.pt`` of the experiment ``cfg.init_from`` into ``model``, whole (staged fine-tuning: a
+    new size or learning rate from a trained model, as the Cassava solutions did; the Understanding Clouds 6th
+    place's pretrain-then-train).
+
+    The source experiment's fold k must not have trained on this fold's held-out rows, or the OOF would leak: its
+    ``folds.csv`` is compared with ``valid_df``.
+
+    Args:
+        cfg: the run; ``cfg.init_from`` names an experiment under ``cfg.artifacts_root`` (None: nothing is loaded).
+        model: the freshly built model (CPU or device), before DDP wrapping.
+        valid_df: this fold's held-out rows (``image_id``).
+    Returns:
+        The checkpoint loaded, or None.
+    Raises:
+        FileNotFoundError: no ``fold<k>/best.pt`` or ``folds.csv`` in the source experiment.
+        ValueError: the source's fold k trained on some of this fold's held-out images (ids named); its weights
+            do not fit the model (missing, unexpected or differently shaped keys named, with the source's
+            ``model_config``).
+    """
+    if not cfg.init_from:
+        return None
+    source = cfg.artifacts_dir / cfg.init_from
+    path, folds_path = source / f"fold{cfg.fold}" / "best.pt", source / "folds.csv"
+    for needed in (path, folds_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"init_from {cfg.init_from!r}: {needed} not found (train fold {cfg.fold} of it "
+                                    "first)")  # fmt: skip
+    folds = pd.read_csv(folds_path, dtype={"image_id": str})
+    seen = set(folds.loc[folds["fold"] != cfg.fold, "image_id"])
+    leaked = sorted(set(valid_df["image_id"].astype(str)) & seen)
+    if leaked:
+        raise ValueError(
+            f"init_from {cfg.init_from!r}: its fold {cfg.fold} trained on {len(leaked)} of this fold's "
+            f"held-out images ({leaked[:5]}): the OOF would leak; use experiments with the same folds.csv"
+        )
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state, own = checkpoint["state_dict"], model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{path}: weights do not fit this model: missing {missing[:5]} ({len(missing)}), unexpected "
+            f"{unexpected[:5]} ({len(unexpected)}), other shapes "
+            f"{[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in shapes[:5]]} ({len(shapes)}); it was built "
+            f"with {checkpoint.get('model_config')}"
+        )
+    model.load_state_dict(state)
+    log.info("fold %d: initialised from %s (epoch %s)", cfg.fold, path, checkpoint.get("epoch"))
+    return path
 
 
 def build_loss(cfg: TrainConfig) -> torch.nn.Module:
@@ -179,10 +234,12 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
     train_loader, valid_loader = _loaders(cfg, full_df, train_df, valid_df, info)
     seed_everything(cfg.seed)
     model, model_config = build_model(cfg)
+    init_model(cfg, model, valid_df)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg.encoder_lr, cfg.decoder_lr, cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg.encoder_lr, cfg.decoder_lr, cfg.weight_decay, cfg.optimizer,
+                               **cfg.optimizer_kwargs)  # fmt: skip
     if info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -190,8 +247,11 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
     steps_per_epoch = -(-len(train_loader) // cfg.accumulate)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = make_scheduler(
-        optimizer, cfg.scheduler, cfg.n_epochs * steps_per_epoch, warmup_steps=warmup, pct_start=cfg.pct_start
-    )
+        optimizer, cfg.scheduler, cfg.n_epochs * steps_per_epoch, warmup_steps=warmup, pct_start=cfg.pct_start,
+        min_lr_ratio=cfg.min_lr_ratio, restart_steps=max(1, int(round(cfg.restart_epochs * steps_per_epoch))),
+        restart_mult=cfg.restart_mult, plateau_mode="min" if cfg.minimise else "max",
+        plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
+    )  # fmt: skip
     result = engine.fit(
         model, train_loader, valid_loader, build_loss(cfg), optimizer, cfg, fold_dir, model_config, device,
         scheduler=scheduler, run_id=run_id, extra={"fold": cfg.fold, "preset": cfg.preset.name, "exp": cfg.exp},
@@ -220,6 +280,7 @@ def _write_oof(cfg: TrainConfig, model, valid_loader, valid_df: pd.DataFrame, de
     batches = engine.predict(
         model, valid_loader, device, activation=task.activation, out_size=out_size,
         amp_dtype=resolve_amp(cfg.amp, device), channels_last=cfg.channels_last, tta=cfg.tta, desc="oof",
+        tta_weight=cfg.tta_weight,
     )  # fmt: skip
     ids = valid_df["image_id"].astype(str).tolist()
     oof_path = cfg.fold_dir / "oof_probs.npy"

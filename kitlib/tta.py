@@ -1,5 +1,11 @@
 """Test-time augmentation: named (augment, deaugment) pairs and a predictor that averages probabilities.
 
+Besides the dihedral transforms (both tracks), classifiers get crops and rescales: five-crop (four corners and the
+centre, each ``CROP_FRACTION`` of the side and resized back; Krizhevsky et al. 2012), centre crop, and multi-scale
+(the image resized by 0.875 and 1.125; a classifier with global pooling takes any size). These cannot be undone on a
+mask, so a segmentation model under them fails naming the transform. ``plain_weight`` weights the plain view against
+the mean of the others, as the Cassava solutions blended their TTA and plain predictions.
+
 A TTA is a list of geometric transforms of the image grid. Each pass feeds ``augment(images)`` to the model and
 maps the mask output back with ``deaugment``, the transform's inverse, so that every pass predicts in the frame
 of the original image; the passes are then averaged. The layout follows pytorch-toolbelt's
@@ -16,11 +22,13 @@ classifier); a model that always returns one fixed output size fails with a ``Va
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-__all__ = ["Transform", "TRANSFORMS", "TTA", "tta_pairs", "tta_names", "predict_tta", "ACTIVATIONS"]
+__all__ = ["Transform", "TRANSFORMS", "TTA", "tta_pairs", "tta_names", "check_tta", "predict_tta", "ACTIVATIONS"]
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -62,9 +70,31 @@ def _antitranspose(x: Tensor) -> Tensor:
     return x.flip(-2, -1).transpose(-2, -1)
 
 
+#: Side of a five-crop / centre-crop TTA crop, as a fraction of the image side (224 / 256, the ImageNet convention).
+CROP_FRACTION = 0.875
+
+
+def _crop(x: Tensor, where: str, fraction: float = CROP_FRACTION) -> Tensor:
+    """A crop of ``fraction`` of each side at a corner ("tl", "tr", "bl", "br") or the centre ("c"), resized back
+    to (H, W) (bilinear, ``align_corners=False``)."""
+    h, w = x.shape[-2:]
+    ch, cw = max(1, round(h * fraction)), max(1, round(w * fraction))
+    top = {"t": 0, "b": h - ch, "c": (h - ch) // 2}[where[0]]
+    left = {"l": 0, "r": w - cw, "c": (w - cw) // 2}[where[-1]]
+    return F.interpolate(x[..., top : top + ch, left : left + cw], size=(h, w), mode="bilinear", align_corners=False)
+
+
+def _scale(x: Tensor, factor: float) -> Tensor:
+    """The image resized by ``factor`` (bilinear): a multi-scale TTA view for a classifier."""
+    h, w = x.shape[-2:]
+    size = (max(1, round(h * factor)), max(1, round(w * factor)))
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 #: The 8 members of the dihedral group D4 of the image grid: name -> (augment, deaugment). Flips, the half
-#: turn and both mirrors are their own inverse; the quarter turns invert each other.
-TRANSFORMS: dict[str, tuple[Transform, Transform]] = {
+#: turn and both mirrors are their own inverse; the quarter turns invert each other. The crops and rescales that follow
+#: have no inverse on a mask (deaugment None): classifiers only.
+TRANSFORMS: dict[str, tuple[Transform, Transform | None]] = {
     "identity": (_identity, _identity),
     "hflip": (_hflip, _hflip),
     "vflip": (_vflip, _vflip),
@@ -73,6 +103,9 @@ TRANSFORMS: dict[str, tuple[Transform, Transform]] = {
     "rot270": (_rot270, _rot90),
     "transpose": (_transpose, _transpose),
     "antitranspose": (_antitranspose, _antitranspose),
+    **{f"crop_{w}": (partial(_crop, where=w), None) for w in ("tl", "tr", "bl", "br", "c")},
+    "scale_0.875": (partial(_scale, factor=0.875), None),
+    "scale_1.125": (partial(_scale, factor=1.125), None),
 }
 
 #: TTA name -> the transforms it averages over (the original image included).
@@ -82,6 +115,12 @@ TTA: dict[str, tuple[str, ...]] = {
     "vflip": ("identity", "vflip"),
     "flips": ("identity", "hflip", "vflip", "rot180"),  # rot180 = both flips
     "d4": ("identity", "rot90", "rot180", "rot270", "hflip", "vflip", "transpose", "antitranspose"),
+    # classifiers only
+    "center_crop": ("crop_c",),
+    "five_crop": ("crop_tl", "crop_tr", "crop_bl", "crop_br", "crop_c"),
+    "plain_five_crop": ("identity", "crop_tl", "crop_tr", "crop_bl", "crop_br", "crop_c"),
+    "multiscale": ("identity", "scale_0.875", "scale_1.125"),
+    "flips_multiscale": ("identity", "hflip", "vflip", "rot180", "scale_0.875", "scale_1.125"),
 }
 
 #: activation name -> function over the channel dimension (dim 1) of logits.
@@ -112,7 +151,29 @@ def tta_names(tta: str | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
-def tta_pairs(tta: str | Sequence[str]) -> list[tuple[Transform, Transform]]:
+def check_tta(tta: str | Sequence[str], plain_weight: float | None = None, segmentation: bool = False) -> None:
+    """Check a TTA before a run starts (the notebooks' ``tta`` / ``tta_weight`` parameters).
+
+    Args:
+        tta: a TTA name or a list of transform names.
+        plain_weight: ``predict_tta``'s weight of the plain pass, or None.
+        segmentation: whether the model predicts masks: crops and rescales are then refused.
+    Raises:
+        KeyError: an unknown TTA or transform (the message lists the options).
+        ValueError: a crop or rescale for a segmentation model; a ``plain_weight`` outside [0, 1], or one without an
+            "identity" pass and another one to weigh it against.
+    """
+    names = tta_names(tta)
+    lossy = [n for n in names if TRANSFORMS[n][1] is None]
+    if segmentation and lossy:
+        raise ValueError(f"TTA transforms {lossy} crop or rescale the image and cannot be undone on masks: they are "
+                         "for classifiers (use hflip, vflip, flips or d4 for segmentation)")  # fmt: skip
+    if plain_weight is not None and (not 0.0 <= plain_weight <= 1.0 or "identity" not in names or len(names) < 2):
+        raise ValueError(f"plain_weight (tta_weight) {plain_weight} needs a weight in [0, 1] and a TTA with 'identity' "
+                         f"and another pass, got {list(names)}")  # fmt: skip
+
+
+def tta_pairs(tta: str | Sequence[str]) -> list[tuple[Transform, Transform | None]]:
     """(augment, deaugment) pairs of a TTA.
 
     Args:
@@ -136,6 +197,11 @@ def _apply(output: object, deaugment: Transform, act: Callable, cls_act: Callabl
         )
     out = []
     for i, p in enumerate(parts):
+        if p.ndim == 4 and deaugment is None:
+            raise ValueError(
+                f"TTA transform {name!r} crops or rescales the image and cannot be undone on mask outputs: it is for "
+                "classifiers (use hflip, vflip, flips or d4 for segmentation)"
+            )
         if p.ndim == 4:
             out.append(deaugment(act(p.float())))
         elif p.ndim == 2:
@@ -154,6 +220,7 @@ def predict_tta(
     tta: str | Sequence[str] = "none",
     activation: str = "sigmoid",
     cls_activation: str | None = None,
+    plain_weight: float | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Average a model's probabilities over the passes of a TTA.
 
@@ -173,13 +240,17 @@ def predict_tta(
         activation: "sigmoid" (binary / multilabel), "softmax" (multiclass, over dim 1) or "none" (average the
             raw outputs).
         cls_activation: activation of the classification head of a tuple output; None = ``activation``.
+        plain_weight: None: every pass counts the same. A weight w in [0, 1]: ``w * plain + (1 - w) * mean(others)``,
+            the plain ("identity") pass against the mean of the augmented ones (the Cassava solutions' blend of
+            plain and TTA predictions); the TTA must hold "identity" and another transform.
     Returns:
         Probabilities, float32, on the model's output device: (N, K, H', W') or (N, C); or the tuple
         (mask_probs (N, K, H', W'), cls_probs (N, K)) for a tuple output.
     Raises:
         KeyError: unknown TTA, transform or activation name (the message lists the options).
         ValueError: images not 4-D; a pass whose output shape differs from the first pass's after deaugment
-            (a model that ignores its input's geometry under a transposing transform).
+            (a model that ignores its input's geometry under a transposing transform); a crop or rescale on mask
+            outputs; a ``plain_weight`` outside [0, 1] or without an identity and another pass.
         TypeError: a model output that is neither a tensor nor a tuple of two tensors.
     """
     names = tta_names(tta)
@@ -190,6 +261,13 @@ def predict_tta(
     cls_act = ACTIVATIONS[cls_activation] if cls_activation is not None else act
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    check_tta(names, plain_weight)
+    if plain_weight is not None:  # the plain pass alone, then the others' mean
+        plain = predict_tta(model, images, ("identity",), activation, cls_activation)
+        others = predict_tta(model, images, [n for n in names if n != "identity"], activation, cls_activation)
+        if isinstance(plain, tuple):
+            return tuple(plain_weight * p + (1.0 - plain_weight) * o for p, o in zip(plain, others, strict=True))
+        return plain_weight * plain + (1.0 - plain_weight) * others
     was_training = model.training
     model.eval()
     total: list[Tensor] | None = None

@@ -32,7 +32,8 @@ data_dir: str = "data/demo"  # competition folder (relative to the repo root)
 fold: int = 0  # held-out fold, 0..n_folds-1 of folds.csv
 label_file: str = ""  # train label file inside data_dir; empty: the one 00_eda used
 artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)
-# Model and training; None takes the preset's recipe (kitlib.recipes.TRAIN_RECIPES, then DEFAULT_RECIPE)
+# Model and training; None takes the recipe: the named one, else the preset's (kitlib.recipes)
+recipe: str = ""  # a solution's recipe (kitlib.recipes.NAMED_RECIPES): cassava_1st_b4_bitempered, ...; "": none
 arch: Optional[str] = None  # smp architecture: unet, unetplusplus, fpn, upernet, ...; "classifier": a presence
 # classifier (model_name) whose OOF probs gate another experiment's masks (20_oof -p gate_exp <this exp>)
 encoder_name: Optional[str] = None  # smp or timm ("tu-...") encoder; classification presets use model_name
@@ -40,6 +41,11 @@ model_name: Optional[str] = None  # timm classifier for classification presets a
 encoder_weights: Optional[str] = None  # "imagenet", a local .pth/.safetensors file or folder, or "none" (scratch)
 aux_head: Optional[bool] = None  # classification head beside the masks (Understanding Clouds 1st place)
 dropout: Optional[float] = None  # dropout before the classification head / classifier layer
+multi_sample_dropout: Optional[int] = None  # classifiers: n >= 2 dropout samples at `dropout`, logits averaged
+global_pool: Optional[str] = None  # classifiers: timm pooling: avg, max, avgmax, catavgmax
+drop_path_rate: Optional[float] = None  # classifiers: stochastic depth (timm drop_path_rate)
+init_from: Optional[str] = None  # start from fold <fold>'s best.pt of this experiment (same folds.csv): fine-tune
+# at a new size or learning rate; None: encoder_weights
 model_kwargs: Optional[dict] = None  # more create_model / create_classifier keywords, e.g. decoder_channels
 height: Optional[int] = None  # training resolution in pixels (multiple of 32)
 width: Optional[int] = None
@@ -50,24 +56,41 @@ epochs: Optional[int] = None
 encoder_lr: Optional[float] = None  # AdamW learning rate of the encoder
 decoder_lr: Optional[float] = None  # ... of the decoder and heads
 weight_decay: Optional[float] = None
-scheduler: Optional[str] = None  # onecycle, cosine, constant
-warmup_epochs: Optional[float] = None  # linear warmup of "cosine", in epochs
+optimizer: Optional[str] = None  # timm.optim name: adamw, adamp, radam, sgd (Nesterov), lookahead_radam, ...
+optimizer_kwargs: Optional[dict] = None  # more optimiser arguments: momentum, betas, eps, ...
+scheduler: Optional[str] = None  # onecycle, cosine, cosine_restarts (SGDR), plateau (ReduceLROnPlateau), constant
+warmup_epochs: Optional[float] = None  # linear warmup of cosine / cosine_restarts, in epochs
 pct_start: Optional[float] = None  # OneCycle's rising fraction
-loss: Optional[str] = None  # a loss recipe (clouds_1st, clouds_6th, trash_ce_dice, ...) or a loss name
-loss_kwargs: Optional[dict] = None  # keywords of a loss name (not of a recipe)
+min_lr_ratio: Optional[float] = None  # cosine / cosine_restarts: the lowest rate as a fraction of the peak
+restart_epochs: Optional[float] = None  # cosine_restarts: length of the first cycle, in epochs
+restart_mult: Optional[int] = None  # cosine_restarts: each cycle this many times longer than the one before
+plateau_factor: Optional[float] = None  # plateau: the rates times this after plateau_patience flat epochs
+plateau_patience: Optional[int] = None  # plateau: epochs without improvement of the monitored score
+swa_epochs: Optional[int] = None  # average the weights of the last N epochs (SWA, BatchNorm recomputed); 0: off
+average_top_k: Optional[int] = None  # or average the weights of the N best epochs; 0: off
+loss: Optional[str] = None  # a loss recipe (clouds_1st, clouds_6th, trash_ce_dice, ...) or a loss name (ce,
+# focal_ce, bi_tempered, taylor_ce, focal_cosine, symmetric_ce, nce_rce, dice, ...: kitlib.losses.LOSSES)
+loss_kwargs: Optional[dict] = None  # keywords of a loss name, e.g. {"label_smoothing": 0.1, "weight": [...]}; None:
+# the recipe's when loss is the recipe's, else none
 accumulate: Optional[int] = None  # batches per optimiser step
 clip_grad_norm: Optional[float] = None  # 0: no clipping
 amp: Optional[str] = None  # auto (bf16/fp16 on CUDA, off on CPU), bf16 (CUDA or CPU), fp16, off
 channels_last: Optional[bool] = None
 ema_decay: Optional[float] = None  # 0: no EMA of the weights
 augment: Optional[str] = None  # none, flips, light
+mix: Optional[str] = None  # batch mix of a classification run: none, mixup, cutmix, fmix, mixup_cutmix
+mix_prob: Optional[float] = None  # probability that a training batch is mixed
+mix_alpha: Optional[float] = None  # lambda ~ Beta(mix_alpha, mix_alpha)
+mix_off_epochs: Optional[int] = None  # the last N epochs train unmixed (Cassava top solutions)
 monitor: Optional[str] = None  # history column that picks best.pt; "": valid_<metric>
 patience: Optional[int] = None  # early stopping after this many epochs without improvement; 0: off
 seed: int = 42
 num_workers: Optional[int] = None  # DataLoader processes
 cache: Optional[bool] = None  # read images from an on-disk cache at the training resolution
 device: str = "auto"  # auto, cpu, cuda
-tta: str = "none"  # test-time augmentation of the OOF predictions: none, hflip, vflip, flips, d4
+tta: str = "none"  # test-time augmentation of the OOF predictions: none, hflip, vflip, flips, d4; classifiers
+# also center_crop, five_crop, plain_five_crop, multiscale, flips_multiscale
+tta_weight: Optional[float] = None  # weight of the plain view against the mean of the other TTA views; None: equal
 oof_dtype: Optional[str] = None  # segmentation OOF: uint8 (p x 255), float16, float32
 gpus: int = 1  # > 1: run this fold with torchrun on that many GPUs (DDP)
 smoke: bool = False  # 2 epochs on 2 batches: check the whole path quickly

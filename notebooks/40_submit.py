@@ -25,13 +25,17 @@
 # (`./run_all.sh` runs it last).
 
 # %% tags=["parameters"]
+from typing import Optional
+
 exp: str = "demo"  # artifacts/<exp>/ holds fold<k>/best.pt (from 10_train)
 preset: str = "demo"  # competition preset: clouds, severstal, dacon_building, masks, coco, cassava, demo
 data_dir: str = "data/demo"  # competition folder with the test images (relative to the repo root)
 n_folds: int = 0  # use folds 0..n_folds-1 of exp; 0 (or an ensemble): every fold<k>/best.pt found
 artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)
 ensemble: str = ""  # artifacts/<ensemble>/ with weights.json (30_ensemble); empty: exp alone, weight 1
-tta: str = "none"  # test-time augmentation: none, hflip, vflip, flips, d4
+tta: str = "none"  # test-time augmentation: none, hflip, vflip, flips, d4; classifiers also center_crop, five_crop,
+# plain_five_crop, multiscale, flips_multiscale
+tta_weight: Optional[float] = None  # weight of the plain view against the mean of the other TTA views; None: equal
 batch_size: int = 8  # test images per batch
 num_workers: int = 0  # DataLoader processes
 device: str = "auto"  # auto, cpu, cuda
@@ -82,7 +86,8 @@ if gate_models:
 test_df = load_competition(cfg.preset, cfg.data_path, split="test")
 shown = test_df.sample(n=min(cfg.n_samples, len(test_df)), random_state=cfg.seed)
 batches = inference.predict_test(members, test_df, cfg.preset, batch_size=cfg.batch_size, tta=cfg.tta,
-                                 num_workers=cfg.num_workers, gate_models=gate_models)  # fmt: skip
+                                 tta_weight=cfg.tta_weight, num_workers=cfg.num_workers,
+                                 gate_models=gate_models)  # fmt: skip
 result = inference.make_submission(batches, test_df, cfg.preset, cfg.data_path, cfg.submission_file, postprocess,
                                    keep_masks=shown["image_id"].tolist())  # fmt: skip
 print(json.dumps(result.summary, indent=1))

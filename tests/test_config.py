@@ -101,3 +101,19 @@ def test_presets():
     with pytest.raises(TypeError):
         clouds.replace(colour="red")
     assert isinstance(clouds.replace(submission_size=None), Preset)
+
+
+def test_a_config_of_an_older_kit_loads_with_the_new_parameters_defaults(tmp_path):
+    """A fold's config.json written before a parameter existed: the parameter takes its declared default (None: the
+    recipe's value), so the run id and the rebuilt config are those of the same run today."""
+    from kitlib.stages import TrainConfig
+
+    cfg = TrainConfig.from_notebook(preset="demo")
+    cfg.save(tmp_path / "config.json")
+    data = read_json(tmp_path / "config.json")
+    for name in ("optimizer", "swa_epochs", "tta_weight", "recipe"):
+        del data["params"][name], data["types"][name]
+    write_json(tmp_path / "old.json", data)
+    old = TrainConfig.load(tmp_path / "old.json")
+    assert (old.optimizer, old.swa_epochs, old.tta_weight, old.recipe) == ("adamw", 0, None, "")
+    assert old.run_id() == cfg.run_id()

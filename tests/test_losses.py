@@ -322,7 +322,10 @@ GRAD_CASES = [
     ("bce", "multilabel"),
     ("soft_ce", "multiclass"),
     ("combo", "multiclass"),
-    *[(name, None) for name in ("ce", "focal_ce", "bi_tempered", "focal_cosine", "taylor_ce", "symmetric_ce")],
+    *[
+        (name, None)
+        for name in ("ce", "focal_ce", "bi_tempered", "focal_cosine", "taylor_ce", "symmetric_ce", "nce_rce")
+    ],
 ]
 
 

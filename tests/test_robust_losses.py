@@ -1,5 +1,6 @@
 """kitlib.robust_losses: a hand-computed case for every classification loss (built through the registry of
-kitlib.losses, as training builds them), the tempered and Taylor softmaxes, reductions, gradients."""
+kitlib.losses, as training builds them), the tempered and Taylor softmaxes, NCE+RCE, reductions, gradients, bad
+targets. Soft targets, smoothing conventions and class weights across the zoo: test_class_losses."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kitlib.losses import create_loss
+from kitlib.losses import LOSSES, SEGMENTATION_LOSSES, create_loss
 from kitlib.robust_losses import BiTemperedLoss, taylor_softmax, tempered_softmax
 
+#: Every classification loss of the registry.
+CLASSIFICATION = sorted(set(LOSSES) - SEGMENTATION_LOSSES - {"combo"})
 LN2 = math.log(2.0)
 PHI = (1 + math.sqrt(5)) / 2  # golden ratio
 
@@ -42,6 +45,16 @@ CLS_CASES = [
     ("taylor_ce", {"smoothing": 0.2}, [[0.0, 1.0]], [1], -(0.2 * math.log(1 / 3.5) + 0.8 * math.log(2.5 / 3.5))),
     # p = (1/2, 1/2): 0.1 * ln 2 + 1.0 * -log(1e-4) * (1 - 1/2)
     ("symmetric_ce", {}, [[0.0, 0.0]], [0], 0.1 * LN2 - math.log(1e-4) * 0.5),
+    # NCE = log p_y / sum_k log p_k = 1/2; RCE = -log(1e-4) * (1 - 1/2)
+    ("nce_rce", {}, [[0.0, 0.0]], [0], 0.5 - math.log(1e-4) * 0.5),
+    # p = (3/4, 1/4), y = 0: NCE = ln(4/3) / (ln(4/3) + ln 4); RCE = -log(1e-4) / 4
+    (
+        "nce_rce",
+        {"alpha": 2.0, "beta": 0.5},
+        [[math.log(3.0), 0.0]],
+        [0],
+        2 * math.log(4 / 3) / math.log(16 / 3) - 0.5 * math.log(1e-4) / 4,
+    ),
 ]
 
 
@@ -159,7 +172,17 @@ def test_focal_cosine_by_formula():
     assert loss(logits, targets).item() == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["focal_ce", "bi_tempered", "focal_cosine", "taylor_ce", "symmetric_ce"])
+def test_nce_rce_is_alpha_nce_plus_beta_rce():
+    logits, targets = _logits_targets()
+    log_p = logits.log_softmax(1)
+    nce = log_p[torch.arange(6), targets] / log_p.sum(1)
+    rce = -math.log(1e-4) * (1 - log_p.exp()[torch.arange(6), targets])
+    expected = (3.0 * nce + 0.2 * rce).mean().item()
+    assert create_loss("nce_rce", alpha=3.0, beta=0.2)(logits, targets).item() == pytest.approx(expected, rel=1e-5)
+    assert ((nce >= 0) & (nce <= 1)).all()  # normalised: in [0, 1]
+
+
+@pytest.mark.parametrize("name", CLASSIFICATION)
 def test_classification_reductions(name):
     logits, targets = _logits_targets()
     per_sample = create_loss(name, reduction="none")(logits, targets)
@@ -172,16 +195,13 @@ def test_classification_reductions(name):
         create_loss(name, reduction="avg")
 
 
+@pytest.mark.parametrize("name", CLASSIFICATION)
 @pytest.mark.parametrize(
-    ("name", "targets", "message"),
-    [
-        ("bi_tempered", torch.zeros(6, 4), "targets must be"),
-        ("taylor_ce", torch.zeros(5, dtype=torch.int64), "targets must be"),
-        ("symmetric_ce", torch.zeros(6, 5), r"targets must be int64 \(N,\)"),
-        ("focal_cosine", torch.zeros(6, 5), r"targets must be int64 \(N,\)"),
-    ],
+    "targets",
+    [torch.zeros(6, 4), torch.zeros(5, dtype=torch.int64), torch.zeros(6), torch.zeros(6, 5, dtype=torch.int64)],
+    ids=["float (6, 4)", "int (5,)", "float (6,)", "int (6, 5)"],
 )
-def test_classification_bad_targets(name, targets, message):
+def test_classification_bad_targets(name, targets):
     logits, _ = _logits_targets()
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=r"targets must be int64 \(6,\) or float \(6, 5\) for logits \(6, 5\)"):
         create_loss(name)(logits, targets)

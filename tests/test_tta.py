@@ -8,9 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from kitlib.tta import TRANSFORMS, TTA, predict_tta, tta_names, tta_pairs
+from kitlib.tta import CROP_FRACTION, TRANSFORMS, TTA, predict_tta, tta_names, tta_pairs
 
-ALL_TTA = sorted(TTA)
+#: TTAs made of invertible (dihedral) transforms: the ones a segmentation model can use.
+DIHEDRAL_TTA = sorted(n for n, names in TTA.items() if all(TRANSFORMS[t][1] is not None for t in names))
+CLASSIFIER_ONLY_TTA = sorted(set(TTA) - set(DIHEDRAL_TTA))
+INVERTIBLE = sorted(n for n, (_, d) in TRANSFORMS.items() if d is not None)
 
 
 class Identity(nn.Module):
@@ -53,7 +56,7 @@ def _images(n=2, c=3, h=4, w=4, seed=0):
     return torch.rand(n, c, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("name", sorted(TRANSFORMS))
+@pytest.mark.parametrize("name", INVERTIBLE)
 @pytest.mark.parametrize("shape", [(4, 4), (3, 5)])
 def test_each_pair_inverts(name, shape):
     x = _images(h=shape[0], w=shape[1])
@@ -92,7 +95,7 @@ def test_registry():
         tta_pairs([])
 
 
-@pytest.mark.parametrize("tta", ALL_TTA)
+@pytest.mark.parametrize("tta", DIHEDRAL_TTA)
 @pytest.mark.parametrize("shape", [(4, 4), (4, 6)])
 def test_identity_model(tta, shape):
     x = _images(h=shape[0], w=shape[1])
@@ -102,7 +105,7 @@ def test_identity_model(tta, shape):
     assert probs.dtype == torch.float32
 
 
-@pytest.mark.parametrize("tta", ALL_TTA)
+@pytest.mark.parametrize("tta", DIHEDRAL_TTA)
 @pytest.mark.parametrize("shape", [(4, 4), (3, 5)])
 def test_deaugment_undoes_augment(tta, shape):
     """A model that is not equivariant: the result is x + the mean of R over the inverse transforms, computed
@@ -226,3 +229,71 @@ def test_bad_inputs():
 
     with pytest.raises(TypeError, match="tensor or a tuple"):
         predict_tta(DictOut(), _images())
+
+
+def test_dihedral_and_classifier_sets():
+    assert DIHEDRAL_TTA == ["d4", "flips", "hflip", "none", "vflip"]
+    assert {"five_crop", "center_crop", "multiscale"} <= set(CLASSIFIER_ONLY_TTA)
+
+
+def test_crops_by_hand():
+    """On an 8 x 8 ramp, the 7 x 7 corner crops are the corner windows resized back (bilinear) to 8 x 8."""
+    x = _ramp(8, 8).reshape(1, 1, 8, 8)
+    side = round(8 * CROP_FRACTION)
+    windows = {"crop_tl": x[..., :side, :side], "crop_br": x[..., -side:, -side:]}
+    for name in ("crop_tl", "crop_br"):
+        expected = nn.functional.interpolate(windows[name], size=(8, 8), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(TRANSFORMS[name][0](x), expected)
+    # the top-left crop of a ramp starts at 0, the bottom-right one ends at the last value
+    assert TRANSFORMS["crop_tl"][0](x)[..., 0, 0].item() == 0.0
+    assert TRANSFORMS["crop_br"][0](x)[..., -1, -1].item() == pytest.approx(x[..., -1, -1].item())
+    assert TRANSFORMS["scale_1.125"][0](x).shape[-2:] == (9, 9)
+    assert TRANSFORMS["scale_0.875"][0](x).shape[-2:] == (7, 7)
+
+
+class MeanClassifier(nn.Module):
+    """Class logits (N, C) = the mean of each channel: a global-pooling classifier."""
+
+    def forward(self, x):
+        return x.mean((-2, -1))
+
+
+@pytest.mark.parametrize("tta", CLASSIFIER_ONLY_TTA)
+def test_classifier_tta_on_a_constant_image_is_exact(tta):
+    """A constant image is the same under any crop or rescale: every view gives the plain prediction."""
+    x = torch.rand(2, 3, 1, 1).expand(2, 3, 8, 8).contiguous()
+    probs = predict_tta(MeanClassifier(), x, tta=tta, activation="softmax")
+    torch.testing.assert_close(probs, torch.softmax(x.mean((-2, -1)), 1))
+
+
+def test_five_crop_is_the_mean_of_the_five_views():
+    x = _images(h=8, w=8)
+    views = [MeanClassifier()(TRANSFORMS[f"crop_{w}"][0](x)) for w in ("tl", "tr", "bl", "br", "c")]
+    probs = predict_tta(MeanClassifier(), x, tta="five_crop", activation="none")
+    torch.testing.assert_close(probs, torch.stack(views).mean(0))
+    assert not torch.allclose(probs, MeanClassifier()(x))  # the crops are real: they change the prediction
+
+
+@pytest.mark.parametrize("tta", CLASSIFIER_ONLY_TTA)
+def test_crops_on_masks_are_a_clear_error(tta):
+    with pytest.raises(ValueError, match=r"cannot be undone on mask outputs"):
+        predict_tta(Identity(), _images(h=8, w=8), tta=tta)
+
+
+def test_plain_weight():
+    x = _images(h=3, w=5)
+    plain = Classifier()(x)
+    flipped = x[:, :, 0, -1]
+    probs = predict_tta(Classifier(), x, tta="hflip", activation="none", plain_weight=0.75)
+    torch.testing.assert_close(probs, 0.75 * plain + 0.25 * flipped)
+    even = predict_tta(Classifier(), x, tta="hflip", activation="none", plain_weight=0.5)
+    torch.testing.assert_close(even, predict_tta(Classifier(), x, tta="hflip", activation="none"))
+    masks, cls = predict_tta(SegWithHead(), x, tta="hflip", activation="none", plain_weight=1.0)
+    torch.testing.assert_close(cls, plain)
+    torch.testing.assert_close(masks, x)
+    with pytest.raises(ValueError, match="plain_weight"):
+        predict_tta(Classifier(), x, tta="none", plain_weight=0.5)
+    with pytest.raises(ValueError, match="plain_weight"):
+        predict_tta(Classifier(), x, tta="five_crop", plain_weight=0.5)  # no identity pass
+    with pytest.raises(ValueError, match="plain_weight"):
+        predict_tta(Classifier(), x, tta="hflip", plain_weight=1.5)
