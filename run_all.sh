@@ -2,11 +2,14 @@
 # The main job: every notebook in order through papermill, headless and resumable.
 #
 #   ./run_all.sh                                    the built-in demo (generated into data/demo once)
+#   ./run_all.sh --preset demo_classify             the built-in classification demo (data/demo_classify)
 #   ./run_all.sh --preset masks --data ../shared/data/isbi2012_membrane
 #
 # Options:
-#   --preset P        competition preset (kitlib.presets): clouds, severstal, dacon_building, masks, coco, cassava, demo
-#   --data DIR        competition folder; required unless the preset is demo
+#   --preset P        competition preset (kitlib.presets): clouds, severstal, dacon_building, masks, coco, cassava, demo,
+#                     demo_classify
+#   --data DIR        competition folder; required unless the preset is a demo (demo, demo_classify: written into
+#                     data/<preset> once, and the submission is scored on its hidden test truth at the end)
 #   --exp NAME        experiment name: executed notebooks go to runs/NAME/, artifacts to artifacts/NAME/ (default: preset)
 #   --folds N         number of folds (default 5)
 #   --label-file F    train label file inside DIR when it is not the competition's own name
@@ -57,9 +60,12 @@ if [ -n "$gpus" ] && ! [[ "$gpus" =~ ^[0-9]+(,[0-9]+)*$ ]]; then
   echo "error: --gpus takes comma-separated GPU ids such as 0,1; got $gpus" >&2; exit 2
 fi
 if [ -z "$data" ]; then
-  if [ "$preset" != demo ]; then echo "error: --data DIR is required for preset $preset" >&2; exit 2; fi
-  data="data/demo"
-  python -m kitlib.demo "$data" >/dev/null
+  if ! python -m kitlib.demo --list | grep -qxF "$preset"; then
+    echo "error: --data DIR is required for preset $preset (only the demos, $(python -m kitlib.demo --list | paste -sd,), are written here)" >&2
+    exit 2
+  fi
+  data="data/$preset"
+  python -m kitlib.demo "$data" --preset "$preset" >/dev/null
 fi
 [ -d "$data" ] || { echo "error: data folder not found: $data" >&2; exit 2; }
 data="$(cd "$data" && pwd)"
@@ -182,6 +188,6 @@ print(f"[run_all] CV ({path}): " + (", ".join(parts) or json.dumps(cv)))
 PY
 done
 [ ! -f "$runs/submission.csv" ] || echo "[run_all] submission: $runs/submission.csv"
-if [ "$preset" = demo ] && [ -f "$runs/submission.csv" ] && [ -f "$data/demo.json" ]; then
+if [ -f "$runs/submission.csv" ] && [ -f "$data/demo.json" ]; then
   echo "[run_all] demo $(python -m kitlib.demo "$data" --score "$runs/submission.csv") (hidden test_truth.csv)" || true
 fi

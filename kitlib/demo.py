@@ -40,108 +40,43 @@ import argparse
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from kitlib._private import progress
+from kitlib._private import lookup, progress
+from kitlib._synthetic import (
+    JPEG_QUALITY,
+    MARKER,
+    TRUTH_FILE,
+    background,
+    check_demo_args,
+    prepare_dir,
+    region,
+    texture,
+)  # fmt: skip
+from kitlib.demo_classify import make_classification_demo, score_classification_submission
 from kitlib.io import atomic_write_bytes, read_json, write_csv, write_json
 from kitlib.presets import PRESETS
 from kitlib.rle import rle_encode
 
-__all__ = ["make_demo", "score_submission", "DEMO_VERSION", "MARKER", "TRUTH_FILE", "JPEG_QUALITY", "main"]
+__all__ = [
+    "DEMOS", "make_demo", "make_preset_demo", "score_submission", "score_demo", "DEMO_VERSION", "MARKER",
+    "TRUTH_FILE", "JPEG_QUALITY", "main",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the generator changes what it draws: a folder made by another version is rebuilt.
 DEMO_VERSION = 1
-#: Completion marker, written last: the parameters the folder was made with.
-MARKER = "demo.json"
-#: Hidden truth of the test images (train.csv format).
-TRUTH_FILE = "test_truth.csv"
-JPEG_QUALITY = 90
 
 _PRESET = PRESETS["demo"]
 _CLASSES = _PRESET.classes
 _SPLITS = {"train": (0, "d", _PRESET.image_dir), "test": (1, "t", _PRESET.test_image_dir)}  # rng key, id prefix, dir
-_DEMO_IMAGE = re.compile(r"^[dt]\d{4,}\.jpg$")
-_MIN_REGION = 0.04  # smallest drawn region, fraction of the image
 _MIN_VISIBLE = 0.02  # smallest visible part of a class, fraction of the image
-_TINTS = {  # per-class BGR gain: a mild colour cue on top of the texture
-    "Stripes": (0.80, 0.95, 1.15),
-    "Dots": (0.85, 1.15, 0.90),
-    "Checker": (1.00, 1.00, 1.00),
-    "Blob": (1.15, 1.00, 0.85),
-}
-
-
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """(H, W, 3) float32 around 80-130: smooth low-frequency 'weather' plus a little colour."""
-    coarse = rng.normal(0.0, 1.0, (h // 16 + 2, w // 16 + 2, 3)).astype(np.float32)
-    smooth = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    return rng.uniform(85.0, 120.0) + 12.0 * smooth
-
-
-def _rotated(rng: np.random.Generator, h: int, w: int, max_angle: float) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinates (H, W) float32 rotated by a random angle in [0, max_angle) and shifted randomly."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    a = rng.uniform(0.0, max_angle)
-    c, s = np.float32(np.cos(a)), np.float32(np.sin(a))
-    u = xx * c + yy * s + np.float32(rng.uniform(0, 100))
-    v = -xx * s + yy * c + np.float32(rng.uniform(0, 100))
-    return u, v
-
-
-def _texture(name: str, rng: np.random.Generator, h: int, w: int, center: tuple[float, float]) -> np.ndarray:
-    """(H, W, 3) float32 in about [30, 240]: the texture of class ``name`` over the whole canvas."""
-    if name == "Stripes":
-        u, _ = _rotated(rng, h, w, np.pi)
-        period = rng.uniform(7.0, 12.0)
-        gray = 135.0 + 75.0 * np.sin(2 * np.pi * u / period)
-    elif name == "Dots":
-        u, v = _rotated(rng, h, w, np.pi / 2)
-        spacing, radius = rng.uniform(8.0, 12.0), rng.uniform(1.6, 2.6)
-        du, dv = np.mod(u, spacing) - spacing / 2, np.mod(v, spacing) - spacing / 2
-        dot = np.clip(radius + 0.5 - np.sqrt(du * du + dv * dv), 0.0, 1.0)  # anti-aliased disc
-        gray = 40.0 + 190.0 * dot
-    elif name == "Checker":
-        u, v = _rotated(rng, h, w, np.pi / 2)
-        side = rng.uniform(5.0, 9.0)
-        gray = 127.0 + 75.0 * np.sign(np.sin(np.pi * u / side) * np.sin(np.pi * v / side))
-    elif name == "Blob":
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        sigma = rng.uniform(0.25, 0.45) * max(h, w)
-        d2 = (xx - center[0]) ** 2 + (yy - center[1]) ** 2
-        gray = 185.0 + 50.0 * np.exp(-d2 / (2 * sigma * sigma))
-    else:  # pragma: no cover - the class list is fixed
-        raise KeyError(f"unknown demo class {name!r}; options: {list(_CLASSES)}")
-    return gray.astype(np.float32)[..., None] * np.asarray(_TINTS[name], np.float32)
-
-
-def _region(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, tuple[float, float]]:
-    """A random filled region: (H, W) bool mask (at least 4 % of the image) and its centre (x, y) in pixels."""
-    for _ in range(100):
-        cx, cy = rng.uniform(-0.05, 1.05) * w, rng.uniform(-0.05, 1.05) * h  # some regions are cut by the border
-        rx, ry = rng.uniform(0.12, 0.38) * w, rng.uniform(0.15, 0.45) * h
-        angle = rng.uniform(0.0, 180.0)
-        mask = np.zeros((h, w), np.uint8)
-        kind = rng.integers(3)
-        if kind == 0:
-            cv2.ellipse(mask, (round(cx), round(cy)), (round(rx), round(ry)), angle, 0, 360, 1, thickness=-1)
-        elif kind == 1:  # star-shaped polygon: sorted angles, random radii
-            n = int(rng.integers(5, 9))
-            theta = np.sort(rng.uniform(0.0, 2 * np.pi, n))
-            radius = rng.uniform(0.55, 1.0, n)
-            pts = np.stack([cx + rx * radius * np.cos(theta), cy + ry * radius * np.sin(theta)], axis=1)
-            cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
-        else:
-            box = cv2.boxPoints(((cx, cy), (2 * rx, 2 * ry), angle if rng.random() < 0.5 else 0.0))
-            cv2.fillPoly(mask, [np.round(box).astype(np.int32)], 1)
-        if mask.sum() >= _MIN_REGION * h * w:
-            return mask.astype(bool), (cx, cy)
-    raise RuntimeError(f"could not draw a region of at least {_MIN_REGION:.0%} of a {h}x{w} image")  # pragma: no cover
 
 
 def _make_image(rng: np.random.Generator, index: int, h: int, w: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -156,8 +91,8 @@ def _make_image(rng: np.random.Generator, index: int, h: int, w: int) -> tuple[n
     n_classes = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
     others = rng.permutation([c for c in range(k) if c != forced])[: n_classes - 1]
     order = [*others.tolist(), forced]  # paint order; the forced class is painted last, so it is fully visible
-    regions = {c: _region(rng, h, w) for c in order}
-    textures = {c: _texture(_CLASSES[c], rng, h, w, regions[c][1]) for c in order}
+    regions = {c: region(rng, h, w) for c in order}
+    textures = {c: texture(_CLASSES[c], rng, h, w, regions[c][1]) for c in order}
 
     def visible(kept: list[int]) -> dict[int, np.ndarray]:
         out, covered = {}, np.zeros((h, w), bool)
@@ -174,7 +109,7 @@ def _make_image(rng: np.random.Generator, index: int, h: int, w: int) -> tuple[n
             break
         kept = [c for c in kept if c != small[0]]
 
-    image = _background(rng, h, w)
+    image = background(rng, h, w)
     for c in kept:
         image[vis[c]] = textures[c][vis[c]]
     image += rng.normal(0.0, 6.0, image.shape).astype(np.float32)
@@ -214,48 +149,6 @@ def _params(seed: int, n_train: int, n_test: int, height: int, width: int) -> di
     }
 
 
-def _is_complete(data_dir: Path, params: dict) -> bool:
-    """True when the marker holds ``params`` and every file it promises exists."""
-    try:
-        if read_json(data_dir / MARKER) != params:
-            return False
-    except (FileNotFoundError, ValueError):
-        return False
-    files = [_PRESET.label_file, _PRESET.sample_submission, TRUTH_FILE]
-    for split, n in (("train", params["n_train"]), ("test", params["n_test"])):
-        _, prefix, folder = _SPLITS[split]
-        files += [f"{folder}/{prefix}{i:04d}.jpg" for i in range(n)]
-    return all((data_dir / f).is_file() for f in files)
-
-
-def _check_not_foreign(data_dir: Path) -> None:
-    """Refuse to write over a real competition's train.csv (a folder with no marker and non-demo labels)."""
-    path = data_dir / _PRESET.label_file
-    if not path.is_file():
-        return
-    with open(path, encoding="utf-8") as f:
-        header, first = f.readline().strip(), f.readline().strip()
-    names = "|".join(map(re.escape, _CLASSES))
-    if header != ",".join(_PRESET.submission_columns) or not re.match(rf"^d\d{{4,}}\.jpg_({names}),", first):
-        raise FileExistsError(
-            f"{path} exists and is not a demo label file (header {header!r}, first row {first[:60]!r}); "
-            f"make the demo in an empty folder or pass overwrite=True"
-        )
-
-
-def _remove_stale(data_dir: Path, keep: dict[str, set[str]]) -> None:
-    """Delete demo-named images (d0000.jpg, t0000.jpg, ...) that the new demo does not write."""
-    for folder, names in keep.items():
-        path = data_dir / folder
-        if not path.is_dir():
-            continue
-        stale = [p for p in path.iterdir() if _DEMO_IMAGE.match(p.name) and p.name not in names]
-        for p in stale:
-            p.unlink()
-        if stale:
-            log.info("removed %d stale demo images from %s", len(stale), path)
-
-
 def make_demo(
     data_dir: str | os.PathLike,
     seed: int = 0,
@@ -287,26 +180,16 @@ def make_demo(
         ValueError: a negative seed, fewer than 1 image per split, or a side under 32 pixels.
         FileExistsError: ``data_dir/train.csv`` exists, is not a demo's and ``overwrite`` is False.
     """
-    for name, value, low in (("seed", seed, 0), ("n_train", n_train, 1), ("n_test", n_test, 1)):
-        if int(value) != value or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if min(height, width) < 32:
-        raise ValueError(f"height and width must be >= 32 pixels, got {height}x{width}")
+    check_demo_args(seed, n_train, n_test, height, width)
     data_dir = Path(data_dir)
     params = _params(int(seed), int(n_train), int(n_test), int(height), int(width))
-    if not overwrite:
-        if _is_complete(data_dir, params):
-            log.info("demo already complete in %s (seed %d, %d train, %d test); not rewritten", data_dir, seed,
-                     n_train, n_test)  # fmt: skip
-            return data_dir
-        if not (data_dir / MARKER).is_file():
-            _check_not_foreign(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / MARKER).unlink(missing_ok=True)  # no marker until every file is rewritten
-    _remove_stale(data_dir, {
+    images = {
         _PRESET.image_dir: {f"d{i:04d}.jpg" for i in range(n_train)},
         _PRESET.test_image_dir: {f"t{i:04d}.jpg" for i in range(n_test)},
-    })  # fmt: skip
+    }
+    names = "|".join(map(re.escape, _CLASSES))
+    if not prepare_dir(data_dir, params, _PRESET, images, rf"^d\d{{4,}}\.jpg_({names}),", overwrite):
+        return data_dir
 
     train = _write_split(data_dir, "train", params["n_train"], params["seed"], params["height"], params["width"])
     truth = _write_split(data_dir, "test", params["n_test"], params["seed"], params["height"], params["width"])
@@ -369,26 +252,72 @@ def score_submission(submission: str | os.PathLike, data_dir: str | os.PathLike)
     }
 
 
+#: The built-in synthetic competitions: preset name -> (writer, scorer). ``./run_all.sh --preset NAME`` without
+#: ``--data`` writes ``data/NAME`` with the writer and scores the submission on the hidden test truth at the end.
+DEMOS: dict[str, tuple[Callable[..., Path], Callable[..., dict]]] = {
+    "demo": (make_demo, score_submission),
+    "demo_classify": (make_classification_demo, score_classification_submission),
+}
+
+
+def make_preset_demo(preset: str, data_dir: str | os.PathLike, **kwargs) -> Path:
+    """Write the synthetic competition of ``preset`` (a ``DEMOS`` key) into ``data_dir``; ``kwargs`` go to its writer.
+
+    Raises:
+        KeyError: not a demo preset (the message lists them).
+    """
+    return lookup(DEMOS, preset, "demo preset")[0](data_dir, **kwargs)
+
+
+def score_demo(submission: str | os.PathLike, data_dir: str | os.PathLike) -> tuple[str, dict]:
+    """Score a submission on the hidden test truth of the demo in ``data_dir`` (its ``demo.json`` names the preset).
+
+    Returns:
+        ``(line, result)``: a one-line summary ("test Dice 0.91 (all-empty 0.52) on 20 images" or "test accuracy 0.88
+        (majority class 0.40) on 50 images") and the scorer's dict.
+    Raises:
+        FileNotFoundError: not a demo folder. KeyError: a marker of an unknown demo.
+    """
+    preset = read_json(Path(data_dir) / MARKER).get("preset", "demo")
+    result = lookup(DEMOS, preset, "demo preset")[1](submission, data_dir)
+    if "dice" in result:
+        line = f"test Dice {result['dice']:.4f} (all-empty {result['empty_dice']:.4f}) on {result['n_images']} images"
+    else:
+        line = (f"test accuracy {result['accuracy']:.4f} (majority class {result['majority_accuracy']:.4f}) on "
+                f"{result['n_images']} images")  # fmt: skip
+    return line, result
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m kitlib.demo DATA_DIR [--seed S] [--n-train N] [--n-test N] [--overwrite]``;
-    ``python -m kitlib.demo DATA_DIR --score SUBMISSION.csv`` prints the submission's test Dice."""
-    parser = argparse.ArgumentParser(prog="python -m kitlib.demo", description="Write the synthetic demo competition.")
-    parser.add_argument("data_dir", help="folder to write the demo competition into, e.g. data/demo")
+    """Command line: ``python -m kitlib.demo DATA_DIR [--preset demo_classify] [--seed S] [--n-train N] [--n-test N]
+    [--overwrite]``; ``python -m kitlib.demo DATA_DIR --score SUBMISSION.csv`` prints the submission's test score;
+    ``python -m kitlib.demo --list`` prints the demo presets."""
+    parser = argparse.ArgumentParser(prog="python -m kitlib.demo", description="Write a synthetic demo competition.")
+    parser.add_argument("data_dir", nargs="?", help="folder to write the demo competition into, e.g. data/demo")
+    parser.add_argument("--preset", default="demo", help=f"which demo: {', '.join(DEMOS)} (default demo)")
+    parser.add_argument("--list", action="store_true", help="print the demo presets, one a line, and exit")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--n-train", type=int, default=80, help="number of train images (default 80)")
-    parser.add_argument("--n-test", type=int, default=20, help="number of test images (default 20)")
-    parser.add_argument("--height", type=int, default=128, help="image height in pixels (default 128)")
-    parser.add_argument("--width", type=int, default=192, help="image width in pixels (default 192)")
+    parser.add_argument("--n-train", type=int, help="number of train images (default: the demo's, 80 / 200)")
+    parser.add_argument("--n-test", type=int, help="number of test images (default: the demo's, 20 / 50)")
+    parser.add_argument("--height", type=int, help="image height in pixels (default: the demo's, 128 / 96)")
+    parser.add_argument("--width", type=int, help="image width in pixels (default: the demo's, 192 / 128)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if a complete demo is there")
     parser.add_argument("--score", metavar="SUBMISSION", help="score this submission on the hidden test truth")
     args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(DEMOS))
+        return
+    if not args.data_dir:
+        parser.error("DATA_DIR is required")
     if args.score:
-        result = score_submission(args.score, args.data_dir)
-        print(f"test Dice {result['dice']:.4f} (all-empty {result['empty_dice']:.4f}) on {result['n_images']} images")
+        print(score_demo(args.score, args.data_dir)[0])
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    path = make_demo(args.data_dir, seed=args.seed, n_train=args.n_train, n_test=args.n_test, height=args.height,
-                     width=args.width, overwrite=args.overwrite)  # fmt: skip
+    sizes = {k: getattr(args, k) for k in ("n_train", "n_test", "height", "width") if getattr(args, k) is not None}
+    try:
+        path = make_preset_demo(args.preset, args.data_dir, seed=args.seed, overwrite=args.overwrite, **sizes)
+    except KeyError as e:
+        parser.error(str(e.args[0]))
     print(path)
 
 

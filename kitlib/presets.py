@@ -294,6 +294,21 @@ PRESETS: dict[str, Preset] = {
         submission_size=(64, 96),
         description="Synthetic competition in the Understanding Clouds layout (kitlib.demo), 128x192, scored at 64x96",
     ),
+    "demo_classify": Preset(
+        name="demo_classify",
+        task="classification",
+        classes=("Stripes", "Dots", "Checker", "Blob", "Plain"),
+        label_format="label_csv",
+        label_file="train.csv",
+        image_dir="train_images",
+        test_image_dir="test_images",
+        sample_submission="sample_submission.csv",
+        submission_columns=("image_id", "label"),
+        metric="accuracy",
+        submission_format="label",
+        description="Synthetic image classification in the Cassava layout (kitlib.demo_classify): 5 classes, 96x128, "
+        "accuracy",
+    ),
 }
 
 

@@ -295,6 +295,23 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
         augment="flips",
         recipe_source="The demo: the Understanding Clouds 1st-place loss and head on a slim Unet from scratch.",
     ),
+    "demo_classify": dict(
+        model_name="resnet18",
+        encoder_weights=None,
+        height=96,
+        width=128,
+        batch_size=16,
+        epochs=10,
+        encoder_lr=3e-3,
+        decoder_lr=3e-3,
+        weight_decay=1e-4,
+        scheduler="onecycle",
+        loss="ce",
+        loss_kwargs={"label_smoothing": 0.1},
+        augment="flips",
+        recipe_source="The classification demo: a timm resnet18 from scratch at the images' own 96x128, CE with label "
+        "smoothing 0.1, OneCycle at 3e-3, flips, 10 epochs.",
+    ),
 }
 
 # What a presence classifier changes in a segmentation preset's recipe: a timm classifier (the recipe's encoder when

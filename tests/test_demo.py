@@ -151,8 +151,8 @@ def test_textures_are_distinguishable(demo_dir):
 
 def test_texture_check_fails_on_identical_textures(tmp_path, monkeypatch):
     """Negative control: with one texture (and tint) for every class, the same check is near chance."""
-    texture = demo._texture
-    monkeypatch.setattr(demo, "_texture", lambda name, *args: texture("Checker", *args))
+    texture = demo.texture
+    monkeypatch.setattr(demo, "texture", lambda name, *args: texture("Checker", *args))
     data_dir = make_demo(tmp_path, seed=0, n_train=N_TRAIN, n_test=1)
     assert _texture_accuracy(data_dir) < 0.6
 
