@@ -23,13 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import _timing
 import cv2
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from kitlib import engine, optim, runtime
+from kitlib import optim, runtime
 from kitlib.cache import build_cache
 from kitlib.data import ClassificationDataset, build_transforms
 from kitlib.formats import load_competition
@@ -62,27 +63,9 @@ def train_images_per_s(device, model_name, size, batch_size, steps, warmup, amp:
         model = model.to(memory_format=torch.channels_last)
     optimizer = optim.make_optimizer(model, 1e-4, 1e-4, 1e-6)
     loss = create_loss("ce")
-    if device.type == "cuda":
-        amp_dtype = runtime.resolve_amp(amp, device)
-    else:
-        amp_dtype = torch.bfloat16 if amp != "off" else None  # CPU autocast: bf16 only
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-
-    def run(n_steps: int) -> float:
-        loader = runtime.make_loader(_Synthetic(n_steps * batch_size, size, preset.num_classes), batch_size, True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        engine.train_one_epoch(
-            model, loader, loss, optimizer, preset, device, scaler=scaler, amp_dtype=amp_dtype,
-            channels_last=channels_last,
-        )  # fmt: skip
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    run(warmup)
-    return steps * batch_size / run(steps)
+    dataset = lambda n: _Synthetic(n, size, preset.num_classes)  # noqa: E731
+    return _timing.train_images_per_s(model, dataset, loss, optimizer, preset, device, batch_size, steps, warmup, amp,
+                                      channels_last)  # fmt: skip
 
 
 def cassava_table(data: Path, tmp: Path) -> tuple[pd.DataFrame, str]:

@@ -12,12 +12,12 @@ the device synchronised. Prints images/s for each and the ratio (mixed precision
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from _timing import train_images_per_s
 from torch.utils.data import Dataset
 
-from kitlib import engine, optim, runtime
+from kitlib import optim, runtime
 from kitlib.losses import create_loss
 from kitlib.models import create_model
 from kitlib.presets import PRESETS
@@ -45,27 +45,9 @@ def _images_per_s(
         model = model.to(memory_format=torch.channels_last)
     optimizer = optim.make_optimizer(model, 2.5e-5, 2.5e-4, 0.01)
     loss = create_loss("combo", terms={"bce": 0.75, "dice": 0.25}, mode="multilabel")
-    if device.type == "cuda":
-        amp_dtype = runtime.resolve_amp(amp, device)
-    else:
-        amp_dtype = torch.bfloat16 if amp != "off" else None  # CPU autocast: bf16 only
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-
-    def run(n_steps: int) -> float:
-        loader = runtime.make_loader(_Synthetic(n_steps * batch_size, height, width, 4), batch_size, train=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        engine.train_one_epoch(
-            model, loader, loss, optimizer, PRESETS["clouds"], device, scaler=scaler, amp_dtype=amp_dtype,
-            channels_last=channels_last,
-        )  # fmt: skip
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    run(warmup)
-    return steps * batch_size / run(steps)
+    dataset = lambda n: _Synthetic(n, height, width, 4)  # noqa: E731
+    return train_images_per_s(model, dataset, loss, optimizer, PRESETS["clouds"], device, batch_size, steps, warmup,
+                              amp, channels_last)  # fmt: skip
 
 
 def main() -> None:

@@ -99,83 +99,51 @@ DEFAULT_RECIPE: dict[str, Any] = dict(
     oof_dtype="uint8",
 )
 
+#: What the Cassava solutions below share: ImageNet-pretrained timm models fine-tuned at 512x512, batch 16, Adam(W) at
+#: 1e-4 with weight decay 1e-6, channels_last.
+_CASSAVA_512: dict[str, Any] = dict(
+    task="classification", encoder_weights="imagenet", height=512, width=512, batch_size=16, encoder_lr=1e-4,
+    decoder_lr=1e-4, weight_decay=1e-6, channels_last=True, epochs=10,
+)  # fmt: skip
+#: ... and the EfficientNet-B4 Noisy Student ones: a cosine schedule after a warmup epoch.
+_CASSAVA_B4: dict[str, Any] = dict(
+    _CASSAVA_512, model_name="tf_efficientnet_b4.ns_jft_in1k", scheduler="cosine", warmup_epochs=1
+)
+
 #: What single solutions trained, by name (``-p recipe NAME``): each applies to any preset of its ``task`` and
 #: overrides the preset's recipe; the notebook's parameters still override it. Pretrained weights are the timm tags'
 #: ("imagenet"), attached as files in a Kaggle kernel (``kitlib.offline``).
 NAMED_RECIPES: dict[str, dict[str, Any]] = {
     "cassava_1st_b4_bitempered": dict(
-        task="classification",
-        model_name="tf_efficientnet_b4.ns_jft_in1k",
-        encoder_weights="imagenet",
-        height=512,
-        width=512,
-        batch_size=16,
-        epochs=10,
-        encoder_lr=1e-4,
-        decoder_lr=1e-4,
-        weight_decay=1e-6,
-        scheduler="cosine",
-        warmup_epochs=1,
+        _CASSAVA_B4,
         loss="bi_tempered",
         loss_kwargs={"t1": 0.8, "t2": 1.4, "label_smoothing": 0.06},
-        channels_last=True,
         recipe_source="Cassava Leaf Disease 1st place: EfficientNet-B4 Noisy Student at 512x512 with the bi-tempered "
         "logistic loss (Amid et al. 2019) t1 0.8, t2 1.4, label smoothing 0.06; cosine schedule with a warmup epoch.",
     ),
     "cassava_seresnext50_focal_cosine": dict(
-        task="classification",
+        _CASSAVA_512,
         model_name="seresnext50_32x4d.racm_in1k",
-        encoder_weights="imagenet",
-        height=512,
-        width=512,
-        batch_size=16,
-        epochs=10,
-        encoder_lr=1e-4,
-        decoder_lr=1e-4,
-        weight_decay=1e-6,
         scheduler="cosine_restarts",
         restart_epochs=10,
         warmup_epochs=0,
         loss="focal_cosine",
         loss_kwargs={"alpha": 1.0, "gamma": 2.0, "xent": 0.1},
-        channels_last=True,
         recipe_source="Cassava Leaf Disease solutions (discussion 203271): SE-ResNeXt50 at 512x512 with the focal "
         "cosine loss (Kim et al. 2020, arXiv:2007.07805; alpha 1, gamma 2, xent 0.1), Adam with cosine annealing "
         "(warm restarts with a 10-epoch cycle: one cycle per run).",
     ),
     "cassava_b4_taylor_ce": dict(
-        task="classification",
-        model_name="tf_efficientnet_b4.ns_jft_in1k",
-        encoder_weights="imagenet",
-        height=512,
-        width=512,
-        batch_size=16,
-        epochs=10,
-        encoder_lr=1e-4,
-        decoder_lr=1e-4,
-        weight_decay=1e-6,
-        scheduler="cosine",
-        warmup_epochs=1,
+        _CASSAVA_B4,
         loss="taylor_ce",
         loss_kwargs={"n": 2, "smoothing": 0.2},
-        channels_last=True,
         recipe_source="Cassava Leaf Disease kernels' Taylor cross-entropy (order 2) with label smoothing "
         "(kaggle.com/yerramvarun/cassava-taylorce-loss-label-smoothing-combo); 0.2, where the solutions found "
         "0.2-0.3 best and 0.1 worst, on EfficientNet-B4 Noisy Student at 512x512.",
     ),
     "cassava_b4_cutmix_swa": dict(
-        task="classification",
-        model_name="tf_efficientnet_b4.ns_jft_in1k",
-        encoder_weights="imagenet",
-        height=512,
-        width=512,
-        batch_size=16,
+        _CASSAVA_B4,
         epochs=12,
-        encoder_lr=1e-4,
-        decoder_lr=1e-4,
-        weight_decay=1e-6,
-        scheduler="cosine",
-        warmup_epochs=1,
         loss="ce",
         loss_kwargs={"label_smoothing": 0.3},
         mix="cutmix",
@@ -183,7 +151,6 @@ NAMED_RECIPES: dict[str, dict[str, Any]] = {
         mix_alpha=1.0,
         mix_off_epochs=2,
         swa_epochs=3,
-        channels_last=True,
         recipe_source="Cassava Leaf Disease solutions: EfficientNet-B4 Noisy Student at 512x512, CE with label "
         "smoothing 0.3, CutMix (Yun et al. 2019) on half the batches and off for the last 2 epochs, SWA (Izmailov et "
         "al. 2018) over the last 3 epochs.",
