@@ -94,13 +94,15 @@ print(json.dumps(result.summary, indent=1))
 display(result.submission.head(8))
 
 # %% [markdown]
-# ## A few test images with their predicted masks
+# ## A few test images with their predicted masks (or labels)
 
 # %%
 if cfg.preset.is_segmentation:
     display(plots.plot_samples(shown, cfg.preset, n=len(shown), masks=result.masks))
-else:
-    display(result.submission[result.submission.iloc[:, 0].isin(shown["image_id"])])
+else:  # the submission's id and label columns (the preset's names), renamed to the table's
+    names = dict(zip(cfg.preset.submission_columns[:2], ("image_id", "label"), strict=True))
+    labels = result.submission.rename(columns=names)
+    display(plots.plot_samples(shown.merge(labels[["image_id", "label"]], on="image_id"), cfg.preset, n=len(shown)))
 
 # %%
 print(f"submission: {result.path}")
