@@ -420,7 +420,7 @@ def plot_confusion_matrix(probs_or_pred, labels, classes: Sequence[str], normali
         raise ValueError(f"unknown normalize {normalize!r}; options: {list(panels)}")
     tables = [confusion_table(probs_or_pred, labels, classes, norm) for norm in panels[normalize]]
     c = len(classes)
-    side = min(max(3.2, 0.55 * c + 1.6), 12)
+    side = min(max(3.6, 0.6 * c + 2.6), 12)
     fig = Figure(figsize=(side * len(tables) + 0.8, side), layout="constrained")
     for ax, norm, table in zip(np.atleast_1d(fig.subplots(1, len(tables))), panels[normalize], tables, strict=True):
         values = table.to_numpy(dtype=np.float64)
@@ -432,7 +432,8 @@ def plot_confusion_matrix(probs_or_pred, labels, classes: Sequence[str], normali
             for (i, j), v in np.ndenumerate(values):
                 ax.text(j, i, f"{v:.2f}" if norm else f"{int(v)}", ha="center", va="center", fontsize=7,
                         color="w" if v > 0.5 * top else "k")  # fmt: skip
-        ax.set(xlabel="predicted", ylabel="true", title="row-normalised (recall on the diagonal)" if norm else "counts")
+        ax.set(xlabel="predicted", ylabel="true")
+        ax.set_title("row-normalised (recall)" if norm else "counts", fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
 

@@ -5,6 +5,8 @@ the per-class report and confusion matrix of kitlib.oof and kitlib.plots."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,7 @@ from kitlib import oof, plots, stacking
 from kitlib.ensemble import accuracy_score_fn, blend_score
 from kitlib.io import read_json, write_json
 from kitlib.recipes import STACKERS
-from kitlib.stages import EnsembleConfig
+from kitlib.stages import EnsembleConfig, TrainConfig
 
 C = 5
 
@@ -28,12 +30,17 @@ def shifted_case(n: int = 600, n_folds: int = 5, seed: int = 0) -> dict:
     y = rng.integers(0, C, n)
     folds = np.arange(n) % n_folds
     rng.shuffle(folds)
+    return {"oofs": shifted_members(y, rng), "labels": y, "folds": folds}
+
+
+def shifted_members(y: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``shifted_case``'s two members for the labels ``y``: (N, C) float16 probabilities each."""
+    n = len(y)
     top = rng.uniform(0.6, 0.95, n)
     shifted = np.repeat(((1 - top) / (C - 1))[:, None], C, axis=1)
     shifted[np.arange(n), (y + 1) % C] = top
     weak = 0.15 * np.eye(C)[y] + 0.85 * rng.dirichlet(np.ones(C), n)
-    return {"oofs": {"shifted": shifted.astype(np.float16), "weak": weak.astype(np.float16)}, "labels": y,
-            "folds": folds}  # fmt: skip
+    return {"shifted": shifted.astype(np.float16), "weak": weak.astype(np.float16)}
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +168,7 @@ def test_classification_report_matches_sklearn():
     theirs = metrics.classification_report(labels, pred, labels=[0, 1, 2, 3], output_dict=True, zero_division=0)
     for k, name in enumerate(classes):
         row = table.iloc[k]
+        assert row["class"] == name
         assert row["precision"] == pytest.approx(theirs[str(k)]["precision"])
         assert row["recall"] == pytest.approx(theirs[str(k)]["recall"])
         assert row["f1"] == pytest.approx(theirs[str(k)]["f1-score"]) and row["support"] == theirs[str(k)]["support"]
@@ -203,3 +211,79 @@ def test_save_cv_writes_the_class_report_beside_cv_json(tmp_path):
     assert written["class"].tolist()[-1] == "accuracy" and written["support"].tolist()[:5] == [2] * 5
     assert oof.save_cv(tmp_path, PRESETS["cassava"], raw)["class_report"] is None
     assert not (tmp_path / "class_report.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------------ inference, bundle
+
+
+def cassava_data(data: Path, n_train: int = 0, n_test: int = 0, side: int = 16, seed: int = 0) -> Path:
+    """A tiny Cassava-layout folder: ``train.csv`` (image_id,label; label i % 5) with ``train_images/``, and
+    ``sample_submission.csv`` with ``test_images/``: PNGs of ``side`` x ``side`` random pixels."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    for split, n, prefix in (("train_images", n_train, "r"), ("test_images", n_test, "t")):
+        (data / split).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            assert cv2.imwrite(str(data / split / f"{prefix}{i:03d}.png"), rng.integers(0, 255, (side, side, 3),
+                                                                                       dtype=np.uint8))  # fmt: skip
+    pd.DataFrame({"image_id": [f"r{i:03d}.png" for i in range(n_train)], "label": np.arange(n_train) % C}).to_csv(
+        data / "train.csv", index=False
+    )
+    pd.DataFrame({"image_id": [f"t{i:03d}.png" for i in range(n_test)], "label": 0}).to_csv(
+        data / "sample_submission.csv", index=False
+    )
+    return data
+
+
+def fake_classifier_fold(exp_dir: Path, fold: int, seed: int) -> None:
+    """An untrained tiny timm classifier saved as ``fold<k>/best.pt`` with the ``config.json`` 10_train writes."""
+    import torch
+
+    from kitlib.models import create_classifier, save_model
+
+    torch.manual_seed(seed)
+    config = dict(model_name="test_resnet.r160_in1k", num_classes=C)
+    save_model(exp_dir / f"fold{fold}" / "best.pt", create_classifier(**config), config, extra={"fold": fold})
+    TrainConfig.from_notebook(preset="cassava", fold=fold, model_name=config["model_name"], encoder_weights="none",
+                              height=32, width=32, amp="off").save(exp_dir / f"fold{fold}" / "config.json")  # fmt: skip
+
+
+def test_predict_test_applies_the_chosen_stacker_to_the_members_fold_means(tmp_path, case):
+    """The ensemble's members all enter the stacker (also one the blend weighed 0), each as its folds' mean; the
+    submission takes the stacker's argmax; the Kaggle bundle carries stacking.json and every member's folds."""
+    import torch
+
+    from kitlib import inference
+    from kitlib.formats import load_competition
+    from kitlib.kaggle_bundle import _artifact_sources
+    from kitlib.presets import PRESETS
+
+    data = cassava_data(tmp_path / "data", n_test=5)
+    root = tmp_path / "artifacts"
+    fake_classifier_fold(root / "a", 0, seed=1)
+    fake_classifier_fold(root / "a", 1, seed=2)
+    fake_classifier_fold(root / "b", 0, seed=3)
+    oofs = {"a": case["oofs"]["shifted"], "b": case["oofs"]["weak"]}
+    stacking.fit_stacker(oofs, case["labels"]).to_json(root / "ens" / "stacking.json")
+    write_json(root / "ens" / "weights.json", {"exps": ["a", "b"], "weights": [1.0, 0.0],
+                                               "stacking": {"model": "logreg", "chosen": True}})  # fmt: skip
+    assert inference.ensemble_weights(root, "", "ens") == [("a", 0.5), ("b", 0.5)]
+    members, stacker = inference.load_members(root, "", "ens"), stacking.load_stacker(root / "ens")
+    cassava, test_df = PRESETS["cassava"], load_competition(PRESETS["cassava"], data, split="test")
+
+    def run(members, **kwargs):
+        return torch.cat([p for _, p, _ in inference.predict_test(members, test_df, cassava, batch_size=2, **kwargs)])
+
+    pa, pb = run([members[0]]), run([members[1]])
+    stacked = run(members, stacker=stacker)
+    assert stacked.shape == (5, C) and stacked.dtype == torch.float32
+    np.testing.assert_allclose(stacked.numpy(), stacker.predict_proba([pa.numpy(), pb.numpy()]), atol=1e-6)
+    assert not torch.allclose(stacked, (pa + pb) / 2)
+    result = inference.make_submission(inference.predict_test(members, test_df, cassava, stacker=stacker), test_df,
+                                       cassava, data, tmp_path / "sub.csv")  # fmt: skip
+    assert result.submission["label"].astype(int).tolist() == stacked.argmax(1).tolist()
+    with pytest.raises(ValueError, match=r"fitted on members \['a', 'b'\], predict_test got \['b', 'a'\]"):
+        next(inference.predict_test(members[::-1], test_df, cassava, stacker=stacker))
+    sources = [rel for rel, _ in _artifact_sources(root, "", "ens", None)[0]]
+    assert "artifacts/ens/stacking.json" in sources and "artifacts/b/fold0/best.pt" in sources
