@@ -167,7 +167,7 @@ def cross_val_stack(
             ``create_stacker``.
     """
     x = stack_features(member_probs, log_features)
-    n_classes = _members(member_probs)[0].shape[1]
+    n_classes = x.shape[1] // len(member_probs)
     y = _check_labels(labels, len(x), n_classes)
     f = to_numpy(folds)
     if f.shape != (len(x),) or f.dtype.kind not in "iu" or len(np.unique(f)) < 2:
@@ -284,7 +284,7 @@ def fit_stacker(
         As ``cross_val_stack``.
     """
     x = stack_features(member_probs, log_features)
-    n_classes = _members(member_probs)[0].shape[1]
+    n_classes = x.shape[1] // len(member_probs)
     estimator = create_stacker(model, c, seed).fit(x, _check_labels(labels, len(x), n_classes))
     return LinearStacker(model=model, c=float(c), exps=tuple(map(str, member_probs)), n_classes=n_classes,
                          classes=np.asarray(estimator.classes_, dtype=np.int64),
