@@ -12,8 +12,10 @@ Flow (``notebooks/40_submit.py``)::
 Each model keeps its own input size and normalisation (its fold's ``config.json``): the test images are read once
 per distinct transform, and every model's probabilities are resized to the scoring size (``preset.submission_size``,
 or each image's own size when the preset has none, e.g. ``masks``) before they are averaged: the mean over an
-experiment's folds, then the weighted mean over experiments (``artifacts/<ensemble>/weights.json``). The whole test
-set is never in memory: only one batch of probabilities and the submission's strings.
+experiment's folds, then the weighted mean over experiments (``artifacts/<ensemble>/weights.json``), or, when
+``30_ensemble`` chose a stacker (classification), its meta-model applied to the experiments' fold means
+(``predict_test(stacker=kitlib.stacking.load_stacker(artifacts_root / ensemble))``). The whole test set is never in
+memory: only one batch of probabilities and the submission's strings.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from kitlib.models import load_model
 from kitlib.postprocess import PostProcess, decode, default_postprocess
 from kitlib.presets import Preset
 from kitlib.runtime import DistInfo, make_loader, resolve_amp, resolve_device
+from kitlib.stacking import LinearStacker, stacking_chosen
 from kitlib.stages import TrainConfig
 from kitlib.submit import encode_rows, order_like, read_sample_submission, validate_submission, write_submission
 
@@ -183,7 +186,9 @@ def load_fold_models(
 
 def ensemble_weights(artifacts_root: str | os.PathLike, exp: str, ensemble: str = "") -> list[tuple[str, float]]:
     """``[(exp, weight), ...]``: the ensemble's ``weights.json`` (``{"exps": [...], "weights": [...]}``, written by
-    ``30_ensemble``), or ``[(exp, 1.0)]`` when ``ensemble`` is empty. Weights are normalised to sum to 1.
+    ``30_ensemble``), or ``[(exp, 1.0)]`` when ``ensemble`` is empty. Weights are normalised to sum to 1. When the
+    ensemble's stacker was chosen (``weights.json``'s ``"stacking": {"chosen": true}``), every member enters the
+    meta-model: each gets 1 / M, also those the weighted blend left at 0.
 
     Raises:
         FileNotFoundError: ``artifacts/<ensemble>/weights.json`` is missing.
@@ -201,6 +206,8 @@ def ensemble_weights(artifacts_root: str | os.PathLike, exp: str, ensemble: str 
     total = sum(weights)
     if min(weights) < 0 or total <= 0:
         raise ValueError(f"{path}: weights must be >= 0 and sum to > 0, got {weights}")
+    if stacking_chosen(spec):
+        return [(str(e), 1.0 / len(exps)) for e in exps]
     return [(str(e), w / total) for e, w in zip(exps, weights, strict=True)]
 
 
@@ -268,6 +275,7 @@ def predict_test(
     desc: str = "test",
     gate_models: Sequence[FoldModel] | None = None,
     tta_weight: float | None = None,
+    stacker: LinearStacker | None = None,
 ) -> Iterator[Batch]:
     """Ensemble probabilities of the test images, batch by batch.
 
@@ -289,18 +297,23 @@ def predict_test(
             ``plain_weight``); None weighs them all the same.
         num_workers: DataLoader processes per input transform.
         gate_models: presence classifier folds whose mean probabilities become ``cls_probs``.
+        stacker: a classification ensemble's chosen meta-model (``kitlib.stacking.load_stacker``): the probabilities
+            are its ``predict_proba`` of the members' fold means instead of their weighted mean; ``members`` must be
+            its ``exps``, in order (``load_members`` of the ensemble).
     Yields:
         ``(image_ids, probs, cls_probs)``: probs (B, K, H, W) float32 in [0, 1] on the CPU (segmentation; a list
         of B (K, H_i, W_i) tensors when the preset has no submission size and the batch's images differ in
         size), (B, C) for classification; cls_probs (B, K) float32 or None.
     Raises:
-        ValueError: no models; models of another preset than ``preset`` (the message names the checkpoint).
+        ValueError: no models; models of another preset than ``preset`` (the message names the checkpoint); a
+            stacker with a segmentation preset or other members than its ``exps``.
     """
     weighted = _weighted_models(members, gate_models, preset)
+    _check_stacker(stacker, weighted, preset)
     test_df = test_df.reset_index(drop=True)
-    groups: dict[tuple, list[tuple[FoldModel, float]]] = {}
-    for m, w in weighted:
-        groups.setdefault(m.transform_key, []).append((m, w))
+    groups: dict[tuple, list[tuple[FoldModel, float, int]]] = {}
+    for m, w, j in weighted:
+        groups.setdefault(m.transform_key, []).append((m, w, j))
     loaders = [_loader(test_df, preset, key, batch_size, num_workers) for key in groups]
     size_of = dict(zip(test_df["image_id"].astype(str), zip(test_df["height"], test_df["width"], strict=True),
                        strict=True))  # fmt: skip
@@ -311,13 +324,15 @@ def predict_test(
         else:
             sizes = [(int(size_of[i][0]), int(size_of[i][1])) for i in ids]
         common = sizes[0] if len(set(sizes)) == 1 else None
-        probs_sum, cls_sum, cls_weight, gate_sum = None, None, 0.0, None
+        probs_sum, cls_sum, cls_weight, gate_sum, member_sums = None, None, 0.0, None, {}
         for batch, group in zip(batches, groups.values(), strict=True):
-            for m, w in group:
+            for m, w, j in group:
                 probs, cls_probs = _predict_batch(m, batch, common if m.preset.is_segmentation else None, tta, desc,
                                                  tta_weight)  # fmt: skip
                 if m.presence:
                     gate_sum = probs * w if gate_sum is None else gate_sum + probs * w
+                elif stacker is not None:
+                    member_sums[j] = probs * w if j not in member_sums else member_sums[j] + probs * w
                 elif preset.is_segmentation and common is None:
                     probs = _resize_each(probs, sizes)
                     probs_sum = (
@@ -330,6 +345,8 @@ def predict_test(
                 if cls_probs is not None:
                     cls_sum = cls_probs * w if cls_sum is None else cls_sum + cls_probs * w
                     cls_weight += w
+        if stacker is not None:
+            probs_sum = _stacked(stacker, member_sums, weighted)
         cls_mean = None if cls_sum is None else cls_sum / cls_weight
         yield ids, probs_sum, cls_mean if gate_sum is None else gate_sum
 
@@ -338,9 +355,10 @@ def _weighted_models(
     members: Sequence[tuple[Sequence[FoldModel], float]] | Sequence[FoldModel],
     gate_models: Sequence[FoldModel] | None,
     preset: Preset,
-) -> list[tuple[FoldModel, float]]:
-    """Every model with its weight in the average: an experiment's folds share its weight, the members' weights are
-    normalised to sum 1, and the gate's folds (averaged on their own) follow with 1 / their number.
+) -> list[tuple[FoldModel, float, int]]:
+    """Every model with its weight in the average and its member's index: an experiment's folds share its weight,
+    the members' weights are normalised to sum 1, and the gate's folds (averaged on their own, index -1) follow with
+    1 / their number.
 
     Raises:
         ValueError: no model with a weight; a model of another preset; a presence classifier among the members or a
@@ -348,19 +366,48 @@ def _weighted_models(
     """
     if members and isinstance(members[0], FoldModel):
         members = [(list(members), 1.0)]
-    weighted = [(m, float(w) / len(models)) for models, w in members for m in models if w > 0 and models]
+    weighted = [(m, float(w) / len(models), j) for j, (models, w) in enumerate(members) for m in models
+                if w > 0 and models]  # fmt: skip
     if not weighted:
         raise ValueError("predict_test needs at least one model with a weight > 0")
     gate_models = list(gate_models or [])
-    for m in [m for m, _ in weighted] + gate_models:
+    for m in [m for m, _, _ in weighted] + gate_models:
         if m.config.preset.name != preset.name:
             raise ValueError(f"{m.path}: trained for preset {m.config.preset.name!r}, predicting for {preset.name!r}")
-    for m, is_gate in [(m, False) for m, _ in weighted] + [(m, True) for m in gate_models]:
+    for m, is_gate in [(m, False) for m, _, _ in weighted] + [(m, True) for m in gate_models]:
         if m.presence != is_gate:
             role = "gate_models takes presence classifiers" if is_gate else "a presence classifier goes in gate_models"
             raise ValueError(f"{m.path}: {role}")
-    total = sum(w for _, w in weighted)
-    return [(m, w / total) for m, w in weighted] + [(m, 1.0 / len(gate_models)) for m in gate_models]
+    total = sum(w for _, w, _ in weighted)
+    return [(m, w / total, j) for m, w, j in weighted] + [(m, 1.0 / len(gate_models), -1) for m in gate_models]
+
+
+def _check_stacker(stacker: LinearStacker | None, weighted: list[tuple[FoldModel, float, int]], preset: Preset) -> None:
+    """A stacker needs a classification preset and, as members, its ``exps`` in order (each fold's experiment is the
+    folder above its ``fold<k>/``)."""
+    if stacker is None:
+        return
+    if preset.task != "classification":
+        raise ValueError(f"a stacker applies to classification probabilities, not to the {preset.task} preset "
+                         f"{preset.name!r}")  # fmt: skip
+    exps: dict[int, str] = {}
+    for m, _, j in weighted:
+        if j >= 0:
+            exps.setdefault(j, m.path.parent.parent.name)
+    got = [exps[j] for j in sorted(exps)]
+    if got != list(stacker.exps):
+        raise ValueError(f"the stacker was fitted on members {list(stacker.exps)}, predict_test got {got}; load "
+                         "the members with load_members(ensemble=...)")  # fmt: skip
+
+
+def _stacked(stacker: LinearStacker, member_sums: dict[int, torch.Tensor], weighted) -> torch.Tensor:
+    """The stacker's (B, C) float32 probabilities of the members' fold means (their weighted sums / their weight)."""
+    totals: dict[int, float] = {}
+    for _, w, j in weighted:
+        if j >= 0:
+            totals[j] = totals.get(j, 0.0) + w
+    means = [to_numpy(member_sums[j] / totals[j]) for j in sorted(totals)]
+    return torch.from_numpy(stacker.predict_proba(means).astype(np.float32))
 
 
 def _predict_batch(m: FoldModel, batch: dict, out_size: tuple[int, int] | None, tta, desc: str, tta_weight=None):

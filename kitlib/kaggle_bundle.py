@@ -3,10 +3,10 @@
 
 The folder holds ``wheels/`` (the kitlib wheel built from this checkout, and wheels of ``DEFAULT_PACKAGES`` + the
 user's list at the versions installed here), ``artifacts/`` (exactly what ``kitlib.inference`` reads: each fold's
-``best.pt`` and ``config.json``, the ensemble's ``weights.json``, ``postprocess.json``, and the folds of its
-``gate_exp``), ``dataset-metadata.json`` and the manifest ``kit-bundle.json`` (files, sha256, sizes; a file whose
-bytes are already in the bundle is stored once and listed under ``links``). Also here: the Kaggle user and the
-credentials the kaggle CLI would use (where they are, never their values), and the slug and title rules Kaggle
+``best.pt`` and ``config.json``, the ensemble's ``weights.json`` (+ ``stacking.json``), ``postprocess.json``, and the
+folds of its ``gate_exp``), ``dataset-metadata.json`` and the manifest ``kit-bundle.json`` (files, sha256, sizes; a
+file whose bytes are already in the bundle is stored once and listed under ``links``). Also here: the Kaggle user and
+the credentials the kaggle CLI would use (where they are, never their values), and the slug and title rules Kaggle
 enforces.
 """
 
@@ -336,12 +336,15 @@ def _artifact_sources(
     fails here, not in the kernel)."""
     from kitlib.inference import ensemble_weights, fold_dirs  # inference imports torch
     from kitlib.postprocess import load_postprocess
+    from kitlib.stacking import STACKING_FILE, load_stacker
     from kitlib.stages import TrainConfig
 
     top = ensemble or exp
     sources: list[tuple[str, Path]] = []
     if ensemble:
         sources.append((f"artifacts/{ensemble}/weights.json", root / ensemble / "weights.json"))
+        if load_stacker(root / ensemble) is not None:  # the meta-model 30_ensemble chose, checked as inference reads it
+            sources.append((f"artifacts/{ensemble}/{STACKING_FILE}", root / ensemble / STACKING_FILE))
     members = [name for name, weight in ensemble_weights(root, exp, ensemble) if weight > 0]
 
     def add_folds(name: str, fold_list: Sequence[int] | None) -> list[TrainConfig]:
@@ -400,10 +403,11 @@ def bundle(
 
     Holds: ``wheels/`` (kitlib built from ``repo``, and each of ``packages`` at its installed version), the
     artifacts inference reads (per fold ``best.pt`` + ``config.json`` of ``exp`` or of every experiment with a
-    weight > 0 in ``<ensemble>/weights.json``, and of ``postprocess.json``'s ``gate_exp``; ``weights.json``;
-    ``postprocess.json``; never ``last.pt`` or OOF arrays), ``dataset-metadata.json`` and ``kit-bundle.json``. A file
-    whose bytes are already in the bundle is stored once (``links`` in the manifest). The folder is written under a
-    temporary name and renamed at the end: a killed run leaves no half-written bundle.
+    weight > 0 in ``<ensemble>/weights.json`` (every one when its stacker was chosen), and of ``postprocess.json``'s
+    ``gate_exp``; ``weights.json`` and the chosen ``stacking.json``; ``postprocess.json``; never ``last.pt`` or OOF
+    arrays), ``dataset-metadata.json`` and ``kit-bundle.json``. A file whose bytes are already in the bundle is stored
+    once (``links`` in the manifest). The folder is written under a temporary name and renamed at the end: a killed
+    run leaves no half-written bundle.
 
     Args:
         exp: the experiment (``artifacts/<exp>/``); may be empty with ``ensemble``.

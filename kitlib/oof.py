@@ -1,5 +1,6 @@
-"""The OOF stage's outputs (``notebooks/20_oof.py``, ``30_ensemble.py``): ``cv.json`` and ``postprocess.json``, and a
-separate presence classifier's OOF lined up with another experiment's rows for the gate search.
+"""The OOF stage's outputs (``notebooks/20_oof.py``, ``30_ensemble.py``): ``cv.json`` and ``postprocess.json``, a
+classification experiment's per-class report (``class_report.csv``) and confusion matrix, and a separate presence
+classifier's OOF lined up with another experiment's rows for the gate search.
 
 The pieces the stage runs live in their own modules: gathering the folds (``kitlib.predictions``), the experiment's
 table and truth (``kitlib.experiment``), CV scores (``kitlib.scoring``), the post-processing search
@@ -11,19 +12,33 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn import metrics
 
-from kitlib._private import listing
-from kitlib.io import project_path, write_json
+from kitlib._private import listing, to_numpy
+from kitlib.io import project_path, write_csv, write_json
 from kitlib.postprocess import PostProcess
 from kitlib.predictions import gather_oof, read_gathered
 from kitlib.presets import Preset
 from kitlib.stages import TrainConfig
 
-__all__ = ["gate_class_probs", "save_cv", "save_presence_cv"]
+__all__ = [
+    "CLASS_REPORT_FILE",
+    "classification_report",
+    "confusion_table",
+    "gate_class_probs",
+    "save_cv",
+    "save_presence_cv",
+]
+
+#: A classification experiment's per-class report beside its ``cv.json``.
+CLASS_REPORT_FILE = "class_report.csv"
+#: ``confusion_table``'s ``normalize``: counts, or each true class's row divided by its images.
+NORMALIZE = (None, "true")
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +74,75 @@ def gate_class_probs(exp_dir: str | os.PathLike, image_ids: Sequence[str]) -> np
     return np.asarray(probs, dtype=np.float32)[[row_of[str(i)] for i in image_ids]]
 
 
+def _predicted_labels(probs_or_pred: Any, labels: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) predicted labels (the argmax of (N, C) probs, ties to the lower class, or (N,) labels as given) and the
+    (N,) true labels, checked."""
+    p, y = to_numpy(probs_or_pred), to_numpy(labels)
+    pred = p.argmax(axis=1) if p.ndim == 2 else p
+    if pred.ndim != 1 or y.shape != pred.shape or y.dtype.kind not in "iu":
+        raise ValueError(f"need (N, C) probs or (N,) predictions and (N,) integer labels, got {p.shape} and "
+                         f"{y.dtype} {y.shape}")  # fmt: skip
+    if p.ndim == 2 and p.shape[1] != n_classes:
+        raise ValueError(f"probs have {p.shape[1]} classes, {n_classes} class names given")
+    bad = (y < 0) | (y >= n_classes) | (pred < 0) | (pred >= n_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"row {i}: label {int(y[i])} / prediction {int(pred[i])} outside [0, {n_classes})")
+    return pred.astype(np.int64), y.astype(np.int64)
+
+
+def classification_report(probs_or_pred: Any, labels: Any, classes: Sequence[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class, their macro and weighted means, and the accuracy.
+
+    Computed with ``sklearn.metrics.precision_recall_fscore_support`` (``zero_division=0``: a class never predicted
+    has precision 0).
+
+    Args:
+        probs_or_pred: (N, C) class probabilities (the argmax is taken) or (N,) predicted labels.
+        labels: (N,) integer true labels in [0, C).
+        classes: the C class names.
+    Returns:
+        DataFrame with columns ``class``, ``precision``, ``recall``, ``f1``, ``support`` (images of the class): one
+        row per class, then ``"macro avg"``, ``"weighted avg"`` (weighted by support) and ``"accuracy"`` (in the
+        ``f1`` column, as in sklearn's report; precision and recall NaN), all with support N.
+    Raises:
+        ValueError: shapes that do not fit; a label or prediction outside [0, C) (row named).
+    """
+    classes = [str(c) for c in classes]
+    pred, y = _predicted_labels(probs_or_pred, labels, len(classes))
+    ks = list(range(len(classes)))
+    p, r, f, n = metrics.precision_recall_fscore_support(y, pred, labels=ks, zero_division=0)
+    rows = [(c, p[k], r[k], f[k], int(n[k])) for k, c in enumerate(classes)]
+    for average in ("macro", "weighted"):
+        pa, ra, fa, _ = metrics.precision_recall_fscore_support(y, pred, labels=ks, average=average, zero_division=0)
+        rows.append((f"{average} avg", pa, ra, fa, len(y)))
+    rows.append(("accuracy", np.nan, np.nan, float(np.mean(pred == y)), len(y)))
+    table = pd.DataFrame(rows, columns=["class", "precision", "recall", "f1", "support"])
+    return table.astype({"precision": np.float64, "recall": np.float64, "f1": np.float64})
+
+
+def confusion_table(
+    probs_or_pred: Any, labels: Any, classes: Sequence[str], normalize: str | None = None
+) -> pd.DataFrame:
+    """The confusion matrix (``sklearn.metrics.confusion_matrix``): rows the true class, columns the predicted one.
+
+    Args:
+        probs_or_pred, labels, classes: as ``classification_report``.
+        normalize: None for counts (int64); "true" divides each row by the images of its true class (float64, rows
+            sum to 1, a class without images is a row of 0).
+    Returns:
+        (C, C) DataFrame indexed and labelled by the class names.
+    Raises:
+        ValueError: as ``classification_report``; an unknown ``normalize`` (the options are named).
+    """
+    if normalize not in NORMALIZE:
+        raise ValueError(f"unknown normalize {normalize!r}; options: {list(NORMALIZE)}")
+    classes = [str(c) for c in classes]
+    pred, y = _predicted_labels(probs_or_pred, labels, len(classes))
+    cm = metrics.confusion_matrix(y, pred, labels=list(range(len(classes))), normalize=normalize)
+    return pd.DataFrame(cm, index=pd.Index(classes, name="true"), columns=pd.Index(classes, name="predicted"))
+
+
 def save_cv(
     out_dir: str | os.PathLike,
     preset: Preset,
@@ -66,8 +150,9 @@ def save_cv(
     post: pd.DataFrame | None = None,
     params: PostProcess | None = None,
     extra: dict[str, Any] | None = None,
+    report: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Write ``out_dir/cv.json`` and ``out_dir/postprocess.json`` and return the CV summary.
+    """Write ``out_dir/cv.json`` and ``out_dir/postprocess.json`` (and ``class_report.csv``) and return the CV summary.
 
     Args:
         raw: the CV table (``kitlib.scoring.score_oof``) at probability 0.5 (argmax for multiclass / classification).
@@ -75,9 +160,11 @@ def save_cv(
         params: the chosen ``PostProcess`` (binary/multilabel); None writes ``{"decode": "argmax"}`` for multiclass
             segmentation and removes any ``postprocess.json`` for classification.
         extra: more keys for cv.json.
+        report: a classification experiment's ``classification_report``, written as ``class_report.csv``; None
+            removes a stale one.
     Returns:
         cv.json: ``{"metric", "cv", "cv_postprocessed", "per_class": {class: {"cv", "cv_postprocessed", "n"}},
-        "postprocess": method, ...extra}``; scores NaN -> null.
+        "postprocess": method, "class_report": file name or None, ...extra}``; scores NaN -> null.
     """
     out_dir = project_path(out_dir)
     post = raw if post is None else post
@@ -107,10 +194,20 @@ def save_cv(
         "cv_postprocessed": num(p.loc["overall", metric]),
         "per_class": per_class,
         "postprocess": method,
+        "class_report": _save_report(out_dir, report),
         **(extra or {}),
     }
     write_json(out_dir / "cv.json", summary)
     return summary
+
+
+def _save_report(out_dir: Path, report: pd.DataFrame | None) -> str | None:
+    """Write ``class_report.csv`` (or remove a stale one); returns its name, or None."""
+    if report is None:
+        (out_dir / CLASS_REPORT_FILE).unlink(missing_ok=True)
+        return None
+    write_csv(out_dir / CLASS_REPORT_FILE, report)
+    return CLASS_REPORT_FILE
 
 
 def save_presence_cv(out_dir: str | os.PathLike, report: pd.DataFrame, extra: dict[str, Any] | None = None) -> dict:

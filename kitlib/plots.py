@@ -18,6 +18,7 @@ from kitlib.presets import Preset
 from kitlib.rle import rle_area
 
 __all__ = [
+    "plot_confusion_matrix",
     "plot_pr_curves",
     "CLASS_COLORS",
     "label_table",
@@ -396,6 +397,44 @@ def plot_pr_curves(class_probs: np.ndarray, labels: np.ndarray, classes: list[st
                 ax.plot(tp / y[:, c].sum(), tp / kept.sum(), "o", color="C3", label=f"threshold {thresholds[c]:.3f}")
         ax.set(title=str(classes[c]), xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
         ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def plot_confusion_matrix(probs_or_pred, labels, classes: Sequence[str], normalize: str = "both") -> Figure:
+    """The confusion matrix of a classifier's OOF: true class in rows, predicted class in columns.
+
+    Args:
+        probs_or_pred: (N, C) class probabilities (argmax) or (N,) predicted labels; labels: (N,) true labels.
+        classes: the C class names.
+        normalize: "counts", "true" (each row divided by its images: the recall on the diagonal) or "both" (two
+            panels).
+    Returns:
+        Figure, values written in the cells when C <= 20 (``kitlib.oof.confusion_table``).
+    Raises:
+        ValueError: an unknown ``normalize`` (the options are named); as ``kitlib.oof.confusion_table``.
+    """
+    from kitlib.oof import confusion_table
+
+    panels = {"counts": [None], "true": ["true"], "both": [None, "true"]}
+    if normalize not in panels:
+        raise ValueError(f"unknown normalize {normalize!r}; options: {list(panels)}")
+    tables = [confusion_table(probs_or_pred, labels, classes, norm) for norm in panels[normalize]]
+    c = len(classes)
+    side = min(max(3.6, 0.6 * c + 2.6), 12)
+    fig = Figure(figsize=(side * len(tables) + 0.8, side), layout="constrained")
+    for ax, norm, table in zip(np.atleast_1d(fig.subplots(1, len(tables))), panels[normalize], tables, strict=True):
+        values = table.to_numpy(dtype=np.float64)
+        im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if norm else None)
+        ax.set_xticks(range(c), [str(k) for k in classes], rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(c), [str(k) for k in classes], fontsize=7)
+        if c <= 20:
+            top = values.max() if values.size else 0
+            for (i, j), v in np.ndenumerate(values):
+                ax.text(j, i, f"{v:.2f}" if norm else f"{int(v)}", ha="center", va="center", fontsize=7,
+                        color="w" if v > 0.5 * top else "k")  # fmt: skip
+        ax.set(xlabel="predicted", ylabel="true")
+        ax.set_title("row-normalised (recall)" if norm else "counts", fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
 
 

@@ -9,8 +9,8 @@
    trained, for any preset of its task;
 5. the notebook's parameters that are not None.
 
-The vocabularies the training loop understands (``SCHEDULERS``, ``AMP_MODES``, ``OOF_DTYPES``, ``MIXES``) live here
-too, so a config is checked without importing torch.
+The vocabularies the training loop understands (``SCHEDULERS``, ``AMP_MODES``, ``OOF_DTYPES``, ``MIXES``) and
+30_ensemble's meta-models (``STACKERS``) live here too, so a config is checked without importing torch or sklearn.
 
 A recipe's ``loss_kwargs`` belong to the recipe's ``loss``: a run that names another loss without ``loss_kwargs``
 gets none of them (``fill_recipe``).
@@ -32,6 +32,7 @@ __all__ = [
     "OOF_DTYPES",
     "PRESENCE_RECIPE",
     "SCHEDULERS",
+    "STACKERS",
     "TRAIN_RECIPES",
     "check_optimizer",
     "fill_recipe",
@@ -46,6 +47,9 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 OOF_DTYPES = ("uint8", "float16", "float32")
 #: ``kitlib.mixes.make_mix`` names: batch mixing of classification runs ("none": off).
 MIXES = ("none", "mixup", "cutmix", "fmix", "mixup_cutmix")
+#: ``kitlib.stacking.create_stacker`` names: 30_ensemble's meta-models on the members' OOF probs ("": none). Linear
+#: only, so that the fitted model is saved as numbers, without pickle.
+STACKERS = ("logreg",)
 
 #: The value of every training parameter that neither the preset's recipe nor the notebook sets.
 DEFAULT_RECIPE: dict[str, Any] = dict(

@@ -27,7 +27,7 @@ from kitlib.config import StageConfig
 from kitlib.io import project_path
 from kitlib.params import ParameterError
 from kitlib.presets import get_preset, model_preset
-from kitlib.recipes import AMP_MODES, OOF_DTYPES, SCHEDULERS, check_optimizer, fill_recipe, recipe_for
+from kitlib.recipes import AMP_MODES, OOF_DTYPES, SCHEDULERS, STACKERS, check_optimizer, fill_recipe, recipe_for
 
 __all__ = ["EdaConfig", "TrainConfig", "OofConfig", "EnsembleConfig", "SubmitConfig"]
 
@@ -281,7 +281,12 @@ class OofConfig(_ExperimentStage):
 
 class EnsembleConfig(_ExperimentStage):
     """``notebooks/30_ensemble.py``: blend experiments' OOF and search the blend's post-processing. ``exps`` (or
-    ``exp`` when ``exps`` is empty) names the experiments; resolved ``names`` lists them."""
+    ``exp`` when ``exps`` is empty) names the experiments; resolved ``names`` lists them.
+
+    Raises (when built):
+        ValueError: no experiment; ``stacking`` on a segmentation preset, or ``stacking_c`` <= 0.
+        KeyError: an unknown ``stacking`` model (the options are named).
+    """
 
     stage = "30_ensemble"
     notebook = "notebooks/30_ensemble.py"
@@ -292,6 +297,20 @@ class EnsembleConfig(_ExperimentStage):
         if not names:
             raise ValueError(f"{self.stage}: exps names no experiment (exps={self._values['exps']!r})")
         self._set_resolved(names=names)
+        self._check_stacking()
+
+    def _check_stacking(self) -> None:
+        model = self._values.get("stacking", "")  # absent from a config saved before stacking existed
+        if not model:
+            return
+        if model not in STACKERS:
+            raise KeyError(f"{self.stage}: unknown stacking {model!r}; options: {list(STACKERS)} ('' for none)")
+        if self.preset.is_segmentation:
+            raise ValueError(f"{self.stage}: stacking={model!r} needs a classification preset (a meta-model on (N, C) "
+                             f"OOF probs); preset {self.preset.name!r} is {self.preset.task} segmentation: set "
+                             "stacking ''")  # fmt: skip
+        if not self._values.get("stacking_c", 1.0) > 0:
+            raise ValueError(f"{self.stage}: stacking_c must be > 0, got {self._values['stacking_c']}")
 
     @property
     def out_dir(self) -> Path:

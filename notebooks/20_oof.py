@@ -23,8 +23,11 @@
 # A presence classifier (`10_train` with `arch="classifier"`) gets its per-class precision-recall curves and gate
 # thresholds instead; a segmentation experiment then tries it as the gate of its masks with `gate_exp=<its exp>`.
 #
+# Classification also gets its per-class report (precision, recall, F1, support) and confusion matrix.
+#
 # Writes `artifacts/<exp>/`: `oof_probs.npy`, `oof_ids.csv` (+ `oof_cls_probs.npy`), `oof_masks.npy` (the truth at the
-# scoring resolution), `postprocess.json` (read by `40_submit`), `cv.json`, `oof_config.json`.
+# scoring resolution), `postprocess.json` (read by `40_submit`), `cv.json`, `class_report.csv` (classification),
+# `oof_config.json`.
 #
 # Headless: `jupytext --to ipynb --output - notebooks/20_oof.py | papermill - out.ipynb -p exp demo`
 
@@ -96,6 +99,20 @@ else:
     display(raw)
 
 # %% [markdown]
+# ## Per-class report and confusion matrix (classification)
+# Precision, recall, F1 and support per class, macro / weighted means and accuracy (`kitlib.oof.classification_report`,
+# saved as `class_report.csv`); the confusion matrix in counts and row-normalised (recall on the diagonal).
+
+# %%
+report = None
+if task.task == "classification":
+    report = oof.classification_report(oof_probs, targets, task.classes)
+    display(report)
+    display(plots.plot_confusion_matrix(oof_probs, targets, task.classes))
+else:
+    print(f"{task.task}: no per-class classification report")
+
+# %% [markdown]
 # ## Post-processing search
 # Per class, the (threshold, min_area) with the best OOF Dice (`kitlib.search.search_thresholds`); with
 # `triplet`, also the triplet scheme, and the scheme with the better mean Dice over classes wins. With `gate`, an
@@ -127,7 +144,7 @@ elif task.task != "presence":
 
 # %%
 if task.task != "presence":
-    summary = oof.save_cv(cfg.exp_dir, task, raw, post, post_params,
+    summary = oof.save_cv(cfg.exp_dir, task, raw, post, post_params, report=report,
                           extra={"exp": cfg.exp, "n_images": len(oof_ids), "n_folds": experiment.n_folds})  # fmt: skip
     print(f"CV {summary['metric']}: {summary['cv']} raw, {summary['cv_postprocessed']} post-processed")
     display(raw.merge(post if post is not None else raw, on=["class", "n"], suffixes=("_raw", "_post")))

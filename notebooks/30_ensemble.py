@@ -18,11 +18,15 @@
 # when absent), which must share one `folds.csv`. Compares equal weights with optimised ones (`kitlib.ensemble_search`:
 # Nelder-Mead, SLSQP, differential evolution, hill climbing, or plain mean), checks the fitted weights on held-out folds
 # (`cv_weights`), scores every subset of experiments, then searches the post-processing again on the blend (with
-# `gate_exp`, also a gate by a separate presence classifier, as in `20_oof`).
+# `gate_exp`, also a gate by a separate presence classifier, as in `20_oof`). A classification ensemble can also be
+# stacked (`stacking`: a meta-model on the members' OOF probabilities, cross-validated over the OOF folds,
+# `kitlib.stacking`); it replaces the weighted blend only when its CV is higher. Classification gets the per-class
+# report and the confusion matrix of the ensemble's OOF.
 #
-# Writes `artifacts/<ensemble_name>/`: `weights.json`, `postprocess.json`, `cv.json`, `config.json`, and the blend
-# itself (`oof_probs.npy`, `oof_ids.csv`). With one experiment the weight is 1.0 and the post-processing is that of
-# `20_oof`.
+# Writes `artifacts/<ensemble_name>/`: `weights.json`, `postprocess.json`, `cv.json`, `config.json`, the blend
+# itself (`oof_probs.npy`, `oof_ids.csv`; the stacked OOF when the stacker was chosen), `stacking.json` (the chosen
+# meta-model) and `class_report.csv` (classification). With one experiment the weight is 1.0 and the post-processing
+# is that of `20_oof`.
 #
 # Headless: `jupytext --to ipynb --output - notebooks/30_ensemble.py | papermill - out.ipynb -p exps exp001,exp002`
 
@@ -51,6 +55,9 @@ num_workers: Optional[int] = None  # threads of the post-processing search; None
 gate: bool = True  # also try an image-level class gate on top-K pixel probs; kept only when it raises the CV
 top_k: int = 0  # pixels averaged into a class probability; 0: 17500 at 350x525 scaled to the OOF size
 gate_exp: str = ""  # a presence classifier's experiment (10_train -p arch classifier) tried as the gate; "": none
+stacking: str = ""  # meta-model on the members' OOF probs (classification): logreg; "": none
+stacking_c: float = 1.0  # stacking: inverse L2 regularisation strength of the logistic regression
+stacking_log: bool = False  # stacking: features log(p) instead of p
 seed: int = 42  # row sample and differential evolution
 
 # %%
@@ -65,6 +72,7 @@ from kitlib import ensemble, ensemble_search, oof, plots, predictions, search
 from kitlib.experiment import load_experiment
 from kitlib.io import write_json
 from kitlib.scoring import score_oof
+from kitlib.stacking import choose_stacking  # the parameter `stacking` names the meta-model
 from kitlib.stages import EnsembleConfig
 
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -148,11 +156,36 @@ else:
     print("no held-out check (one experiment, method mean / hill_climb, or cv_check False)")
 
 # %% [markdown]
-# ## The blend: CV and post-processing
-# Written as `artifacts/<ensemble_name>/oof_probs.npy`; the post-processing search of `20_oof` runs again on it.
+# ## Stacking (classification)
+# A meta-model on the members' OOF probabilities side by side (Cassava top solutions), fitted on K-1 folds and
+# scored on the held-out fold, so its CV compares honestly with the blends'. Chosen only when it beats the weighted
+# blend; it is then refitted on every row for the test set (`stacking.json`).
 
 # %%
-blended = predictions.write_blend(oofs, weights, cfg.out_dir, ids)
+stacking_record, stacked = None, None
+if cfg.stacking:
+    stacking_record, stacked = choose_stacking(
+        oofs, targets, experiment.folds, score_fn, score, cfg.out_dir, cfg.stacking, cfg.stacking_c,
+        cfg.stacking_log, cfg.seed,
+    )  # fmt: skip
+    display(stacked.table)
+    display(pd.DataFrame({score_fn.name: [equal_score, score, stacked.score]},
+                         index=["equal weights", cfg.method, f"stacking {cfg.stacking}"]))  # fmt: skip
+    print(f"stacking {'chosen' if stacking_record['chosen'] else 'not chosen'}: {stacked.score:.4f} vs {score:.4f}")
+else:
+    print("no stacking (stacking '')")
+chosen = stacking_record is not None and stacking_record["chosen"]
+
+# %% [markdown]
+# ## The ensemble's OOF: CV and post-processing
+# The weighted blend (or the stacked OOF, when chosen), written as `artifacts/<ensemble_name>/oof_probs.npy`; the
+# post-processing search of `20_oof` runs again on it.
+
+# %%
+if chosen:  # the stacked OOF is the ensemble's (a "blend" of one array with weight 1 writes it as it is)
+    blended = predictions.write_blend({"stacking": stacked.oof_probs}, [1.0], cfg.out_dir, ids)
+else:
+    blended = predictions.write_blend(oofs, weights, cfg.out_dir, ids)
 raw = score_oof(blended, targets, task).table
 post_params, tables, post = None, {}, None
 if task.task in search.POSTPROCESS_TASKS:
@@ -170,17 +203,31 @@ if task.task in search.POSTPROCESS_TASKS:
 display(raw.merge(post if post is not None else raw, on=["class", "n"], suffixes=("_raw", "_post")))
 
 # %% [markdown]
+# ## Per-class report and confusion matrix (classification)
+
+# %%
+report = None
+if task.task == "classification":
+    report = oof.classification_report(blended, targets, task.classes)
+    display(report)
+    display(plots.plot_confusion_matrix(blended, targets, task.classes))
+else:
+    print(f"{task.task}: the CV table above is per class")
+
+# %% [markdown]
 # ## Save
 
 # %%
-extra = {"exps": names, "weights": [float(w) for w in weights], "n_images": len(ids)}
-summary = oof.save_cv(cfg.out_dir, task, raw, post, post_params, extra=extra)
+extra = {"exps": names, "weights": [float(w) for w in weights], "n_images": len(ids),
+         "stacking": cfg.stacking if chosen else None}  # fmt: skip
+summary = oof.save_cv(cfg.out_dir, task, raw, post, post_params, extra=extra, report=report)
 weights_json = {
     "exps": names, "weights": [float(w) for w in weights], "method": cfg.method, "score": score,
     "equal_score": equal_score, "metric": score_fn.name, "fit_rows": len(ids) if rows is None else len(rows),
     "hill_climb": climb.to_json(),
     "cv_held_out": None if cv_check_result is None else cv_check_result.held_out_mean,
     "cv_equal_held_out": None if cv_check_result is None else cv_check_result.equal_held_out_mean,
+    "stacking": stacking_record,
 }  # fmt: skip
 write_json(cfg.out_dir / "weights.json", weights_json)
 print(f"CV {summary['metric']}: {summary['cv']} raw, {summary['cv_postprocessed']} post-processed")

@@ -16,10 +16,11 @@
 #
 # Loads every fold's `best.pt` of `artifacts/<exp>/` (or of each experiment of `artifacts/<ensemble>/weights.json`,
 # from `30_ensemble`), predicts the test images batch by batch (each model at its own input size, averaged at the
-# competition's scoring resolution, with optional TTA), applies the post-processing of `postprocess.json` (from
-# `20_oof` / `30_ensemble`; threshold 0.5 when there is none; its `gate_exp` classifier's folds run beside the models
-# when the search chose one), and writes `runs/<exp>/submission.csv`, validated
-# against the competition's sample submission (ids, order, RLE ends) before it is written.
+# competition's scoring resolution, with optional TTA; a classification ensemble whose stacker `30_ensemble` chose
+# applies its meta-model, `stacking.json`, to the experiments' fold means instead), applies the post-processing of
+# `postprocess.json` (from `20_oof` / `30_ensemble`; threshold 0.5 when there is none; its `gate_exp` classifier's
+# folds run beside the models when the search chose one), and writes `runs/<exp>/submission.csv`, validated against
+# the competition's sample submission (ids, order, RLE ends) before it is written.
 #
 # Headless: `jupytext --to ipynb --output - notebooks/40_submit.py | papermill - out.ipynb -p exp demo`
 # (`./run_all.sh` runs it last).
@@ -53,6 +54,7 @@ from IPython.display import display
 from kitlib import inference, plots
 from kitlib.formats import load_competition
 from kitlib.postprocess import load_postprocess
+from kitlib.stacking import load_stacker
 from kitlib.stages import SubmitConfig
 
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -73,6 +75,9 @@ for models, weight in members:
 postprocess = load_postprocess(cfg.source_dir, cfg.preset)
 print("post-processing:", "argmax" if postprocess is None else json.dumps(postprocess.to_dict(), default=str))
 gate_models = inference.load_gate_models(root, postprocess, cfg.device)  # a separate presence classifier, if chosen
+stacker = load_stacker(root / cfg.ensemble) if cfg.ensemble else None  # the meta-model 30_ensemble chose
+if stacker is not None:
+    print(f"stacking: {stacker.model} (C={stacker.c}) on {list(stacker.exps)} replaces the weighted mean")
 if gate_models:
     print(f"gate: {[str(m.path.relative_to(root)) for m in gate_models]} at {gate_models[0].height}x"
           f"{gate_models[0].width}")  # fmt: skip
@@ -87,7 +92,7 @@ test_df = load_competition(cfg.preset, cfg.data_path, split="test")
 shown = test_df.sample(n=min(cfg.n_samples, len(test_df)), random_state=cfg.seed)
 batches = inference.predict_test(members, test_df, cfg.preset, batch_size=cfg.batch_size, tta=cfg.tta,
                                  tta_weight=cfg.tta_weight, num_workers=cfg.num_workers,
-                                 gate_models=gate_models)  # fmt: skip
+                                 gate_models=gate_models, stacker=stacker)  # fmt: skip
 result = inference.make_submission(batches, test_df, cfg.preset, cfg.data_path, cfg.submission_file, postprocess,
                                    keep_masks=shown["image_id"].tolist())  # fmt: skip
 print(json.dumps(result.summary, indent=1))

@@ -1,4 +1,5 @@
-"""20_oof and 30_ensemble under papermill on a tiny trained demo: 24 images, 3 folds, 2 epochs, two seeds."""
+"""20_oof and 30_ensemble under papermill on a tiny trained demo: 24 images, 3 folds, 2 epochs, two seeds; and on two
+constructed classification experiments (Cassava layout) stacked with a logistic regression."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from kitlib.demo import make_demo
 from kitlib.io import read_json
 from kitlib.postprocess import PostProcess
 from kitlib.presets import get_preset
-from tests.test_notebooks import run_notebook
+from kitlib.stages import EdaConfig
+from tests.test_notebooks import _images_shown, run_notebook
+from tests.test_stacking import cassava_data, shifted_members
 from tests.test_train import train_tiny
 
 pytestmark = pytest.mark.slow
@@ -92,3 +95,56 @@ def test_30_ensemble_refuses_other_folds(trained, tmp_path):
     ids.to_csv(other / "oof_ids.csv", index=False)
     with pytest.raises(AssertionError, match="different OOF rows"):
         _ensemble(tmp_path / "bad.ipynb", dict(exps="a,c", ensemble_name="bad", **_common(trained)))
+
+
+@pytest.fixture(scope="module")
+def classified(tmp_path_factory) -> dict:
+    """Two classification experiments with constructed fold OOFs (``tests.test_stacking.shifted_members``: "s" is
+    always one class off, "w" weak) on 60 Cassava-layout images in 3 folds, written as 00_eda and 10_train write
+    them: ``folds.csv``, ``eda_config.json``, ``fold<k>/oof_probs.npy`` (float16) + ``oof_ids.csv``."""
+    root = tmp_path_factory.mktemp("stack_exp")
+    data = cassava_data(root / "data", n_train=60)
+    artifacts = root / "artifacts"
+    table = pd.read_csv(data / "train.csv")
+    folds = np.arange(len(table)) % 3
+    members = shifted_members(table["label"].to_numpy(), np.random.default_rng(0))
+    for exp, probs in zip(("s", "w"), members.values(), strict=True):
+        common = dict(preset="cassava", data_dir=str(data), artifacts_root=str(artifacts), exp=exp)
+        EdaConfig.from_notebook(**common).save()
+        pd.DataFrame({"image_id": table["image_id"], "fold": folds}).to_csv(artifacts / exp / "folds.csv", index=False)
+        for k in range(3):
+            (artifacts / exp / f"fold{k}").mkdir()
+            np.save(artifacts / exp / f"fold{k}" / "oof_probs.npy", probs[folds == k])
+            table.loc[folds == k, ["image_id"]].to_csv(artifacts / exp / f"fold{k}" / "oof_ids.csv", index=False)
+    return {"preset": "cassava", "data_dir": str(data), "artifacts_root": str(artifacts)}
+
+
+def _has_output(nb: dict, code: str, kind: str = "image/png") -> bool:
+    """Whether the cell whose source contains ``code`` shows an output of ``kind``."""
+    return any(code in "".join(c["source"]) and any(kind in o.get("data", {}) for o in c.get("outputs", []))
+               for c in nb["cells"])  # fmt: skip
+
+
+def test_20_oof_and_30_ensemble_classification_with_stacking(classified, tmp_path):
+    """20_oof shows the per-class report and the confusion matrix; 30_ensemble stacks the two members, whose mean is
+    mostly wrong, chooses the stacker (its cross-validated CV beats the weighted blend), and describes the stacked
+    OOF in oof_probs.npy, cv.json and class_report.csv."""
+    nb = run_notebook("20_oof", tmp_path / "oof.ipynb", exp="s", **classified)
+    root = Path(classified["artifacts_root"])
+    assert _has_output(nb, "plot_confusion_matrix") and _has_output(nb, "classification_report", "text/html")
+    assert read_json(root / "s" / "cv.json")["class_report"] == "class_report.csv"
+    report = pd.read_csv(root / "s" / "class_report.csv")
+    assert report["support"].tolist()[:5] == [12] * 5 and report["f1"].iloc[-1] == 0.0  # always one class off
+
+    nb = run_notebook("30_ensemble", tmp_path / "ens.ipynb", exps="s,w", ensemble_name="stack", stacking="logreg",
+                      stacking_c=1.0, fit_rows=0, **classified)  # fmt: skip
+    weights = read_json(root / "stack" / "weights.json")
+    record = weights["stacking"]
+    assert record["model"] == "logreg" and record["chosen"] and record["file"] == "stacking.json"
+    assert record["cv"] > 0.9 and record["cv"] > weights["score"] + 0.3 and record["blend_cv"] == weights["score"]
+    assert (root / "stack" / "stacking.json").is_file()
+    cv = read_json(root / "stack" / "cv.json")
+    assert cv["metric"] == "accuracy" and cv["cv"] == pytest.approx(record["cv"]) and cv["stacking"] == "logreg"
+    assert np.load(root / "stack" / "oof_probs.npy").shape == (60, 5)
+    assert (root / "stack" / "class_report.csv").is_file() and _has_output(nb, "plot_confusion_matrix")
+    assert _images_shown(nb) >= 2  # hill climbing trace, confusion matrix
