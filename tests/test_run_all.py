@@ -207,8 +207,8 @@ num_workers: 0
 
 def test_run_all_classification_demo_two_experiments_ensemble_and_tta(tmp_path, exp, exp2):
     """The classification track through run_all.sh: a CE experiment (OOF with five-crop TTA) stops after 20_oof; a
-    bi-tempered CutMix experiment runs on, 30_ensemble blends the two, 40_submit predicts with the blend and flips TTA,
-    the submission validates and is scored on the demo's hidden truth."""
+    bi-tempered CutMix experiment runs on, 30_ensemble blends the two and tries stacking them, 40_submit predicts with
+    the ensemble and flips TTA, the submission validates and is scored on the demo's hidden truth."""
     from kitlib.demo_classify import make_classification_demo
     from kitlib.io import read_json
     from kitlib.submit import validate_submission
@@ -224,12 +224,15 @@ def test_run_all_classification_demo_two_experiments_ensemble_and_tta(tmp_path, 
     second = tmp_path / "b.yaml"
     bi_tempered = "loss: bi_tempered\nloss_kwargs:\n  t1: 0.8\n  t2: 1.4\n  label_smoothing: 0.06\n"
     mix = "mix: cutmix\nmix_prob: 1.0\nmix_off_epochs: 1\n"
-    second.write_text(TINY_CLS_YAML + f"exps: {exp},{exp2}\n{bi_tempered}{mix}tta: flips\n")
+    second.write_text(TINY_CLS_YAML + f"exps: {exp},{exp2}\n{bi_tempered}{mix}tta: flips\nstacking: logreg\n")
     b = _run("--preset", "demo_classify", "--exp", exp2, "--data", str(data), "--folds", "2", "--params", str(second),
              "--ensemble", f"{exp2}/blend")  # fmt: skip
     assert b.returncode == 0, b.stderr[-3000:]
     weights = read_json(REPO / "artifacts" / exp2 / "blend" / "weights.json")
     assert weights["exps"] == [exp, exp2] and weights["metric"] == "accuracy"
+    stacked = weights["stacking"]  # tried; chosen only when its cross-validated OOF accuracy beats the blend's
+    assert stacked["model"] == "logreg" and stacked["chosen"] == (stacked["cv"] > stacked["blend_cv"])
+    assert (REPO / "artifacts" / exp2 / "blend" / "stacking.json").is_file() == stacked["chosen"]
     submission = REPO / "runs" / exp2 / "submission.csv"
     assert validate_submission(submission, data / "sample_submission.csv", PRESETS["demo_classify"])["images"] == 6
     assert read_json(REPO / "runs" / exp2 / "submission_config.json")["params"]["tta"] == "flips"
