@@ -19,6 +19,7 @@ from kitlib.rle import rle_area
 
 __all__ = [
     "plot_confusion_matrix",
+    "plot_roc",
     "plot_pr_curves",
     "CLASS_COLORS",
     "label_table",
@@ -397,6 +398,34 @@ def plot_pr_curves(class_probs: np.ndarray, labels: np.ndarray, classes: list[st
                 ax.plot(tp / y[:, c].sum(), tp / kept.sum(), "o", color="C3", label=f"threshold {thresholds[c]:.3f}")
         ax.set(title=str(classes[c]), xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
         ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def plot_roc(roc: pd.DataFrame, youden: pd.DataFrame | None = None) -> Figure:
+    """The pixel ROC curve of each class, the threshold of Youden's index marked.
+
+    Args:
+        roc: ``kitlib.roc.pixel_roc``'s table (``class``, ``threshold``, ``tpr``, ``fpr``).
+        youden: ``kitlib.roc.youden_thresholds``'s table, or None.
+    Returns:
+        Figure, one panel per class (false positive rate on x, true positive rate on y).
+    """
+    names = list(dict.fromkeys(roc["class"]))
+    cols = min(len(names), 4)
+    fig = Figure(figsize=(3.6 * cols, 3.2 * -(-len(names) // cols)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(-(-len(names) // cols), cols, squeeze=False)).ravel()
+    for ax in axes[len(names) :]:
+        ax.axis("off")
+    for ax, name in zip(axes, names, strict=False):
+        g = roc[roc["class"] == name]
+        ax.plot(np.r_[1.0, g["fpr"], 0.0], np.r_[1.0, g["tpr"], 0.0], lw=1.5)
+        ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1)
+        best = None if youden is None else youden[youden["class"] == name]
+        if best is not None and len(best) and np.isfinite(best["youden_j"].iloc[0]):
+            b = best.iloc[0]
+            ax.plot(b["fpr"], b["tpr"], "o", color="C3", label=f"Youden J {b['youden_j']:.3f} at {b['threshold']:.3f}")
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set(title=str(name), xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02))
     return fig
 
 

@@ -224,7 +224,8 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
         decoder_lr=1e-3,
         loss="trash_ce_dice",
         channels_last=True,
-        recipe_source="Trash-sorting contest: Unet++ EfficientNet-B3 at 512x512, CE + Dice.",
+        recipe_source="Trash-sorting contest: Unet++ EfficientNet-B3 at 512x512, DiceCE with lambda 0.8 (0.8 CE + 0.2 "
+        "Dice).",
     ),
     # the 1st place's recipe (NAMED_RECIPES["cassava_1st_b4_bitempered"])
     "cassava": {k: v for k, v in NAMED_RECIPES["cassava_1st_b4_bitempered"].items() if k != "task"},

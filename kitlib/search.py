@@ -52,6 +52,7 @@ from kitlib._private import chunk_rows, progress
 from kitlib.gate import search_gate
 from kitlib.postprocess import PostProcess
 from kitlib.presets import Preset
+from kitlib.roc import pixel_roc, youden_thresholds
 
 __all__ = [
     "POSTPROCESS_TASKS",
@@ -389,15 +390,28 @@ def search_from_params(
     num_workers: int | None = None,
     gate_probs: Any = None,
     gate_exp: str = "",
+    youden: bool = False,
 ) -> tuple[PostProcess, dict[str, pd.DataFrame | None]]:
     """The post-processing search of ``20_oof`` / ``30_ensemble`` from their notebook parameters: the grids as
     comma-separated strings or lists (``parse_grid``), ``search_postprocess`` (threshold x min_area, optionally the
     triplet), then, with ``gate``, ``search_gate`` (with a separate classifier's ``gate_probs`` / ``gate_exp`` when
     given).
 
+    With ``youden``, each class's threshold of the largest Youden's index on the OOF pixels (``kitlib.roc``; the Dacon
+    building team's choice beside the Dice sweep) joins the threshold grid, so the Dice sweep compares it with the
+    others and keeps it where it scores best.
+
     Returns:
-        ``(params, tables)`` as ``search_postprocess``, plus ``tables["gate"]`` (``search_gate``'s table, or None).
+        ``(params, tables)`` as ``search_postprocess``, plus ``tables["gate"]`` (``search_gate``'s table, or None),
+        ``tables["roc"]`` and ``tables["youden"]`` (``kitlib.roc``'s tables, or None without ``youden``).
     """
+    threshold_grid = parse_grid(thresholds)
+    roc = youden_table = None
+    if youden:
+        roc = pixel_roc(oof_probs, oof_masks, list(preset.target_classes))
+        youden_table = youden_thresholds(roc)
+        found = [float(t) for t in youden_table["threshold"].dropna()]
+        threshold_grid = sorted(set(threshold_grid) | set(found))
     grids = None
     if triplet:
         grids = dict(
@@ -406,10 +420,10 @@ def search_from_params(
             bottom_thresholds=parse_grid(bottom_thresholds),
         )
     params, tables = search_postprocess(
-        oof_probs, oof_masks, preset, parse_grid(thresholds), parse_grid(min_areas, int), triplet=grids,
+        oof_probs, oof_masks, preset, threshold_grid, parse_grid(min_areas, int), triplet=grids,
         num_workers=num_workers,
     )  # fmt: skip
-    tables["gate"] = None
+    tables.update(gate=None, roc=roc, youden=youden_table)
     if gate:
         params, tables["gate"] = search_gate(oof_probs, oof_masks, preset, params, cls_probs, top_k=top_k or None,
                                              gate_probs=gate_probs, gate_exp=gate_exp)  # fmt: skip

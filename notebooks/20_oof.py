@@ -49,6 +49,7 @@ num_workers: Optional[int] = None  # threads of the search; None: the usable CPU
 gate: bool = True  # also try an image-level class gate (Clouds 1st place); kept only when it raises the CV
 top_k: int = 0  # pixels averaged into a class probability; 0: 17500 at 350x525 scaled to the OOF size
 gate_exp: str = ""  # a presence classifier's experiment (10_train -p arch classifier) tried as the gate; "": none
+youden: bool = True  # also search each class's threshold of Youden's index (max TPR - FPR of the pixels; Dacon)
 n_samples: int = 4  # OOF images drawn with their predicted masks
 seed: int = 42  # which images are drawn
 
@@ -118,7 +119,9 @@ else:
 # `triplet`, also the triplet scheme, and the scheme with the better mean Dice over classes wins. With `gate`, an
 # image-level class gate (mean of the top-K pixel probs, averaged with the classification head when there is one;
 # per-class thresholds from the OOF precision-recall curve; optionally the most probable class forced on: Clouds 1st
-# place) is kept when it raises the OOF Dice.
+# place) is kept when it raises the OOF Dice. With `youden`, each class's threshold of Youden's index on the OOF pixels
+# (the largest TPR - FPR of the pixel ROC, `kitlib.roc`: the Dacon building team's choice) joins the threshold grid,
+# and the ROC curves are drawn with it marked.
 
 # %%
 searched = task.task in search.POSTPROCESS_TASKS
@@ -129,11 +132,15 @@ if searched:
         oof_probs, targets, task, cfg.thresholds, cfg.min_areas, cfg.triplet, cfg.top_thresholds,
         cfg.min_contour_areas, cfg.bottom_thresholds, gate=cfg.gate or gate_probs is not None, top_k=cfg.top_k,
         cls_probs=oof_cls_probs, num_workers=cfg.num_workers, gate_probs=gate_probs, gate_exp=cfg.gate_exp,
+        youden=cfg.youden,
     )  # fmt: skip
     print(f"winner: {post_params.meta['method']}, gate: {post_params.meta.get('gate', 'not searched')}")
     display(tables["best"])
     if tables["gate"] is not None:  # top-K pixel probs (+ the head, + the gate_exp classifier), PR thresholds
         display(tables["gate"])
+    if tables["youden"] is not None:  # the pixel ROC; each class's Youden threshold joined the grid above
+        display(tables["youden"])
+        display(plots.plot_roc(tables["roc"], tables["youden"]))
     gate_input = gate_probs if post_params.gate_exp else oof_cls_probs
     post = score_oof(oof_probs, targets, task, post_params, gate_input).table
 elif task.task != "presence":

@@ -55,6 +55,7 @@ num_workers: Optional[int] = None  # threads of the post-processing search; None
 gate: bool = True  # also try an image-level class gate on top-K pixel probs; kept only when it raises the CV
 top_k: int = 0  # pixels averaged into a class probability; 0: 17500 at 350x525 scaled to the OOF size
 gate_exp: str = ""  # a presence classifier's experiment (10_train -p arch classifier) tried as the gate; "": none
+youden: bool = True  # also search each class's threshold of Youden's index (max TPR - FPR of the pixels; Dacon)
 stacking: str = ""  # meta-model on the members' OOF probs (classification): logreg; "": none
 stacking_c: float = 1.0  # stacking: inverse L2 regularisation strength of the logistic regression
 stacking_log: bool = False  # stacking: features log(p) instead of p
@@ -193,13 +194,16 @@ if task.task in search.POSTPROCESS_TASKS:
     post_params, tables = search.search_from_params(
         blended, targets, task, cfg.thresholds, cfg.min_areas, cfg.triplet, cfg.top_thresholds,
         cfg.min_contour_areas, cfg.bottom_thresholds, gate=cfg.gate or gate_probs is not None, top_k=cfg.top_k,
-        num_workers=cfg.num_workers, gate_probs=gate_probs, gate_exp=cfg.gate_exp,
+        num_workers=cfg.num_workers, gate_probs=gate_probs, gate_exp=cfg.gate_exp, youden=cfg.youden,
     )  # fmt: skip
     post_params.meta.update(exps=names, weights=[float(w) for w in weights])
     post = score_oof(blended, targets, task, post_params, gate_probs if post_params.gate_exp else None).table
     display(tables["best"])
     if tables["gate"] is not None:
         display(tables["gate"])
+    if tables["youden"] is not None:  # the pixel ROC; each class's Youden threshold joined the grid above
+        display(tables["youden"])
+        display(plots.plot_roc(tables["roc"], tables["youden"]))
 display(raw.merge(post if post is not None else raw, on=["class", "n"], suffixes=("_raw", "_post")))
 
 # %% [markdown]

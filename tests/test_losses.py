@@ -347,3 +347,28 @@ def test_gradients_flow(name, mode):
     value.backward()
     assert value.dim() == 0 and torch.isfinite(value)
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "weights"),
+    [("trash_ce_dice", {"soft_ce": 0.8, "dice": 0.2}), ("trash_ce_dice_ssim", {"soft_ce": 0.75, "dice": 0.25,
+     "ssim": 0.25}), ("trash_1st_triple", {"focal_ce": 0.75, "dice": 0.25, "ssim": 0.25})],
+)  # fmt: skip
+def test_trash_recipes_weigh_their_terms_as_the_solutions(name, weights):
+    """The trash-sorting recipes: DiceCE lambda 0.8 (0.8 CE + 0.2 Dice) and the 1st place's 0.75 / 0.25 / 0.25, each
+    the weighted sum of its terms, each term recomputed on its own."""
+    from kitlib.losses import RECIPES, create_loss, create_recipe
+
+    torch.manual_seed(0)
+    logits, masks = torch.randn(2, 5, 16, 16), torch.randint(0, 5, (2, 16, 16))
+    loss = create_recipe(name)
+    total = loss(logits, masks)
+    terms = RECIPES[name].terms
+    parts = {}
+    for term, spec in terms.items():
+        kwargs = dict(spec[1]) if isinstance(spec, tuple) else {}
+        fn = create_loss(term, **kwargs) if term == "focal_ce" else create_loss(term, mode="multiclass", **kwargs)
+        parts[term] = fn(logits, masks)
+    assert {k: (v[0] if isinstance(v, tuple) else v) for k, v in terms.items()} == weights
+    expected = sum(weights[k] * parts[k] for k in weights)
+    assert torch.allclose(total, expected, atol=1e-6), (float(total), float(expected))
