@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import torch
@@ -67,6 +68,7 @@ def make_scheduler(
     min_lr_ratio: float = 0.0,
     restart_steps: int = 0,
     restart_mult: int = 1,
+    restart_gamma: float = 1.0,
     plateau_mode: str = "max",
     plateau_factor: float = 0.1,
     plateau_patience: int = 2,
@@ -79,7 +81,12 @@ def make_scheduler(
             schedule), "cosine" (linear warmup over ``warmup_steps`` then cosine decay to ``min_lr_ratio`` x peak;
             Loshchilov & Hutter 2017, SGDR without restarts), "cosine_restarts" (the same warmup, then cosine cycles
             of ``restart_steps`` steps, each ``restart_mult`` times longer than the last, every restart back at the
-            peak: SGDR, as the Cassava solutions' ``CosineAnnealingWarmRestarts``), "plateau" (``ReduceLROnPlateau``:
+            peak: SGDR, as the Cassava solutions' ``CosineAnnealingWarmRestarts``), "cosine_warmup_restarts" (as the
+            ``CosineAnnealingWarmupRestarts`` of katsura-jp/pytorch-cosine-annealing-with-warmup that the Dacon
+            building team trained with: every cycle starts with a linear warmup of ``warmup_steps`` from
+            ``min_lr_ratio`` x peak to the cycle's peak, peak x ``restart_gamma`` ** cycle, then a cosine back down;
+            the first cycle lasts ``restart_steps``, each later one (``restart_steps`` - warmup) x ``restart_mult``
+            + warmup), "plateau" (``ReduceLROnPlateau``:
             the rates times ``plateau_factor`` after ``plateau_patience`` epochs without improvement of the monitored
             score, mode ``plateau_mode``), "constant" (None).
         total_steps: optimiser steps of the whole run (epochs x steps per epoch).
@@ -87,7 +94,8 @@ def make_scheduler(
         pct_start, div_factor, final_div_factor: ``OneCycleLR``'s (start at peak / 25, end at start / 1e4).
         min_lr_ratio: the lowest rate of "cosine" and "cosine_restarts" as a fraction of the peak, in [0, 1].
         restart_steps: length of the first cycle of "cosine_restarts" (>= 1).
-        restart_mult: cycle length multiplier of "cosine_restarts" (>= 1).
+        restart_mult: cycle length multiplier of "cosine_restarts" and "cosine_warmup_restarts" (>= 1).
+        restart_gamma: "cosine_warmup_restarts": each cycle's peak is the last one's times this, in (0, 1].
         plateau_mode: "max" or "min", whether the monitored score should rise or fall.
         plateau_factor, plateau_patience: ``ReduceLROnPlateau``'s.
     Returns:
@@ -120,9 +128,16 @@ def make_scheduler(
         )
     if not 0 <= warmup_steps < total_steps:
         raise ValueError(f"warmup_steps must be in [0, {total_steps}), got {warmup_steps}")
-    if name == "cosine_restarts" and (restart_steps < 1 or restart_mult < 1):
-        raise ValueError(f"cosine_restarts needs restart_steps >= 1 and restart_mult >= 1, got {restart_steps}, "
+    if name in ("cosine_restarts", "cosine_warmup_restarts") and (restart_steps < 1 or restart_mult < 1):
+        raise ValueError(f"{name} needs restart_steps >= 1 and restart_mult >= 1, got {restart_steps}, "
                          f"{restart_mult}")  # fmt: skip
+    if name == "cosine_warmup_restarts":
+        if not warmup_steps < restart_steps or not 0.0 < restart_gamma <= 1.0:
+            raise ValueError(f"cosine_warmup_restarts needs warmup_steps < restart_steps and restart_gamma in (0, 1], "
+                             f"got {warmup_steps}, {restart_steps}, {restart_gamma}")  # fmt: skip
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, partial(_warmup_restarts, restart_steps, warmup_steps, restart_mult, restart_gamma, min_lr_ratio)
+        )
     cycle = restart_steps if name == "cosine_restarts" else total_steps - warmup_steps
 
     def factor(step: int) -> float:
@@ -138,6 +153,18 @@ def make_scheduler(
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _warmup_restarts(first: int, warmup: int, mult: int, gamma: float, floor: float, step: int) -> float:
+    """The "cosine_warmup_restarts" factor of the peak rate at ``step`` (``make_scheduler``)."""
+    cycle, length = 0, first
+    while step >= length:
+        step, length, cycle = step - length, (length - warmup) * mult + warmup, cycle + 1
+    peak = gamma**cycle
+    if step < warmup:
+        return floor + (peak - floor) * step / warmup
+    frac = (step - warmup) / (length - warmup)
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def steps_per_epoch_only(scheduler: Any) -> bool:

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: ``kitlib.optim.make_scheduler`` names.
-SCHEDULERS = ("onecycle", "cosine", "cosine_restarts", "plateau", "constant")
+SCHEDULERS = ("onecycle", "cosine", "cosine_restarts", "cosine_warmup_restarts", "plateau", "constant")
 #: ``kitlib.runtime.resolve_amp`` modes.
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 #: dtypes of a segmentation fold's ``oof_probs.npy``.
@@ -80,6 +80,7 @@ DEFAULT_RECIPE: dict[str, Any] = dict(
     min_lr_ratio=0.0,
     restart_epochs=1.0,
     restart_mult=1,
+    restart_gamma=1.0,
     plateau_factor=0.1,
     plateau_patience=2,
     swa_epochs=0,

@@ -142,6 +142,12 @@ class TrainConfig(_ExperimentStage):
         if min(v["swa_epochs"], v["average_top_k"]) < 0 or (v["swa_epochs"] and v["average_top_k"]):
             raise ValueError(f"{self.stage}: average either the last swa_epochs or the average_top_k best epochs, "
                              f"got {v['swa_epochs']} and {v['average_top_k']}")  # fmt: skip
+        if not 0.0 < v.get("restart_gamma", 1.0) <= 1.0:
+            raise ValueError(f"{self.stage}: restart_gamma must be in (0, 1], got {v['restart_gamma']}")
+        if v["scheduler"] == "cosine_warmup_restarts" and v["warmup_epochs"] >= v["restart_epochs"]:
+            raise ValueError(f"{self.stage}: cosine_warmup_restarts warms up at the start of every cycle: "
+                             f"warmup_epochs ({v['warmup_epochs']}) must be shorter than restart_epochs "
+                             f"({v['restart_epochs']})")  # fmt: skip
         if v["scheduler"] in ("cosine", "cosine_restarts") and v["warmup_epochs"] >= self.n_epochs:
             raise ValueError(f"{self.stage}: warmup_epochs ({v['warmup_epochs']}) must be shorter than the run "
                              f"(epochs {self.n_epochs}{', smoke' if v['smoke'] else ''}): set warmup_epochs below it "

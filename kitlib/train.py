@@ -249,7 +249,7 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
     scheduler = make_scheduler(
         optimizer, cfg.scheduler, cfg.n_epochs * steps_per_epoch, warmup_steps=warmup, pct_start=cfg.pct_start,
         min_lr_ratio=cfg.min_lr_ratio, restart_steps=max(1, int(round(cfg.restart_epochs * steps_per_epoch))),
-        restart_mult=cfg.restart_mult, plateau_mode="min" if cfg.minimise else "max",
+        restart_mult=cfg.restart_mult, restart_gamma=cfg.restart_gamma, plateau_mode="min" if cfg.minimise else "max",
         plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
     )  # fmt: skip
     result = engine.fit(

@@ -58,12 +58,15 @@ decoder_lr: Optional[float] = None  # ... of the decoder and heads
 weight_decay: Optional[float] = None
 optimizer: Optional[str] = None  # timm.optim name: adamw, adamp, radam, sgd (Nesterov), lookahead_radam, ...
 optimizer_kwargs: Optional[dict] = None  # more optimiser arguments: momentum, betas, eps, ...
-scheduler: Optional[str] = None  # onecycle, cosine, cosine_restarts (SGDR), plateau (ReduceLROnPlateau), constant
-warmup_epochs: Optional[float] = None  # linear warmup of cosine / cosine_restarts, in epochs
+scheduler: Optional[str] = None  # onecycle, cosine, cosine_restarts (SGDR), cosine_warmup_restarts (a warmup every
+# cycle, peaks decaying by restart_gamma: Dacon building), plateau (ReduceLROnPlateau), constant
+warmup_epochs: Optional[float] = None  # linear warmup of cosine / cosine_restarts (at the start) and
+# cosine_warmup_restarts (every cycle), in epochs
 pct_start: Optional[float] = None  # OneCycle's rising fraction
 min_lr_ratio: Optional[float] = None  # cosine / cosine_restarts: the lowest rate as a fraction of the peak
-restart_epochs: Optional[float] = None  # cosine_restarts: length of the first cycle, in epochs
+restart_epochs: Optional[float] = None  # cosine_(warmup_)restarts: length of the first cycle, in epochs
 restart_mult: Optional[int] = None  # cosine_restarts: each cycle this many times longer than the one before
+restart_gamma: Optional[float] = None  # cosine_warmup_restarts: each cycle's peak times this, in (0, 1]
 plateau_factor: Optional[float] = None  # plateau: the rates times this after plateau_patience flat epochs
 plateau_patience: Optional[int] = None  # plateau: epochs without improvement of the monitored score
 swa_epochs: Optional[int] = None  # average the weights of the last N epochs (SWA, BatchNorm recomputed); 0: off

@@ -59,6 +59,29 @@ def test_cosine_restarts_by_hand():
         optim.make_scheduler(opt, "cosine_restarts", 20, restart_steps=0)
 
 
+def test_cosine_warmup_restarts_by_hand():
+    """CosineAnnealingWarmupRestarts (Dacon building): first cycle 5 steps with a 2-step warmup from the floor 0.1,
+    later cycles (5 - 2) x 2 + 2 = 8 steps, peaks 1, 0.5, 0.25."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = optim.make_scheduler(opt, "cosine_warmup_restarts", 30, warmup_steps=2, restart_steps=5, restart_mult=2,
+                                 restart_gamma=0.5, min_lr_ratio=0.1)  # fmt: skip
+    lrs = []
+    for _ in range(14):
+        lrs.append(opt.param_groups[0]["lr"] / 2.0)
+        opt.step()
+        sched.step()
+
+    def cycle(peak, length):
+        warm = [0.1 + (peak - 0.1) * t / 2 for t in range(2)]
+        return warm + [0.1 + (peak - 0.1) * 0.5 * (1 + math.cos(math.pi * t / (length - 2))) for t in range(length - 2)]
+
+    assert lrs == pytest.approx(cycle(1.0, 5) + cycle(0.5, 8) + cycle(0.25, 8)[:1])
+    assert max(lrs[5:13]) == pytest.approx(0.5)  # the second cycle's peak, after its warmup
+    for bad in (dict(warmup_steps=5, restart_steps=5), dict(warmup_steps=1, restart_steps=5, restart_gamma=0.0)):
+        with pytest.raises(ValueError, match="cosine_warmup_restarts needs"):
+            optim.make_scheduler(opt, "cosine_warmup_restarts", 30, **bad)
+
+
 def test_plateau_steps_once_per_epoch_on_the_score():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = optim.make_scheduler(opt, "plateau", 10, plateau_mode="max", plateau_factor=0.5, plateau_patience=1)
