@@ -46,10 +46,11 @@ from kitlib._private import progress
 from kitlib.averaging import WeightAverage, recompute_bn
 from kitlib.io import write_csv
 from kitlib.losses import SegClsLoss
-from kitlib.mixes import make_mix
+from kitlib.mixes import BatchMix, SegmentationMix, make_mix
 from kitlib.optim import make_ema, steps_per_epoch_only
 from kitlib.presets import Preset
 from kitlib.runtime import (
+    WeightedShardSampler,
     all_reduce,
     autocast,
     barrier,
@@ -156,7 +157,7 @@ def train_one_epoch(
     if accumulate < 1:
         raise ValueError(f"accumulate must be >= 1, got {accumulate}")
     key = _target_key(preset)
-    if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+    if isinstance(getattr(loader, "sampler", None), DistributedSampler | WeightedShardSampler):
         loader.sampler.set_epoch(epoch)
     model.train()
     totals: dict[str, float] = {}
@@ -392,7 +393,7 @@ def fit(
         scheduler=scheduler, cfg=cfg, device=device, amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None,
         ema=make_ema(model, cfg.ema_decay) if cfg.ema_decay else None,
-        mix=make_mix(cfg.mix, cfg.model_preset.num_classes, cfg.mix_prob, cfg.mix_alpha) if cfg.mix_epochs else None,
+        mix=_batch_mix(cfg) if cfg.mix_epochs else None,
         average=WeightAverage(model, out_dir, epochs, min(cfg.swa_epochs, epochs), min(cfg.average_top_k, epochs),
                               minimise),  # a smoke run averages what it has
     )  # fmt: skip
@@ -501,6 +502,15 @@ def _finish_average(run: _Run, state: Any, paths: dict[str, Path], saved: dict[s
         tqdm.write(f"averaged ({run.average.description}): {shown}", file=sys.stderr)
     barrier()
     return {"method": run.average.description, **scores}
+
+
+def _batch_mix(cfg) -> BatchMix | SegmentationMix:
+    """The run's batch mix: ``BatchMix`` of labels (classification) or ``SegmentationMix`` of masks."""
+    task = cfg.model_preset
+    if task.is_segmentation:
+        return SegmentationMix(cfg.mix, task.task == "multiclass", cfg.mix_prob, cfg.mix_alpha,
+                               task.class_indices(cfg.mix_classes or []))  # fmt: skip
+    return make_mix(cfg.mix, task.num_classes, cfg.mix_prob, cfg.mix_alpha)
 
 
 def _reseed(loader: DataLoader, seed: int, epoch: int, rank: int) -> None:

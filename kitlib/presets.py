@@ -161,6 +161,30 @@ class Preset:
         background included) or C logits (classification)."""
         return len(self.classes)
 
+    def class_indices(self, items: list[str | int] | tuple[str | int, ...]) -> list[int]:
+        """Class names or indices into ``classes`` as indices: a multiclass mask's values (the background is 0), a
+        binary/multilabel mask's channels. Used by copy-paste (``mix_classes``) and oversampling
+        (``oversample_classes``).
+
+        Raises:
+            ValueError: an unknown name, an index outside 0..len(classes)-1, or a multiclass background (named).
+        """
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                if item not in self.classes:
+                    raise ValueError(f"preset {self.name!r}: unknown class {item!r}; classes: {list(self.classes)}")
+                index = self.classes.index(item)
+            elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(self.classes):
+                index = item
+            else:
+                raise ValueError(f"preset {self.name!r}: class {item!r} is not a name or an index in 0.."
+                                 f"{len(self.classes) - 1}")  # fmt: skip
+            if self.task == "multiclass" and index == 0:
+                raise ValueError(f"preset {self.name!r}: {self.classes[0]!r} is the background, not an object class")
+            out.append(index)
+        return out
+
     def replace(self, **changes) -> Preset:
         """A copy with some fields changed, e.g. ``get_preset("masks").replace(mask_suffix="_mask")``.
 

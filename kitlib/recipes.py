@@ -31,6 +31,7 @@ __all__ = [
     "NAMED_RECIPES",
     "OOF_DTYPES",
     "PRESENCE_RECIPE",
+    "SEGMENTATION_MIXES",
     "SCHEDULERS",
     "STACKERS",
     "TRAIN_RECIPES",
@@ -45,8 +46,11 @@ SCHEDULERS = ("onecycle", "cosine", "cosine_restarts", "cosine_warmup_restarts",
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 #: dtypes of a segmentation fold's ``oof_probs.npy``.
 OOF_DTYPES = ("uint8", "float16", "float32")
-#: ``kitlib.mixes.make_mix`` names: batch mixing of classification runs ("none": off).
-MIXES = ("none", "mixup", "cutmix", "fmix", "mixup_cutmix")
+#: ``kitlib.mixes`` names: batch mixing ("none": off); classification takes every one but copy_paste, segmentation
+#: ``SEGMENTATION_MIXES``.
+MIXES = ("none", "mixup", "cutmix", "fmix", "mixup_cutmix", "copy_paste")
+#: The mixes of segmentation batches (images and masks): ``kitlib.mixes.SegmentationMix``.
+SEGMENTATION_MIXES = ("cutmix", "copy_paste")
 #: ``kitlib.stacking.create_stacker`` names: 30_ensemble's meta-models on the members' OOF probs ("": none). Linear
 #: only, so that the fitted model is saved as numbers, without pickle.
 STACKERS = ("logreg",)
@@ -97,6 +101,9 @@ DEFAULT_RECIPE: dict[str, Any] = dict(
     mix_prob=0.5,
     mix_alpha=1.0,
     mix_off_epochs=0,
+    mix_classes=[],
+    oversample_classes=[],
+    oversample_factor=1.0,
     monitor="",
     patience=0,
     num_workers=0,
@@ -224,9 +231,16 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
         encoder_lr=1e-4,
         decoder_lr=1e-3,
         loss="trash_ce_dice",
+        mix="copy_paste",
+        mix_prob=0.5,
+        mix_classes=["Paper pack", "Metal", "Glass", "Battery", "Clothing"],
+        oversample_classes=["Paper pack", "Metal", "Glass", "Battery", "Clothing"],
+        oversample_factor=2.0,
         channels_last=True,
         recipe_source="Trash-sorting contest: Unet++ EfficientNet-B3 at 512x512, DiceCE with lambda 0.8 (0.8 CE + 0.2 "
-        "Dice).",
+        "Dice); objects of the rare classes (Paper pack, Metal, Glass, Battery, Clothing: the team's 4, 5, 6, 10, 11) "
+        "copy-pasted onto half the batches (their SongbaeMix) and their images drawn twice as often (the factor is "
+        "the kit's choice).",
     ),
     # the 1st place's recipe (NAMED_RECIPES["cassava_1st_b4_bitempered"])
     "cassava": {k: v for k, v in NAMED_RECIPES["cassava_1st_b4_bitempered"].items() if k != "task"},

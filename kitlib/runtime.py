@@ -29,6 +29,7 @@ from kitlib.recipes import AMP_MODES
 __all__ = [
     "DistInfo",
     "ShardSampler",
+    "WeightedShardSampler",
     "all_reduce",
     "autocast",
     "barrier",
@@ -176,6 +177,38 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+class WeightedShardSampler(Sampler[int]):
+    """Rows drawn with replacement in proportion to ``weights``, one draw per epoch from ``(seed, epoch)``, sharded
+    over DDP ranks: the class-balanced sampling of images that hold rare classes (the trash-sorting team oversampled
+    its rare classes). ``torch.utils.data.WeightedRandomSampler`` neither shards nor reseeds per epoch.
+
+    Args:
+        weights: (N,) non-negative, not all 0.
+        rank, world_size: the DDP position.
+        seed: the draw of epoch e is ``torch.multinomial`` with generator seed ``seed + e``.
+    Raises:
+        ValueError: negative, non-finite or all-zero weights.
+    """
+
+    def __init__(self, weights, rank: int = 0, world_size: int = 1, seed: int = 0):
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        if w.dim() != 1 or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("sampling weights must be a 1-D array of finite values >= 0, not all 0")
+        self.weights, self.rank, self.world_size, self.seed, self.epoch = w, rank, world_size, seed, 0
+        self.per_rank = -(-len(w) // world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        drawn = torch.multinomial(self.weights, self.per_rank * self.world_size, replacement=True, generator=g)
+        return iter(drawn[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -185,6 +218,7 @@ def make_loader(
     info: DistInfo | None = None,
     drop_last: bool | None = None,
     pin_memory: bool = False,
+    weights=None,
 ) -> DataLoader:
     """A DataLoader whose order depends only on ``(seed, epoch)``, sharded over DDP ranks.
 
@@ -201,12 +235,16 @@ def make_loader(
         info: DDP position (``dist_info()`` by default).
         drop_last: override of the default (``train and len(dataset) > batch_size``).
         pin_memory: pin host memory (CUDA).
+        weights: (N,) sampling weights of a training loader (``WeightedShardSampler``: drawn with replacement, as
+            many rows per epoch as the dataset has); None: every row once per epoch.
     """
     info = info or dist_info()
     if drop_last is None:
         drop_last = train and len(dataset) // max(info.world_size, 1) > batch_size
-    if train:
-        sampler: Sampler = DistributedSampler(
+    if train and weights is not None:
+        sampler: Sampler = WeightedShardSampler(weights, info.rank, info.world_size, seed)
+    elif train:
+        sampler = DistributedSampler(
             dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=False
         )
     else:

@@ -27,7 +27,16 @@ from kitlib.config import StageConfig
 from kitlib.io import project_path
 from kitlib.params import ParameterError
 from kitlib.presets import get_preset, model_preset
-from kitlib.recipes import AMP_MODES, OOF_DTYPES, SCHEDULERS, STACKERS, check_optimizer, fill_recipe, recipe_for
+from kitlib.recipes import (
+    AMP_MODES,
+    OOF_DTYPES,
+    SCHEDULERS,
+    SEGMENTATION_MIXES,
+    STACKERS,
+    check_optimizer,
+    fill_recipe,
+    recipe_for,
+)
 
 __all__ = ["EdaConfig", "TrainConfig", "OofConfig", "EnsembleConfig", "SubmitConfig"]
 
@@ -204,10 +213,23 @@ class TrainConfig(_ExperimentStage):
             check_mix(v["mix"], v["mix_prob"], v["mix_alpha"])
         except ValueError as e:
             raise ValueError(f"{self.stage}: {e}") from None
-        task = self._resolved["model_preset"].task
-        if v["mix"] != "none" and task != "classification":
-            raise ValueError(f"{self.stage}: mix {v['mix']!r} needs a classification preset (labels to mix), not a "
-                             f"{task} task")  # fmt: skip
+        task = self._resolved["model_preset"]
+        if v["mix"] == "copy_paste" and not task.is_segmentation:
+            raise ValueError(f"{self.stage}: mix 'copy_paste' pastes segmentation objects; a {task.task} task takes "
+                             "mixup, cutmix, fmix or mixup_cutmix")  # fmt: skip
+        if v["mix"] not in ("none", *SEGMENTATION_MIXES) and task.is_segmentation:
+            raise ValueError(f"{self.stage}: mix {v['mix']!r} mixes labels; a {task.task} segmentation task takes "
+                             f"{list(SEGMENTATION_MIXES)}")  # fmt: skip
+        if task.task == "presence" and v["mix"] != "none":
+            raise ValueError(f"{self.stage}: a presence classifier trains unmixed (mix {v['mix']!r})")
+        for name in ("mix_classes", "oversample_classes"):
+            if v.get(name):
+                try:
+                    task.class_indices(v[name])
+                except ValueError as e:
+                    raise ValueError(f"{self.stage}: {name}: {e}") from None
+        if v.get("oversample_factor", 1.0) <= 0:
+            raise ValueError(f"{self.stage}: oversample_factor must be > 0, got {v['oversample_factor']}")
         if v["mix_off_epochs"] < 0:
             raise ValueError(f"{self.stage}: mix_off_epochs must be >= 0, got {v['mix_off_epochs']}")
         if v["mix"] != "none" and v["mix_off_epochs"] >= v["epochs"]:

@@ -49,7 +49,10 @@ from kitlib.scoring import score_oof
 from kitlib.stages import TrainConfig
 from kitlib.targets import TargetMasks, scoring_size
 
-__all__ = ["build_loss", "build_model", "fold_run_id", "fold_tables", "init_model", "launch_distributed", "train_fold"]
+__all__ = [
+    "build_loss", "build_model", "fold_run_id", "fold_tables", "init_model", "launch_distributed", "sample_weights",
+    "train_fold",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +197,34 @@ def _loaders(cfg: TrainConfig, full_df: pd.DataFrame, train_df: pd.DataFrame, va
     valid_tf = build_transforms("valid", cfg.height, cfg.width, mean, std)
     train_ds = make_dataset(train_df, cfg.model_preset, train_tf, cache)
     valid_ds = make_dataset(valid_df, cfg.model_preset, valid_tf, cache)
-    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, info, drop_last=None)
+    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, info, drop_last=None,
+                               weights=sample_weights(cfg, train_df))  # fmt: skip
     return train_loader, make_loader(valid_ds, cfg.batch_size, False, cfg.seed, cfg.num_workers, info)
+
+
+def sample_weights(cfg: TrainConfig, train_df: pd.DataFrame) -> np.ndarray | None:
+    """Class-balanced sampling (the trash-sorting team oversampled the images of its rare classes): images that hold
+    any of ``cfg.oversample_classes`` weigh ``cfg.oversample_factor``, the others 1.
+
+    Args:
+        cfg: the run; ``oversample_classes`` are names or indices of ``preset.classes``.
+        train_df: the fold's training rows (segmentation: their masks; classification: ``label``).
+    Returns:
+        (n,) float64 weights for ``kitlib.runtime.make_loader``, or None (no oversampling: every image once an epoch).
+    """
+    if not cfg.oversample_classes or cfg.oversample_factor == 1.0:
+        return None
+    preset = cfg.model_preset
+    wanted = preset.class_indices(cfg.oversample_classes)
+    if preset.task == "classification":
+        rare = train_df["label"].isin(wanted).to_numpy()
+    else:  # presence columns follow target_classes: a multiclass preset's class c is column c - 1
+        presence = class_presence(train_df, preset)
+        columns = [c - 1 for c in wanted] if preset.task == "multiclass" else wanted
+        rare = presence[:, columns].any(axis=1)
+    log.info("fold %d: %d of %d training images hold %s: sampled x%g", cfg.fold, int(rare.sum()), len(rare),
+             cfg.oversample_classes, cfg.oversample_factor)  # fmt: skip
+    return np.where(rare, float(cfg.oversample_factor), 1.0)
 
 
 def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, Any]:

@@ -81,10 +81,14 @@ amp: Optional[str] = None  # auto (bf16/fp16 on CUDA, off on CPU), bf16 (CUDA or
 channels_last: Optional[bool] = None
 ema_decay: Optional[float] = None  # 0: no EMA of the weights
 augment: Optional[str] = None  # none, flips, light
-mix: Optional[str] = None  # batch mix of a classification run: none, mixup, cutmix, fmix, mixup_cutmix
+mix: Optional[str] = None  # batch mix: none; classification mixup, cutmix, fmix, mixup_cutmix; segmentation cutmix
+# (images and masks), copy_paste (objects of mix_classes pasted with their masks: the trash team's SongbaeMix)
 mix_prob: Optional[float] = None  # probability that a training batch is mixed
 mix_alpha: Optional[float] = None  # lambda ~ Beta(mix_alpha, mix_alpha)
 mix_off_epochs: Optional[int] = None  # the last N epochs train unmixed (Cassava top solutions)
+mix_classes: Optional[list] = None  # copy_paste: class names or indices of the preset's classes; []: every class
+oversample_classes: Optional[list] = None  # images holding any of these classes are drawn oversample_factor times
+oversample_factor: Optional[float] = None  # ... as often as the others (with replacement); 1: every image once
 monitor: Optional[str] = None  # history column that picks best.pt; "": valid_<metric>
 patience: Optional[int] = None  # early stopping after this many epochs without improvement; 0: off
 seed: int = 42

@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from kitlib.mixes import BatchMix, check_mix, fmix_mask, make_mix, mix_targets
+from kitlib.mixes import BatchMix, SegmentationMix, check_mix, fmix_mask, make_mix, mix_targets
 from kitlib.runtime import seed_everything
 from kitlib.stages import TrainConfig
 
@@ -149,5 +150,71 @@ def test_train_config_mix_parameters():
     ]:
         with pytest.raises(ValueError, match=match):
             cfg.replace(**bad)
-    with pytest.raises(ValueError, match="mix 'mixup' needs a classification preset"):
+    with pytest.raises(ValueError, match="mix 'mixup' mixes labels; a multilabel segmentation task takes"):
         TrainConfig.from_notebook(preset="demo", mix="mixup")
+    with pytest.raises(ValueError, match="mix 'copy_paste' pastes segmentation objects"):
+        cfg.replace(mix="copy_paste")
+
+
+def _seg_batch(multiclass: bool, n: int = 4, h: int = 16, w: int = 20):
+    """Images whose first channel encodes the class of each pixel (class c -> value c), so the masks must follow."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (n, h, w), generator=g)
+    images = torch.stack([labels.float(), torch.rand(n, h, w, generator=g), torch.rand(n, h, w, generator=g)], 1)
+    masks = labels if multiclass else F.one_hot(labels, 4).permute(0, 3, 1, 2).float()
+    return images, masks
+
+
+@pytest.mark.parametrize("multiclass", [True, False])
+@pytest.mark.parametrize("kind", ["cutmix", "copy_paste"])
+def test_segmentation_mixes_keep_images_and_masks_aligned(kind, multiclass):
+    """After either mix, every pixel's label is still the class its image encodes, and pixels came from the image
+    itself or from its partner (N-1-i) at the same place."""
+    seed_everything(3)
+    images, masks = _seg_batch(multiclass)
+    classes = [2, 3] if kind == "copy_paste" else None
+    mixed, mixed_masks = SegmentationMix(kind, multiclass, classes=classes)(images, masks)
+    labels = mixed_masks if multiclass else mixed_masks.argmax(1)
+    assert torch.equal(mixed[:, 0].long(), labels)
+    own, partner = (mixed == images).all(1), (mixed == images.flip(0)).all(1)
+    assert (own | partner).all() and (~own).any()
+    if kind == "copy_paste":  # exactly the partner's pixels of classes 2 and 3 were pasted
+        source = images.flip(0)[:, 0].long()
+        assert torch.equal(torch.where(torch.isin(source, torch.tensor([2, 3])), source, images[:, 0].long()), labels)
+
+
+def test_cutmix_box_of_masks_by_hand():
+    """CutMix pastes one box of the partner's image and masks: nothing changes outside it."""
+    seed_everything(0)
+    images, masks = _seg_batch(True, n=2)
+    mixed, mixed_masks = SegmentationMix("cutmix", True)(images, masks)
+    changed = (mixed != images).any(1)[0] | (mixed_masks != masks)[0]
+    ys, xs = torch.nonzero((mixed == images.flip(0)).all(1)[0] & ~(images == images.flip(0)).all(1)[0], as_tuple=True)
+    assert changed.any() and ys.numel()
+    box = torch.zeros_like(changed)
+    box[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1] = True
+    assert not (changed & ~box).any()  # nothing changed outside one box
+
+
+def test_segmentation_mix_checks():
+    images, masks = _seg_batch(True)
+    with pytest.raises(ValueError, match="does not mix segmentation masks"):
+        SegmentationMix("mixup", True)
+    with pytest.raises(ValueError, match=r"do not fit images"):
+        SegmentationMix("cutmix", False)(images, masks)
+    assert SegmentationMix("copy_paste", True, prob=0.0)(images, masks)[1] is masks  # not mixed: the inputs
+    with pytest.raises(ValueError, match="BatchMix mixes classification batches, not 'copy_paste'"):
+        BatchMix("copy_paste", 5)
+
+
+def test_train_config_segmentation_mix_and_oversampling():
+    cfg = TrainConfig.from_notebook(preset="coco", mix="copy_paste", mix_classes=["Battery", "Clothing"],
+                                    oversample_classes=["Battery"], oversample_factor=3.0)  # fmt: skip
+    assert cfg.mix_epochs == cfg.n_epochs and cfg.preset.class_indices(cfg.mix_classes) == [
+        cfg.preset.classes.index("Battery"), cfg.preset.classes.index("Clothing")]  # fmt: skip
+    for bad, match in [({"mix_classes": ["Batery"]}, "mix_classes: preset 'coco': unknown class 'Batery'"),
+                       ({"oversample_classes": [0]}, "oversample_classes: .* is the background"),
+                       ({"oversample_factor": 0.0}, "oversample_factor must be > 0"),
+                       ({"mix": "fmix"}, "mix 'fmix' mixes labels")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            cfg.replace(**bad)
