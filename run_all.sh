@@ -60,8 +60,9 @@ if [ -n "$gpus" ] && ! [[ "$gpus" =~ ^[0-9]+(,[0-9]+)*$ ]]; then
   echo "error: --gpus takes comma-separated GPU ids such as 0,1; got $gpus" >&2; exit 2
 fi
 if [ -z "$data" ]; then
-  if ! python -m kitlib.demo --list | grep -qxF "$preset"; then
-    echo "error: --data DIR is required for preset $preset (only the demos, $(python -m kitlib.demo --list | paste -sd,), are written here)" >&2
+  demos="$(python -m kitlib.demo --list)"  # read whole: grep -q closing the pipe early would break the writer
+  if ! grep -qxF -- "$preset" <<< "$demos"; then
+    echo "error: --data DIR is required for preset $preset (only the demos, $(paste -sd, <<< "$demos"), are written here)" >&2
     exit 2
   fi
   data="data/$preset"

@@ -41,7 +41,7 @@ model_name: Optional[str] = None  # timm classifier for classification presets a
 encoder_weights: Optional[str] = None  # "imagenet", a local .pth/.safetensors file or folder, or "none" (scratch)
 aux_head: Optional[bool] = None  # classification head beside the masks (Understanding Clouds 1st place)
 dropout: Optional[float] = None  # dropout before the classification head / classifier layer
-multi_sample_dropout: Optional[int] = None  # classifiers: n >= 2 dropout samples at `dropout`, logits averaged
+multi_sample_dropout: Optional[int] = None  # classifiers: n (2 or more) dropout samples at `dropout`, logits averaged
 global_pool: Optional[str] = None  # classifiers: timm pooling: avg, max, avgmax, catavgmax
 drop_path_rate: Optional[float] = None  # classifiers: stochastic depth (timm drop_path_rate)
 init_from: Optional[str] = None  # start from fold <fold>'s best.pt of this experiment (same folds.csv): fine-tune
