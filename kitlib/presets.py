@@ -499,3 +499,24 @@ def get_preset(name: str | Preset) -> Preset:
     if isinstance(name, Preset):
         return name
     return load_preset_file(name) if is_preset_file(name) else lookup(PRESETS, name, "preset")
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m kitlib.presets PRESET``: check a built-in name or a preset file and print the preset's name
+    (``run_all.sh`` names the experiment after it); a wrong one prints the reason and exits 2."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m kitlib.presets", description=_main.__doc__)
+    parser.add_argument("preset", help="a built-in preset's name or a preset file (.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        print(get_preset(args.preset).name)
+    except (KeyError, FileNotFoundError, PresetFileError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
