@@ -437,10 +437,10 @@ def preset_from_fields(fields: Mapping[str, Any], source: str = "preset fields")
     defaults = {**_FILE_DEFAULTS, **({"classes": ()} if fields.get("label_format") == "coco_json" else {})}
     required = [f.name for f in dataclasses.fields(Preset) if f.name in hints
                 and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # fmt: skip
+    values = {name: _check_field(name, value, hints[name], source) for name, value in fields.items()}
     missing = [n for n in required if n not in fields and n not in defaults]
     if missing:
         raise PresetFileError(f"{source}: missing field(s) {missing}")
-    values = {name: _check_field(name, value, hints[name], source) for name, value in fields.items()}
     try:
         return Preset(**{**defaults, **values})
     except ValueError as e:
