@@ -4,13 +4,16 @@
 #   ./run_all.sh                                    the built-in demo (generated into data/demo once)
 #   ./run_all.sh --preset demo_classify             the built-in classification demo (data/demo_classify)
 #   ./run_all.sh --preset masks --data ../shared/data/isbi2012_membrane
+#   ./run_all.sh --preset my_competition.yaml --data data/my_competition   your own competition (data_README.md)
 #
 # Options:
 #   --preset P        competition preset (kitlib.presets): clouds, severstal, dacon_building, masks, coco, cassava, demo,
-#                     demo_classify
+#                     demo_classify; or a preset file FILE.yaml of your own competition (its Preset fields, checked
+#                     before anything runs; data_README.md "Your own competition")
 #   --data DIR        competition folder; required unless the preset is a demo (demo, demo_classify: written into
 #                     data/<preset> once, and the submission is scored on its hidden test truth at the end)
-#   --exp NAME        experiment name: executed notebooks go to runs/NAME/, artifacts to artifacts/NAME/ (default: preset)
+#   --exp NAME        experiment name: executed notebooks go to runs/NAME/, artifacts to artifacts/NAME/ (default: the
+#                     preset's name)
 #   --folds N         number of folds (default 5)
 #   --label-file F    train label file inside DIR when it is not the competition's own name
 #   --params F.yaml   extra notebook parameters; each notebook gets the ones its parameters cell declares, a name no
@@ -52,7 +55,12 @@ while [ $# -gt 0 ]; do
     *) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-exp="${exp:-$preset}"
+if [[ "$preset" =~ \.(yaml|yml)$ ]]; then  # a preset file: an absolute path for the notebooks, checked now
+  [ -f "$preset" ] || { echo "error: preset file not found: $preset" >&2; exit 2; }
+  preset="$(cd "$(dirname "$preset")" && pwd)/$(basename "$preset")"
+fi
+preset_name="$(python -m kitlib.presets "$preset")" || exit 2
+exp="${exp:-$preset_name}"
 if [ -n "$until" ] && ! [[ "$until" =~ ^(00_eda|10_train|20_oof|30_ensemble|40_submit)$ ]]; then
   echo "error: --until takes 00_eda, 10_train, 20_oof, 30_ensemble or 40_submit; got $until" >&2; exit 2
 fi

@@ -20,7 +20,6 @@ good instead: ``drop_missing`` (rows whose image file is absent) and ``drop_inva
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -30,9 +29,11 @@ import numpy as np
 import pandas as pd
 
 from kitlib._private import chunk_rows, listing, progress, row_slices, to_numpy
+from kitlib.coco import coco_images, load_coco_json, read_coco
 from kitlib.images import image_size, read_mask_file
+from kitlib.label_checks import CompetitionDataError, check_classes, check_unique
 from kitlib.presets import Preset
-from kitlib.rle import is_empty_rle, rle_decode, rle_encode, rle_parse
+from kitlib.rle import is_empty_rle, rle_decode, rle_parse
 
 __all__ = [
     "CompetitionDataError",
@@ -47,18 +48,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BASE_COLUMNS = ("image_id", "image_path", "height", "width")
-
-
-class CompetitionDataError(ValueError):
-    """A competition folder or label file that cannot be read as it is.
-
-    Attributes:
-        ids: the offending image ids (or row labels), all of them, not only the few in the message.
-    """
-
-    def __init__(self, message: str, ids: Sequence[str] = ()):
-        super().__init__(message)
-        self.ids = list(ids)
 
 
 def target_columns(preset: Preset) -> list[str]:
@@ -143,13 +132,6 @@ def _read_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
     return df
 
 
-def _check_unique(ids: pd.Series, source: Path, what: str = "image id") -> None:
-    dup = ids[ids.duplicated(keep=False)]
-    if len(dup):
-        uniq = list(dict.fromkeys(dup.tolist()))
-        raise CompetitionDataError(f"{source}: {len(uniq)} duplicated {what}(s): {listing(uniq)}", uniq)
-
-
 def _check_files(df: pd.DataFrame, source: str, drop_missing: bool) -> pd.DataFrame:
     exists = np.fromiter((os.path.isfile(p) for p in df["image_path"]), dtype=bool, count=len(df))
     if exists.all():
@@ -207,15 +189,8 @@ def _split_key(keys: pd.Series, source: Path, classes: Sequence[str]) -> tuple[p
         lines = [f"line {i + 2} ({keys[i]!r})" for i in bad_rows]
         raise CompetitionDataError(f"{source}: {len(lines)} unreadable key(s), expected '<image>_<class>': "
                                    f"{listing(lines)}", lines)  # fmt: skip
-    _check_classes(parts[2], source, classes)
+    check_classes(parts[2], source, classes)
     return parts[0], parts[2]
-
-
-def _check_classes(names: pd.Series, source: Path, classes: Sequence[str]) -> None:
-    unknown = sorted(set(names) - set(classes))
-    if unknown:
-        raise CompetitionDataError(f"{source}: unknown class name(s) {listing(unknown)}; known: {list(classes)}",
-                                   unknown)  # fmt: skip
 
 
 def _wide(image_ids: pd.Series, classes: pd.Series, rles: pd.Series, all_classes: Sequence[str]) -> pd.DataFrame:
@@ -234,7 +209,7 @@ def _wide(image_ids: pd.Series, classes: pd.Series, rles: pd.Series, all_classes
 def _load_image_label_csv(preset: Preset, data_dir: Path, label_path: Path) -> pd.DataFrame:
     """Understanding Clouds: ``Image_Label,EncodedPixels`` with keys ``<image>_<class>``; a missing pair is empty."""
     raw = _read_csv(label_path, ["Image_Label", "EncodedPixels"])
-    _check_unique(raw["Image_Label"], label_path, "Image_Label key")
+    check_unique(raw["Image_Label"], label_path, "Image_Label key")
     image_ids, classes = _split_key(raw["Image_Label"], label_path, preset.target_classes)
     df = _wide(image_ids, classes, raw["EncodedPixels"], preset.target_classes)
     df["image_path"] = [str(data_dir / preset.image_dir / i) for i in df["image_id"]]
@@ -249,12 +224,12 @@ def _load_class_id_csv(preset: Preset, data_dir: Path, label_path: Path) -> pd.D
         image_ids, classes = _split_key(raw["ImageId_ClassId"], label_path, preset.target_classes)
     elif {"ImageId", "ClassId"} <= set(raw.columns):
         image_ids, classes = raw["ImageId"], raw["ClassId"].str.strip()
-        _check_classes(classes, label_path, preset.target_classes)
+        check_classes(classes, label_path, preset.target_classes)
     else:
         raise CompetitionDataError(f"{label_path}: expected columns ImageId,ClassId,EncodedPixels or "
                                    f"ImageId_ClassId,EncodedPixels; found {list(raw.columns)}")  # fmt: skip
     keys = image_ids + "_" + classes
-    _check_unique(keys, label_path, "(ImageId, ClassId) pair")
+    check_unique(keys, label_path, "(ImageId, ClassId) pair")
     df = _wide(image_ids, classes, raw["EncodedPixels"], preset.target_classes)
     listed = set(df["image_id"])
     folder = data_dir / preset.image_dir
@@ -270,7 +245,7 @@ def _load_img_rle_csv(preset: Preset, data_dir: Path, label_path: Path) -> pd.Da
     """Dacon building: ``img_id,img_path,mask_rle`` (row-major, "-1" = empty). ``img_path`` values that do not
     exist (the '/content/...' paths of a Colab copy) are re-homed under data_dir by file name."""
     raw = _read_csv(label_path, ["img_id", "img_path", "mask_rle"])
-    _check_unique(raw["img_id"], label_path, "img_id")
+    check_unique(raw["img_id"], label_path, "img_id")
     return pd.DataFrame(
         {
             "image_id": raw["img_id"],
@@ -304,92 +279,10 @@ def _load_mask_folder(preset: Preset, data_dir: Path, label_path: Path) -> pd.Da
     )
 
 
-def _load_coco_json(preset: Preset, data_dir: Path, label_path: Path) -> pd.DataFrame:
-    """COCO instances -> multiclass semantic masks, one RLE column per non-background class.
-
-    Overlaps are resolved as in the trash-sorting contest's baseline: annotations are painted in decreasing
-    area, so a small object on top of a large one keeps its pixels. Polygons and RLE segmentations are
-    rasterised with pycocotools, exactly as the COCO API does.
-    """
-    from pycocotools import mask as coco_mask
-
-    coco = _read_coco(label_path)
-    categories = {c["id"]: c["name"] for c in coco.get("categories", [])}
-    _check_classes(pd.Series(list(categories.values()), dtype=str), label_path, preset.classes)
-    class_index = {cid: preset.classes.index(name) for cid, name in categories.items()}
-    images = _coco_images(coco, label_path)
-    by_image: dict[int, list[dict]] = {}
-    unknown = []
-    for ann in coco.get("annotations", []):
-        if ann.get("category_id") not in class_index:
-            unknown.append(str(ann.get("id")))
-            continue
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    if unknown:
-        raise CompetitionDataError(f"{label_path}: {len(unknown)} annotation(s) with an unknown category_id: "
-                                   f"{listing(unknown)}", unknown)  # fmt: skip
-    orphans = sorted(set(by_image) - set(images["coco_id"]))
-    if orphans:
-        raise CompetitionDataError(f"{label_path}: annotations refer to {len(orphans)} image id(s) not in 'images': "
-                                   f"{listing(orphans)}", [str(o) for o in orphans])  # fmt: skip
-    columns: dict[str, list[str]] = {c: [] for c in preset.target_classes}
-    bad = []
-    for coco_id, file_name, h, w in progress(
-        images[["coco_id", "image_id", "height", "width"]].itertuples(index=False),
-        total=len(images), desc="rasterising COCO", disable=len(images) < 200,
-    ):  # fmt: skip
-        label_map = np.zeros((h, w), np.uint8)
-        anns = sorted(by_image.get(coco_id, []), key=lambda a: a.get("area", 0), reverse=True)
-        for ann in anns:
-            try:
-                segm = ann["segmentation"]
-                rles = coco_mask.frPyObjects(segm, h, w)
-                m = coco_mask.decode(coco_mask.merge(rles) if isinstance(rles, list) else rles)
-            except (KeyError, TypeError, ValueError, IndexError) as e:
-                bad.append(f"{file_name} annotation {ann.get('id')} ({type(e).__name__}: {e})")
-                continue
-            label_map[m.astype(bool)] = class_index[ann["category_id"]]
-        for k, cls in enumerate(preset.target_classes, start=1):
-            columns[cls].append(rle_encode(label_map == k, order=preset.rle_order))
-    if bad:
-        raise CompetitionDataError(f"{label_path}: {len(bad)} unreadable segmentation(s): {listing(bad, 3)}", bad)
-    df = images.drop(columns="coco_id").assign(**columns)
-    df["image_path"] = [str(data_dir / preset.image_dir / f) for f in df["image_id"]]
-    return df
-
-
-def _read_coco(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO file not found: {path}")
-    try:
-        coco = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CompetitionDataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
-    if not isinstance(coco, dict) or "images" not in coco:
-        raise CompetitionDataError(f"{path}: not a COCO file (no 'images' list)")
-    return coco
-
-
-def _coco_images(coco: dict, path: Path) -> pd.DataFrame:
-    rows, bad = [], []
-    for i, im in enumerate(coco["images"]):
-        try:
-            rows.append((im["id"], str(im["file_name"]), int(im["height"]), int(im["width"])))
-        except (KeyError, TypeError, ValueError):
-            bad.append(f"images[{i}]")
-    if bad:
-        raise CompetitionDataError(f"{path}: {len(bad)} image record(s) without id/file_name/height/width: "
-                                   f"{listing(bad)}", bad)  # fmt: skip
-    images = pd.DataFrame(rows, columns=["coco_id", "image_id", "height", "width"])
-    _check_unique(images["image_id"], path, "file_name")
-    _check_unique(images["coco_id"].astype(str), path, "image id")
-    return images
-
-
 def _load_label_csv(preset: Preset, data_dir: Path, label_path: Path) -> pd.DataFrame:
     """Cassava: ``image_id,label`` with integer labels 0..C-1."""
     raw = _read_csv(label_path, ["image_id", "label"])
-    _check_unique(raw["image_id"], label_path, "image_id")
+    check_unique(raw["image_id"], label_path, "image_id")
     labels = pd.to_numeric(raw["label"].str.strip(), errors="coerce")
     bad = raw.index[labels.isna() | (labels % 1 != 0) | (labels < 0) | (labels >= len(preset.classes))]
     if len(bad):
@@ -411,7 +304,7 @@ LOADERS: dict[str, Callable[[Preset, Path, Path], pd.DataFrame]] = {
     "class_id_csv": _load_class_id_csv,
     "img_rle_csv": _load_img_rle_csv,
     "mask_folder": _load_mask_folder,
-    "coco_json": _load_coco_json,
+    "coco_json": load_coco_json,
     "label_csv": _load_label_csv,
 }
 
@@ -423,13 +316,13 @@ def _test_table(preset: Preset, data_dir: Path) -> tuple[pd.DataFrame, str]:
     test_file = data_dir / preset.test_file if preset.test_file else None
     if test_file is not None and test_file.is_file():
         if test_file.suffix == ".json":
-            images = _coco_images(_read_coco(test_file), test_file)
+            images = coco_images(read_coco(test_file), test_file)
             return images[["image_id", "height", "width"]].assign(
                 image_path=[str(folder / f) for f in images["image_id"]]
             ), str(test_file)
         raw = _read_csv(test_file, [])
         id_col = raw.columns[0]
-        _check_unique(raw[id_col], test_file)
+        check_unique(raw[id_col], test_file)
         paths = raw["img_path"] if "img_path" in raw.columns else raw[id_col]
         return pd.DataFrame(
             {"image_id": raw[id_col], "image_path": _resolve_paths(paths, raw[id_col], data_dir, preset.test_image_dir)}

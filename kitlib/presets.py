@@ -12,21 +12,51 @@ The label formats name loaders in ``kitlib.formats.LOADERS``:
 - ``mask_folder``: ``train/image/*`` with masks of the same name in ``train/label/*`` (ISBI 2012, Carvana).
 - ``coco_json``: a COCO instance file whose polygons become a multiclass semantic mask (trash sorting).
 - ``label_csv``: ``image_id,label`` image classification (Cassava).
+
+A user's own competition is a preset file (``get_preset("path/to/competition.yaml")``, ``load_preset_file``): a YAML
+mapping of the ``Preset`` fields, checked field by field (an unknown field names its close matches, a wrong value
+names the field, the value and the file). Its ``classes`` may be left out for ``coco_json``: the stage configs read
+them from the label file (``kitlib.formats.with_label_classes``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import hashlib
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from kitlib._private import lookup
+from kitlib.io import project_path
+from kitlib.params import ParameterError, canonical_type, check_value
 
-__all__ = ["Preset", "PRESETS", "PRESENCE_ARCH", "get_preset", "model_preset", "TASKS", "LABEL_FORMATS"]
+__all__ = [
+    "Preset",
+    "PRESETS",
+    "PRESENCE_ARCH",
+    "PRESET_FILE_SUFFIXES",
+    "PresetFileError",
+    "get_preset",
+    "is_preset_file",
+    "load_preset_file",
+    "model_preset",
+    "preset_fields",
+    "preset_file_digest",
+    "preset_from_fields",
+    "TASKS",
+    "LABEL_FORMATS",
+    "SUBMISSION_FORMATS",
+]
 
 #: "presence" is derived, never a competition's own task: ``Preset.presence()``.
 TASKS = ("binary", "multilabel", "multiclass", "classification", "presence")
 LABEL_FORMATS = ("image_label_csv", "class_id_csv", "img_rle_csv", "mask_folder", "coco_json", "label_csv")
+SUBMISSION_FORMATS = ("rle", "class_ids", "label")
 
 Task = Literal["binary", "multilabel", "multiclass", "classification", "presence"]
 #: ``arch`` of a presence classifier (``10_train -p arch classifier`` on a binary/multilabel preset): a timm
@@ -44,7 +74,9 @@ class Preset:
             "multiclass" (one class per pixel; ``classes[0]`` is the background) or "classification"; "presence"
             (which of the K classes of a binary/multilabel preset's masks have any pixel: image-level multilabel
             classification) only in a preset derived with ``presence()``.
-        classes: class names in the competition's order. Multiclass presets list the background first.
+        classes: class names in the competition's order. Multiclass presets list the background first. Empty only
+            in a preset file of a ``coco_json`` competition, until the stage configs read the classes from its label
+            file (``kitlib.formats.with_label_classes``).
         label_format: key of the loader in ``kitlib.formats.LOADERS``.
         label_file: train label file or folder, relative to the data folder (a parameter of
             ``load_competition``; this is the competition's own name).
@@ -102,6 +134,13 @@ class Preset:
             raise ValueError(f"preset {self.name!r}: label_format {self.label_format!r} not in {LABEL_FORMATS}")
         if self.rle_order not in ("F", "C"):
             raise ValueError(f"preset {self.name!r}: rle_order must be 'F' or 'C', got {self.rle_order!r}")
+        if self.submission_format not in SUBMISSION_FORMATS:
+            raise ValueError(f"preset {self.name!r}: submission_format {self.submission_format!r} not in "
+                             f"{SUBMISSION_FORMATS}")  # fmt: skip
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"preset {self.name!r}: class names repeat: {list(self.classes)}")
+        if not self.classes and self.label_format == "coco_json":
+            return  # a preset file's: the classes come from the label file (kitlib.formats.with_label_classes)
         if self.task == "binary" and len(self.classes) != 1:
             raise ValueError(f"preset {self.name!r}: a binary task has exactly one class, got {self.classes}")
         if self.task == "multiclass" and len(self.classes) < 2:
@@ -196,9 +235,11 @@ class Preset:
 
 _CLOUDS_CLASSES = ("Fish", "Flower", "Gravel", "Sugar")
 # Class order of the trash-sorting contest (boostcamp AI Tech, recycling semantic segmentation): pixel
-# value = index in this list, the background first.
+# value = index in this list, the background first. The contest's baseline lists ``category_names = ['Backgroud',
+# 'UNKNOWN', 'General trash', ..., 'Clothing']`` and paints ``category_names.index(name)``: its COCO categories
+# (ids 0..10, UNKNOWN first) map by name to 1..11.
 _TRASH_CLASSES = (
-    "Background", "General trash", "Paper", "Paper pack", "Metal", "Glass",
+    "Background", "UNKNOWN", "General trash", "Paper", "Paper pack", "Metal", "Glass",
     "Plastic", "Styrofoam", "Plastic bag", "Battery", "Clothing",
 )  # fmt: skip
 _CASSAVA_CLASSES = (
@@ -286,7 +327,8 @@ PRESETS: dict[str, Preset] = {
         rle_order="C",
         submission_size=(256, 256),
         submission_format="class_ids",
-        description="COCO instance labels -> multiclass semantic masks (trash-sorting contest, 11 classes, mIoU)",
+        description="COCO instance labels -> multiclass semantic masks (trash-sorting contest, 12 classes with the "
+        "background and UNKNOWN, mIoU)",
     ),
     "cassava": Preset(
         name="cassava",
@@ -346,10 +388,159 @@ def model_preset(preset: Preset, arch: str | None) -> Preset:
     return preset.presence() if arch == PRESENCE_ARCH and preset.is_segmentation else preset
 
 
+PRESET_FILE_SUFFIXES = (".yaml", ".yml")
+#: Fields a preset file may leave out although ``Preset`` has no default for them (and "name": the file's stem).
+_FILE_DEFAULTS: dict[str, Any] = {"sample_submission": None}
+#: Fields derived by the kit, never written in a preset file.
+_DERIVED_FIELDS = ("source_task",)
+
+
+class PresetFileError(ValueError):
+    """A preset file (or a config's saved preset) that does not describe a ``Preset``: the message names the file, the
+    field and, for an unknown field or value, the close matches."""
+
+
+def is_preset_file(name: str | Preset) -> bool:
+    """Whether a ``preset`` parameter names a preset file (it ends in ``.yaml`` / ``.yml``) rather than a built-in."""
+    return isinstance(name, str) and name.lower().endswith(PRESET_FILE_SUFFIXES)
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The values each field with a fixed vocabulary may take."""
+    from kitlib.metrics import METRICS
+
+    return {"task": TASKS[:-1], "label_format": LABEL_FORMATS, "rle_order": ("F", "C"),
+            "submission_format": SUBMISSION_FORMATS, "metric": tuple(METRICS)}  # fmt: skip
+
+
+def _field_type(annotation: str) -> str:
+    """A ``Preset`` annotation as a ``kitlib.params`` type: ``Literal[...]`` and ``Task`` are read as ``str`` (their
+    values are checked against ``_choices``)."""
+    return canonical_type(re.sub(r"Literal\[[^\]]*\]|\bTask\b", "str", annotation))
+
+
+def _close(name: str, options: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def _check_field(name: str, value: Any, annotation: str, source: str) -> Any:
+    """One field's value, checked and converted (lists become tuples). Raises PresetFileError naming it."""
+    try:
+        kept = check_value(name, value, _field_type(annotation))
+    except ParameterError:
+        raise PresetFileError(f"{source}: field {name!r} = {value!r} ({type(value).__name__}) is not "
+                              f"{_field_type(annotation)}") from None  # fmt: skip
+    options = _choices().get(name)
+    if options is not None and kept not in options:
+        raise PresetFileError(f"{source}: field {name!r} = {kept!r} is not one of {list(options)}"
+                              f"{_close(str(kept), options)}")  # fmt: skip
+    if name == "submission_size" and kept is not None and min(kept) < 1:
+        raise PresetFileError(f"{source}: field 'submission_size' = {kept} must be (height, width) >= 1 pixel")
+    return tuple(kept) if isinstance(kept, list) else kept
+
+
+def preset_from_fields(fields: Mapping[str, Any], source: str = "preset fields") -> Preset:
+    """A ``Preset`` from a mapping of its fields (a preset file's, or ``preset_fields`` saved in a config).
+
+    Args:
+        fields: field name -> YAML/JSON value (lists for tuples); ``sample_submission`` may be left out (None: the
+            test images are listed by ``test_file`` or the test folder), and ``classes`` for ``coco_json``.
+        source: what to name in messages (the file).
+    Raises:
+        PresetFileError: not a mapping, an unknown or derived field (close matches named), a missing field, a value of
+            the wrong type or outside its vocabulary, or fields that contradict each other (``Preset.__post_init__``).
+    """
+    if not isinstance(fields, Mapping):
+        raise PresetFileError(f"{source}: a preset is a mapping of Preset fields, got {type(fields).__name__}")
+    hints = {f.name: str(f.type) for f in dataclasses.fields(Preset) if f.name not in _DERIVED_FIELDS}
+    for name in fields:
+        if name not in hints:
+            raise PresetFileError(f"{source}: unknown field {name!r}{_close(str(name), list(hints))}; fields: "
+                                  f"{', '.join(hints)}")  # fmt: skip
+    defaults = {**_FILE_DEFAULTS, **({"classes": ()} if fields.get("label_format") == "coco_json" else {})}
+    required = [f.name for f in dataclasses.fields(Preset) if f.name in hints
+                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # fmt: skip
+    values = {name: _check_field(name, value, hints[name], source) for name, value in fields.items()}
+    missing = [n for n in required if n not in fields and n not in defaults]
+    if missing:
+        raise PresetFileError(f"{source}: missing field(s) {missing}")
+    try:
+        return Preset(**{**defaults, **values})
+    except ValueError as e:
+        raise PresetFileError(f"{source}: {e}") from None
+
+
+def preset_fields(preset: Preset) -> dict[str, Any]:
+    """The fields of ``preset`` as plain JSON values (tuples as lists): ``preset_from_fields`` rebuilds it."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(preset).items()
+            if k not in _DERIVED_FIELDS}  # fmt: skip
+
+
+def load_preset_file(path: str | os.PathLike) -> Preset:
+    """A user's own competition: the ``Preset`` of a YAML file of its fields (``data_README.md`` shows one).
+
+    ``name`` defaults to the file's stem and must not be a built-in preset's (whose recipe and image cache it would
+    take); ``sample_submission`` may be left out, and ``classes`` for ``coco_json`` (read from the label file by the
+    stage configs, ``kitlib.formats.with_label_classes``).
+
+    Args:
+        path: the file; relative: from the repository root (``kitlib.io.project_path``).
+    Raises:
+        FileNotFoundError: no such file. PresetFileError: invalid YAML, or fields as ``preset_from_fields`` refuses
+            them; the message names the file.
+    """
+    import yaml
+
+    path = project_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"preset file not found: {path}")
+    try:
+        fields = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise PresetFileError(f"{path}: not valid YAML: {e}") from None
+    if isinstance(fields, Mapping):
+        fields = {"name": path.stem, **fields}
+        if fields["name"] in PRESETS:
+            raise PresetFileError(f"{path}: name {fields['name']!r} is a built-in preset's; give the competition a "
+                                  f"name of its own (built-in: {sorted(PRESETS)})")  # fmt: skip
+    return preset_from_fields(fields, str(path))
+
+
+def preset_file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a preset file's bytes, saved beside its fields in a stage config."""
+    return hashlib.sha256(Path(project_path(path)).read_bytes()).hexdigest()
+
+
 def get_preset(name: str | Preset) -> Preset:
-    """Look up a preset by name (a ``Preset`` is returned as is).
+    """A built-in preset by name, or a preset file by path (``is_preset_file``: ``.yaml`` / ``.yml``; relative: from
+    the repository root); a ``Preset`` is returned as is.
 
     Raises:
         KeyError: unknown name; the message lists the valid ones.
+        FileNotFoundError, PresetFileError: as ``load_preset_file``.
     """
-    return name if isinstance(name, Preset) else lookup(PRESETS, name, "preset")
+    if isinstance(name, Preset):
+        return name
+    return load_preset_file(name) if is_preset_file(name) else lookup(PRESETS, name, "preset")
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m kitlib.presets PRESET``: check a built-in name or a preset file and print the preset's name
+    (``run_all.sh`` names the experiment after it); a wrong one prints the reason and exits 2."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m kitlib.presets", description=_main.__doc__)
+    parser.add_argument("preset", help="a built-in preset's name or a preset file (.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        print(get_preset(args.preset).name)
+    except (KeyError, FileNotFoundError, PresetFileError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

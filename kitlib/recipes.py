@@ -2,7 +2,8 @@
 
 ``kitlib.stages.TrainConfig`` resolves a training run in layers, each one overriding the one before:
 
-1. ``DEFAULT_RECIPE``: a value for every training parameter that 10_train leaves at None;
+1. ``DEFAULT_RECIPE``: a value for every training parameter that 10_train leaves at None, with ``TASK_DEFAULTS``'
+   changes for the preset's task (what a preset file, which has no recipe of its own, trains);
 2. ``TRAIN_RECIPES[preset.name]``: the preset's recipe, with its source in ``recipe_source``;
 3. ``PRESENCE_RECIPE`` when the model is a presence classifier (``kitlib.presets.model_preset``);
 4. ``NAMED_RECIPES[recipe]`` when the run names one (``-p recipe cassava_1st_b4_bitempered``): what one solution
@@ -34,6 +35,7 @@ __all__ = [
     "SEGMENTATION_MIXES",
     "SCHEDULERS",
     "STACKERS",
+    "TASK_DEFAULTS",
     "TRAIN_RECIPES",
     "check_optimizer",
     "fill_recipe",
@@ -110,6 +112,13 @@ DEFAULT_RECIPE: dict[str, Any] = dict(
     cache=True,
     oof_dtype="uint8",
 )
+
+#: What ``DEFAULT_RECIPE`` changes by the preset's task: binary and multilabel masks keep its BCE 0.2 + Dice 0.8
+#: ("clouds_6th"), one class per pixel takes CE + Dice (softmax over the classes), a classifier plain cross-entropy.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "multiclass": dict(loss="combo", loss_kwargs={"terms": {"soft_ce": 1.0, "dice": 1.0}}),
+    "classification": dict(loss="ce", loss_kwargs={}),
+}
 
 #: What the Cassava solutions below share: ImageNet-pretrained timm models fine-tuned at 512x512, batch 16, Adam(W) at
 #: 1e-4 with weight decay 1e-6, channels_last.
@@ -327,7 +336,8 @@ def recipe_for(preset: Preset, model_preset: Preset, name: str = "") -> tuple[di
         KeyError: an unknown recipe name (the message lists them).
         ValueError: a named recipe for another task than the model's (a classification recipe for masks).
     """
-    recipe = {**DEFAULT_RECIPE, **TRAIN_RECIPES.get(preset.name, {})}
+    recipe = _layered(_layered(dict(DEFAULT_RECIPE), TASK_DEFAULTS.get(preset.task, {})),
+                      TRAIN_RECIPES.get(preset.name, {}))  # fmt: skip
     if model_preset.task == "presence":
         import timm
 
@@ -340,9 +350,20 @@ def recipe_for(preset: Preset, model_preset: Preset, name: str = "") -> tuple[di
         task = named.pop("task")
         if task != model_preset.task:
             raise ValueError(f"recipe {name!r} trains a {task} model; preset {preset.name!r}: {model_preset.task}")
-        recipe.update(named)
-    source = str(recipe.pop("recipe_source", "the kit's defaults (kitlib.recipes.DEFAULT_RECIPE)"))
+        recipe = _layered(recipe, named)
+    default_source = f"the kit's defaults for a {preset.task} task (kitlib.recipes.DEFAULT_RECIPE, TASK_DEFAULTS)"
+    source = str(recipe.pop("recipe_source", default_source))
     return recipe, source
+
+
+def _layered(recipe: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` updated with ``layer``; a layer that names its own ``loss`` without ``loss_kwargs`` gets none of the
+    layer below's (they belong to the loss below: ``_BELONGS_TO``)."""
+    for name, (owner, neutral) in _BELONGS_TO.items():
+        if owner in layer and name not in layer and layer[owner] != recipe.get(owner):
+            recipe[name] = neutral()
+    recipe.update(layer)
+    return recipe
 
 
 def check_optimizer(name: str) -> str:

@@ -14,19 +14,36 @@ The parameters themselves are declared only in the notebooks (``kitlib.config``)
 resolves once at the boundary (``cfg.preset`` is the ``Preset`` the ``preset`` name stands for; a training run's
 ``None`` parameters take the recipe's values, ``kitlib.recipes``) and the folders its files go to. Below this layer,
 kitlib functions take these objects and ``Preset`` objects, never names to look up again.
+
+A ``preset`` that is a preset file (``path/to/competition.yaml``, ``kitlib.presets.load_preset_file``; relative: from
+the repository root) is read once, its left-out COCO classes from the label file (``kitlib.coco.with_label_classes``),
+and the saved config keeps the resolved preset: ``"preset_file": {"param", "path", "sha256", "fields"}``. A config
+loaded from a file rebuilds its preset from those ``fields``, so a later stage, inference or a Kaggle kernel gets the
+same preset without the YAML file (a file that changed since is logged and not read).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from kitlib.coco import with_label_classes
 from kitlib.config import StageConfig
 from kitlib.io import project_path
 from kitlib.params import ParameterError
-from kitlib.presets import get_preset, model_preset
+from kitlib.presets import (
+    Preset,
+    get_preset,
+    is_preset_file,
+    model_preset,
+    preset_fields,
+    preset_file_digest,
+    preset_from_fields,
+)
 from kitlib.recipes import (
     AMP_MODES,
     OOF_DTYPES,
@@ -40,12 +57,45 @@ from kitlib.recipes import (
 
 __all__ = ["EdaConfig", "TrainConfig", "OofConfig", "EnsembleConfig", "SubmitConfig"]
 
+log = logging.getLogger(__name__)
+#: The key of a saved config that holds the resolved preset of a preset file (module docstring).
+PRESET_FILE_KEY = "preset_file"
+
 
 class _ExperimentStage(StageConfig):
     """A stage that reads or writes ``<artifacts_root>/<exp>/`` of a competition (``preset``)."""
 
     def _resolve(self) -> None:
-        self._set_resolved(preset=get_preset(self._values["preset"]))
+        self._set_resolved(preset=self._resolve_preset())
+
+    def _resolve_preset(self) -> Preset:
+        """The ``Preset`` of the ``preset`` parameter: a built-in by name, the one this config was saved with (a preset
+        file's ``fields``), or the preset file read now, with the classes of its label file when it leaves them out.
+
+        Raises:
+            KeyError: an unknown name. FileNotFoundError, PresetFileError: a preset file that is absent or wrong.
+        """
+        name = self._values["preset"]
+        if not is_preset_file(name):
+            return get_preset(name)
+        saved = self._extra.get(PRESET_FILE_KEY)
+        if isinstance(saved, dict) and saved.get("param") == name:
+            path = Path(str(saved.get("path", name)))
+            if path.is_file() and preset_file_digest(path) != saved.get("sha256"):
+                log.warning("%s changed since this config was saved; the preset saved with the config is used", path)
+            return preset_from_fields(saved.get("fields"), f"{path} (as saved in the {self.stage} config)")
+        return with_label_classes(get_preset(name), self.data_path)
+
+    def save(self, path: str | os.PathLike | None = None, **extra: Any) -> Path:
+        """``StageConfig.save``, with the resolved preset of a preset file (``preset_file``: the parameter, the file's
+        absolute path and SHA-256, and the ``Preset`` fields) so that ``load`` needs no YAML file."""
+        name = self._values["preset"]
+        if is_preset_file(name):
+            file = project_path(name)
+            digest = preset_file_digest(file) if file.is_file() else None
+            record = {"param": name, "path": str(file), "sha256": digest, "fields": preset_fields(self.preset)}
+            extra.setdefault(PRESET_FILE_KEY, record)
+        return super().save(path, **extra)
 
     @property
     def artifacts_dir(self) -> Path:
@@ -108,7 +158,7 @@ class TrainConfig(_ExperimentStage):
     RUN_ID_IGNORES = ("num_workers", "device", "tta", "tta_weight", "oof_dtype", "artifacts_root", "data_dir", "gpus")
 
     def _resolve(self) -> None:
-        preset = get_preset(self._values["preset"])
+        preset = self._resolve_preset()
         learned = model_preset(preset, self._values.get("arch"))
         recipe, source = recipe_for(preset, learned, self._values.get("recipe") or "")
         self._set_values(**fill_recipe(recipe, self._values))

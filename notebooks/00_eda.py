@@ -23,7 +23,8 @@
 
 # %% tags=["parameters"]
 exp: str = "demo"  # artifacts/<exp>/ receives folds.csv
-preset: str = "demo"  # competition preset: clouds, severstal, dacon_building, masks, coco, cassava, demo
+preset: str = "demo"  # built-in preset (clouds, severstal, dacon_building, masks, coco, cassava, demo, ...) or a preset
+# file, path/to/competition.yaml (relative to the repo root; data_README.md "Your own competition")
 data_dir: str = "data/demo"  # competition folder, as the competition ships it (relative to the repo root)
 label_file: str = ""  # train label file inside data_dir; empty means the competition's own name, e.g. train.csv
 drop_missing: bool = False  # keep only rows whose image file exists (else a missing file is an error)

@@ -27,7 +27,8 @@
 from typing import Optional
 
 exp: str = "demo"  # artifacts/<exp>/ holds folds.csv (from 00_eda) and receives fold<k>/
-preset: str = "demo"  # competition preset: clouds, severstal, dacon_building, masks, coco, cassava, demo
+preset: str = "demo"  # built-in preset (clouds, severstal, dacon_building, masks, coco, cassava, demo, ...) or a preset
+# file, path/to/competition.yaml (relative to the repo root; data_README.md "Your own competition")
 data_dir: str = "data/demo"  # competition folder (relative to the repo root)
 fold: int = 0  # held-out fold, 0..n_folds-1 of folds.csv
 label_file: str = ""  # train label file inside data_dir; empty: the one 00_eda used

@@ -35,7 +35,8 @@
 from typing import Optional
 
 exp: str = "demo"  # artifacts/<exp>/ holds folds.csv and fold<k>/ (from 10_train)
-preset: str = "demo"  # competition preset: clouds, severstal, dacon_building, masks, coco, cassava, demo
+preset: str = "demo"  # built-in preset (clouds, severstal, dacon_building, masks, coco, cassava, demo, ...) or a preset
+# file, path/to/competition.yaml (relative to the repo root; data_README.md "Your own competition")
 data_dir: str = "data/demo"  # competition folder (relative to the repo root)
 label_file: str = ""  # train label file inside data_dir; empty: the one training used
 artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)

@@ -36,7 +36,8 @@ from typing import Optional
 exps: str = "demo"  # comma-separated experiments under artifacts/ (each with its 20_oof output)
 ensemble_name: str = "ensemble"  # artifacts/<ensemble_name>/ receives the weights and post-processing
 exp: str = ""  # passed by run_all; used as exps when exps is empty
-preset: str = "demo"  # competition preset: clouds, severstal, dacon_building, masks, coco, cassava, demo
+preset: str = "demo"  # built-in preset (clouds, severstal, dacon_building, masks, coco, cassava, demo, ...) or a preset
+# file, path/to/competition.yaml (relative to the repo root; data_README.md "Your own competition")
 data_dir: str = "data/demo"  # competition folder (relative to the repo root)
 label_file: str = ""  # train label file inside data_dir; empty: the one training used
 artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)

@@ -29,7 +29,8 @@
 from typing import Optional
 
 exp: str = "demo"  # artifacts/<exp>/ holds fold<k>/best.pt (from 10_train)
-preset: str = "demo"  # competition preset: clouds, severstal, dacon_building, masks, coco, cassava, demo
+preset: str = "demo"  # built-in preset (clouds, severstal, dacon_building, masks, coco, cassava, demo, ...) or a preset
+# file, path/to/competition.yaml (relative to the repo root; data_README.md "Your own competition")
 data_dir: str = "data/demo"  # competition folder with the test images (relative to the repo root)
 n_folds: int = 0  # use folds 0..n_folds-1 of exp; 0 (or an ensemble): every fold<k>/best.pt found
 artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)

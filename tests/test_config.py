@@ -92,7 +92,7 @@ def test_presets():
     dacon = get_preset("dacon_building")
     assert (dacon.rle_order, dacon.empty_token, dacon.task) == ("C", "-1", "binary")
     coco = get_preset("coco")
-    assert coco.classes[0] == "Background" and len(coco.target_classes) == 10 and coco.num_classes == 11
+    assert coco.classes[:2] == ("Background", "UNKNOWN") and len(coco.target_classes) == 11 and coco.num_classes == 12
     assert get_preset("cassava").target_classes == get_preset("cassava").classes
     with pytest.raises(ValueError, match="binary task has exactly one class"):
         clouds.replace(task="binary")

@@ -223,7 +223,7 @@ def test_scorer_binary_hand_values():
 
 def test_scorer_multiclass_and_classification():
     scorer = scoring.Scorer(PRESETS["coco"])
-    logits = torch.zeros(1, 11, 1, 2)
+    logits = torch.zeros(1, PRESETS["coco"].num_classes, 1, 2)
     logits[0, 1, 0, 0] = 1.0
     logits[0, 0, 0, 1] = 1.0
     scorer.update(logits.argmax(1), torch.tensor([[[1, 2]]]))

@@ -42,7 +42,7 @@ def _per_fold(fold: np.ndarray, onehot: np.ndarray, n_folds: int) -> np.ndarray:
 TABLES = {
     "multilabel": lambda: _seg_table("clouds", 83, [0.45, 0.3, 0.5, 0.2])[0],
     "binary": lambda: _seg_table("dacon_building", 57, [0.6])[0],
-    "multiclass": lambda: _seg_table("coco", 61, np.linspace(0.1, 0.6, 10))[0],
+    "multiclass": lambda: _seg_table("coco", 61, np.linspace(0.1, 0.6, 11))[0],
     "classification": lambda: _cls_table(71),
 }
 PRESET_OF = {
@@ -68,7 +68,7 @@ def test_one_fold_each_and_balanced_sizes(kind, n_folds):
     ("clouds", 83, [0.45, 0.3, 0.5, 0.2]),
     ("clouds", 200, [0.05, 0.6, 0.35, 0.9]),
     ("demo", 80, [0.5, 0.5, 0.5, 0.5]),
-    ("coco", 150, np.linspace(0.03, 0.7, 10)),
+    ("coco", 150, np.linspace(0.03, 0.7, 11)),
 ])  # fmt: skip
 def test_multilabel_class_counts_balanced(preset, n, probs):
     df, presence = _seg_table(preset, n, probs, seed=n)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kitlib.coco import coco_classes, with_label_classes
 from kitlib.formats import (
     CompetitionDataError,
     class_presence,
@@ -237,21 +238,46 @@ def _coco(tmp_path: Path, categories=None, extra_ann=None) -> Path:
 
 
 def test_coco_semantic_masks(tmp_path):
-    df = load_competition(PRESETS["coco"], _coco(tmp_path))
+    """The trash contest's categories (ids 0 UNKNOWN, 1 General trash, 2 Paper, ..., 10 Clothing) map by name to the
+    preset's class indices 1..11, the background 0, as its baseline's ``category_names.index(name)``."""
+    coco = PRESETS["coco"]
+    assert coco.classes[:3] == ("Background", "UNKNOWN", "General trash") and coco.num_classes == 12
+    df = load_competition(coco, _coco(tmp_path))
     assert df["image_id"].tolist() == ["batch_01/0001.jpg", "batch_01/0002.jpg"]
-    assert target_columns(PRESETS["coco"]) == list(PRESETS["coco"].classes[1:])
-    masks = load_masks(df.iloc[0], PRESETS["coco"])
-    assert masks.shape == (20, 30, 10)
+    assert target_columns(coco) == list(coco.classes[1:])
+    masks = load_masks(df.iloc[0], coco)
+    assert masks.shape == (20, 30, 11)
     label_map = masks_to_label_map(masks)
-    # the small object (General trash = 1) is painted over the large one (Paper = 2): larger areas first
-    assert label_map[7, 12] == 1 and label_map[3, 3] == 2 and label_map[0, 0] == 0
-    assert set(np.unique(label_map)) == {0, 1, 2}
-    assert masks[:, :, 2:].sum() == 0
-    assert load_masks(df.iloc[1], PRESETS["coco"]).sum() == 0  # no annotation: all background
-    presence = class_presence(df, PRESETS["coco"])
-    assert presence.shape == (2, 10) and presence[0, :2].all() and not presence[1].any()
-    test = load_competition(PRESETS["coco"], tmp_path, split="test")
+    # the small object (General trash = 2) is painted over the large one (Paper = 3): larger areas first
+    assert label_map[7, 12] == 2 and label_map[3, 3] == 3 and label_map[0, 0] == 0
+    assert set(np.unique(label_map)) == {0, 2, 3}
+    assert masks[:, :, 0].sum() == 0 and masks[:, :, 3:].sum() == 0
+    assert load_masks(df.iloc[1], coco).sum() == 0  # no annotation: all background
+    presence = class_presence(df, coco)
+    assert presence.shape == (2, 11) and presence[0, 1:3].all() and not presence[1].any()
+    test = load_competition(coco, tmp_path, split="test")
     assert test["image_id"].tolist() == ["batch_01/0002.jpg"] and test["height"].tolist() == [20]
+
+
+def test_coco_classes_from_the_label_file(tmp_path, caplog):
+    """A preset file may leave out a COCO competition's classes: the background, then the annotated categories in id
+    order; an unused (parent) category is dropped and logged, and the loader ignores it."""
+    categories = [{"id": 2, "name": "Paper"}, {"id": 1, "name": "General trash"}, {"id": 0, "name": "waste"},
+                  {"id": 10, "name": "Clothing"}]  # fmt: skip
+    data = _coco(tmp_path, categories=categories)
+    with caplog.at_level("WARNING"):
+        classes = coco_classes(data / "train.json")
+    assert classes == ("Background", "General trash", "Paper") and "waste, Clothing" in caplog.text
+    preset = PRESETS["coco"].replace(name="mine", classes=())
+    resolved = with_label_classes(preset, data)
+    assert resolved.classes == classes and with_label_classes(resolved, data) is resolved
+    label_map = masks_to_label_map(load_masks(load_competition(resolved, data).iloc[0], resolved))
+    assert label_map[7, 12] == 1 and label_map[3, 3] == 2  # ids 1, 2 -> 1, 2 (ids 0 and 10 have no annotation)
+    with pytest.raises(FileNotFoundError, match="list the classes in the preset file"):
+        with_label_classes(preset, tmp_path / "elsewhere")
+    dup = _coco(tmp_path / "dup", categories=[{"id": 1, "name": "Paper"}, {"id": 2, "name": "Paper"}])
+    with pytest.raises(CompetitionDataError, match=r"duplicated category name\(s\): Paper"):
+        coco_classes(dup / "train.json")
 
 
 def test_coco_errors(tmp_path):

@@ -152,7 +152,7 @@ def test_masks_preset_is_scored_at_each_images_own_size(tmp_path):
     ("preset", "probs", "expected"),
     [("demo", np.array([[[0.2, 0.7]], [[0.5, 0.51]], [[0.9, 0.0]], [[0.0, 0.0]]]), [[[0, 1]], [[0, 1]], [[1, 0]],
                                                                                     [[0, 0]]]),
-     ("coco", np.eye(11)[[3, 0]].T.reshape(11, 1, 2), [[3, 0]]),
+     ("coco", np.eye(12)[[3, 0]].T.reshape(12, 1, 2), [[3, 0]]),
      ("cassava", np.array([0.1, 0.6, 0.1, 0.1, 0.1]), 1)],
 )  # fmt: skip
 def test_decode_one_image(preset, probs, expected):

@@ -95,7 +95,10 @@ def test_run_all_fails_fast_with_the_notebook_path(exp, tmp_path):
     ("args", "message"),
     [(["--bogus"], "unknown option --bogus"), (["--preset", "masks"], "--data DIR is required"),
      (["--preset", "masks", "--data", "/nonexistent"], "data folder not found"),
-     (["--gpus", "a,b"], "--gpus takes comma-separated GPU ids"), (["--until", "50_x"], "--until takes 00_eda")],
+     (["--gpus", "a,b"], "--gpus takes comma-separated GPU ids"),
+     (["--preset", "/nonexistent/mine.yaml"], "preset file not found"),
+     (["--preset", "cocoa"], "unknown preset 'cocoa'"),
+     (["--until", "50_x"], "--until takes 00_eda")],
 )  # fmt: skip
 def test_run_all_rejects_bad_options(args, message):
     result = _run(*args)
@@ -256,3 +259,40 @@ def test_run_all_real_cassava_sample(exp, tmp_path):
     assert validate_submission(submission, data / "sample_submission.csv", PRESETS["cassava"])["images"] == 1
     oof = REPO / "artifacts" / exp / "oof_ids.csv"
     assert len(oof.read_text().split()) - 1 == 7  # the 7 images present, every one out of fold once
+
+
+def test_run_all_a_preset_file_of_a_tiny_coco_competition(tmp_path):
+    """--preset FILE.yaml: a COCO set with class names of its own, no classes listed (read from train.json, the unused
+    parent category dropped), a test.json without annotations and no sample submission trains 2 folds with the
+    multiclass default recipe; the experiment is named after the preset and the submission holds its class ids."""
+    import json
+
+    from kitlib.stages import TrainConfig
+    from kitlib.submit import read_submission, validate_submission
+    from tests.test_preset_file import write_preset, write_tiny_coco
+
+    data = write_tiny_coco(tmp_path / "data")
+    name = f"pytest-shapes-{uuid.uuid4().hex[:8]}"
+    preset_file = write_preset(tmp_path / "shapes.yaml", name=name)
+    params = tmp_path / "tiny.yaml"
+    params.write_text(TINY_YAML.replace("width: 96", "width: 64").replace("epochs: 3", "epochs: 2"))
+    try:
+        result = _run("--preset", str(preset_file), "--data", str(data), "--folds", "2", "--params", str(params))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"[run_all] submission: runs/{name}/submission.csv" in result.stdout
+        fold0 = REPO / "artifacts" / name / "fold0" / "config.json"
+        saved = json.loads(fold0.read_text())
+        assert saved["preset_file"]["fields"]["classes"] == ["Background", "disc", "square"]
+        assert saved["recipe_source"].startswith("the kit's defaults for a multiclass task")
+        preset_file.unlink()  # the saved config alone rebuilds the preset
+        preset = TrainConfig.load(fold0).preset
+        assert (preset.name, preset.num_classes) == (name, 3)
+        submission = REPO / "runs" / name / "submission.csv"
+        test_ids = ["img_08.png", "img_09.png", "img_10.png"]
+        assert validate_submission(submission, None, preset, image_ids=test_ids)["images"] == 3
+        values = {int(v) for row in read_submission(submission)["PredictionString"] for v in row.split()}
+        assert values <= {0, 1, 2} and all(
+            len(r.split()) == 32 * 32 for r in read_submission(submission)["PredictionString"]
+        )
+    finally:
+        _cleanup(name)

@@ -273,12 +273,12 @@ def test_class_ids_failures():
     df = sample.copy()
     df.loc[1, "PredictionString"] = "0 0 0 0 0"
     _raises(df, sample, SMALL_COCO, match=r"y\.jpg \(5 class ids, expected 2x3 = 6\)")
-    df.loc[1, "PredictionString"] = "0 0 0 0 0 11"
-    err = _raises(df, sample, SMALL_COCO, match=r"y\.jpg \(class id 11 at position 5 outside 0\.\.10\)")
+    df.loc[1, "PredictionString"] = "0 0 0 0 0 12"
+    err = _raises(df, sample, SMALL_COCO, match=r"y\.jpg \(class id 12 at position 5 outside 0\.\.11\)")
     assert err.ids == ["y.jpg"]
     df.loc[1, "PredictionString"] = "0 0 0 0 0 1.5"
     _raises(df, sample, SMALL_COCO, match=r"y\.jpg \(token 5 is not an integer: '1\.5'\)")
-    df.loc[1, "PredictionString"] = "0 0 0 0 0 3"
+    df.loc[1, "PredictionString"] = "0 0 0 0 0 4"  # class 4: Paper pack (0 Background, 1 UNKNOWN, 2 General trash)
     summary = validate_submission(df, sample, SMALL_COCO)
     assert summary["nonempty"]["Paper pack"] == 0.5 and summary["nonempty"]["Paper"] == 0.0
 
@@ -311,8 +311,8 @@ def test_encode_errors():
         encode_rows("a.jpg", np.zeros((4, 2, 3), np.float32), SMALL_CLOUDS)
     with pytest.raises(ValueError, match=r"a\.jpg: masks must be in \{0, 1\}, got values 0\.\.255"):
         encode_rows("a.jpg", np.full((4, 2, 3), 255, np.uint8) * np.eye(2, 3, dtype=np.uint8), SMALL_CLOUDS)
-    with pytest.raises(ValueError, match=r"a\.jpg: class indices must be in 0\.\.10, got 0\.\.11"):
-        encode_rows("a.jpg", np.array([[0, 11, 0], [0, 0, 0]]), SMALL_COCO)
+    with pytest.raises(ValueError, match=r"a\.jpg: class indices must be in 0\.\.11, got 0\.\.12"):
+        encode_rows("a.jpg", np.array([[0, 12, 0], [0, 0, 0]]), SMALL_COCO)
     with pytest.raises(ValueError, match=r"a\.jpg: label 5 outside 0\.\.4"):
         encode_rows("a.jpg", 5, PRESETS["cassava"])
     with pytest.raises(ValueError, match="one integer label"):
