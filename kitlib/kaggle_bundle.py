@@ -25,14 +25,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from kitlib._private import listing
 from kitlib.io import project_path, project_root, read_json, replace_dir, run_info, write_json
 from kitlib.kaggle import _SLUG_PART, MANIFEST
+from kitlib.presets import PRESETS, Preset, preset_fields
 
 __all__ = [
     "DATASET_METADATA",
     "DEFAULT_PACKAGES",
     "KAGGLE_IMAGE_PACKAGES",
+    "PRESET_FILE",
     "Bundle",
     "bundle",
     "dataset_metadata",
@@ -53,6 +57,9 @@ KAGGLE_IMAGE_PACKAGES = frozenset({
     "opencv-python", "opencv-python-headless", "opencv-contrib-python", "tensorflow", "keras", "jax", "jaxlib",
 })  # fmt: skip
 DATASET_METADATA = "dataset-metadata.json"
+#: A user's own preset (a preset file) as the bundle carries it, beside the experiments under ``artifacts/``: the
+#: resolved fields (``kitlib.presets.preset_fields``), so the kernel needs neither the file nor the train labels.
+PRESET_FILE = "preset.yaml"
 _DATASET_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{4,48})[a-z0-9]")  # 6..50 characters, as Kaggle requires
 
 
@@ -329,7 +336,7 @@ def _sha256(path: Path) -> str:
 
 def _artifact_sources(
     root: Path, exp: str, ensemble: str, folds: Sequence[int] | None
-) -> tuple[list[tuple[str, Path]], str, str | None]:
+) -> tuple[list[tuple[str, Path]], Preset, str | None]:
     """``[(bundle path, source file)]`` of what ``40_submit`` reads, the preset, and the gate experiment: the folds
     of ``inference.fold_dirs`` with their ``TrainConfig``, ``weights.json`` as ``inference.ensemble_weights`` reads
     it and ``postprocess.json`` as ``kitlib.postprocess.load_postprocess`` reads it (so a file inference would refuse
@@ -368,7 +375,7 @@ def _artifact_sources(
         if bad:
             raise ValueError(f"{post}: gate_exp {gate!r} is not a presence classifier (folds {bad}; 10_train with "
                              f"arch='classifier')")  # fmt: skip
-    return sources, preset.name, gate
+    return sources, preset, gate
 
 
 def _check_out(out: Path, marker: str) -> Path:
@@ -462,9 +469,16 @@ def bundle(
                 shutil.copy2(src, dst)
             files[rel] = (dst, digest)
             by_hash[digest] = rel
+        preset_param = preset.name
+        if preset.name not in PRESETS:  # a user's preset file: the resolved fields travel as artifacts/preset.yaml
+            preset_param = PRESET_FILE
+            path = tmp / "artifacts" / PRESET_FILE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(preset_fields(preset), sort_keys=False), encoding="utf-8")
+            files[f"artifacts/{PRESET_FILE}"] = (path, _sha256(path))
         write_json(tmp / DATASET_METADATA, meta)
         write_json(tmp / MANIFEST, {
-            "kind": "kitlib-bundle", "dataset_id": meta["id"], "preset": preset, "exp": exp, "ensemble": ensemble,
+            "kind": "kitlib-bundle", "dataset_id": meta["id"], "preset": preset_param, "exp": exp, "ensemble": ensemble,
             "gate_exp": gate, "wheels": [w.name for w in wheels], "packages": pins,
             "files": [{"path": rel, "bytes": p.stat().st_size, "sha256": h} for rel, (p, h) in files.items()],
             "links": links, "run": run_info(),

@@ -37,6 +37,7 @@ from kitlib.kaggle_bundle import (
 )
 from kitlib.offline import OFFLINE_VARS
 from kitlib.params import check_value, coerce_text, read_declaration
+from kitlib.presets import is_preset_file
 
 __all__ = ["COMPETITIONS", "KERNEL_METADATA", "MACHINE_SHAPES", "Kernel", "kernel", "kernel_metadata"]
 
@@ -141,16 +142,21 @@ def _install_cell(dataset_id: str, wheels: Sequence[str]) -> str:
     return f"# Written by kitlib.kaggle_kernel from kitlib/kaggle_install_cell.py\n{source.rstrip()}\n\n{call}\n"
 
 
-def _paths_cell(dataset_id: str, competition: str) -> str:
+def _paths_cell(dataset_id: str, competition: str, preset: str) -> str:
+    own = ""
+    if is_preset_file(preset):  # a user's own competition: the preset file the bundle carries
+        own = f"preset = str(Path(artifacts_root) / {preset!r})\n"
     return f"""\
 # Written by kitlib.kaggle_kernel: the competition data and the bundle under /kaggle/input, the submission in
 # /kaggle/working
+from pathlib import Path
+
 import kitlib
 from kitlib import kaggle
 
 data_dir = str(kaggle.find_input({competition!r}))
 artifacts_root = str(kaggle.bundle_artifacts({dataset_id!r}))
-submission_path = str(kaggle.working_dir() / "submission.csv")
+{own}submission_path = str(kaggle.working_dir() / "submission.csv")
 print(f"kitlib {{kitlib.__version__}} from {{kitlib.__file__}}")
 print(f"data_dir={{data_dir}}\\nartifacts_root={{artifacts_root}}\\nsubmission_path={{submission_path}}")
 """
@@ -241,7 +247,7 @@ def kernel(
     nb = json.loads(prepared)
     cells = nb["cells"]
     at = next(i for i, c in enumerate(cells) if "injected-parameters" in c.get("metadata", {}).get("tags", []))
-    cells.insert(at + 1, _code_cell(_paths_cell(info.dataset_id, competition), "kaggle-paths"))
+    cells.insert(at + 1, _code_cell(_paths_cell(info.dataset_id, competition, info.preset), "kaggle-paths"))
     cells.insert(0, _code_cell(_install_cell(info.dataset_id, info.wheels), "kaggle-install"))
     nb.setdefault("metadata", {})["kitlib"] = {"bundle": info.dataset_id, "competition": competition}
     out.parent.mkdir(parents=True, exist_ok=True)

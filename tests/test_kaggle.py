@@ -649,3 +649,33 @@ def test_push_output_check_tells_errors_from_slugs_that_say_error():
     assert kaggle_push._check(0, ok, args) == ok
     with pytest.raises(kaggle_push.KaggleError, match="kaggle kernels push failed"):
         kaggle_push._check(0, "Kernel push error: Notebook not found", args)
+
+
+def test_a_users_preset_file_travels_in_the_bundle(tmp_path, demo_run, monkeypatch):
+    """A run trained with a preset file (a user's own competition): the bundle carries the resolved preset as
+    artifacts/preset.yaml, its manifest names that file, and the kernel's paths cell points ``preset`` at it."""
+    import yaml
+
+    from kitlib import kaggle_kernel, train
+    from kitlib.folds import make_folds, save_folds
+    from kitlib.formats import load_competition
+    from kitlib.presets import PRESETS, get_preset, preset_fields
+    from tests.test_train import TINY, train_config
+
+    monkeypatch.setattr(kaggle_bundle, "_build_kitlib_wheel", _fake_kitlib_wheel)
+    fields = {**preset_fields(PRESETS["demo"]), "name": "my_clouds"}
+    (tmp_path / "my_clouds.yaml").write_text(yaml.safe_dump(fields))
+    root = tmp_path / "artifacts"
+    folds = make_folds(load_competition(PRESETS["demo"], demo_run.data), PRESETS["demo"], n_folds=2, seed=0)
+    save_folds(folds, root / "mine" / "folds.csv")
+    for fold in (0, 1):
+        train.train_fold(train_config(str(tmp_path / "my_clouds.yaml"), **{**TINY, "epochs": 1}, exp="mine",
+                                      fold=fold, data_dir=str(demo_run.data), artifacts_root=str(root)))  # fmt: skip
+    (tmp_path / "my_clouds.yaml").unlink()  # the bundle needs the saved fields, not the file
+    b = kaggle_bundle.bundle(exp="mine", artifacts_root=root, out_dir=tmp_path / "out", user="tester", packages=())
+    assert b.preset == kaggle_bundle.PRESET_FILE and f"artifacts/{kaggle_bundle.PRESET_FILE}" in b.files
+    carried = get_preset(str(b.path / "artifacts" / kaggle_bundle.PRESET_FILE))
+    assert carried.name == "my_clouds" and carried.classes == PRESETS["demo"].classes
+    cell = kaggle_kernel._paths_cell(b.dataset_id, "some-competition", b.preset)
+    assert "preset = str(Path(artifacts_root) / 'preset.yaml')" in cell
+    assert "preset =" not in kaggle_kernel._paths_cell(b.dataset_id, "c", "demo")
