@@ -44,6 +44,7 @@ from torch.utils.data.distributed import DistributedSampler
 from kitlib import checkpoint
 from kitlib._private import progress
 from kitlib.averaging import WeightAverage, recompute_bn
+from kitlib.hrnet_ocr import AuxSegLoss
 from kitlib.io import write_csv
 from kitlib.losses import SegClsLoss
 from kitlib.mixes import BatchMix, SegmentationMix, make_mix
@@ -90,9 +91,10 @@ def split_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def compute_loss(loss_fn: nn.Module, outputs: Any, target: torch.Tensor) -> torch.Tensor:
     """The loss of one batch: ``loss_fn(mask_logits, cls_logits, masks)`` for a ``SegClsLoss`` (classification
-    head), else ``loss_fn(logits, target)`` (a head's logits, if any, are then ignored)."""
+    head), ``loss_fn(logits, aux_logits, masks)`` for an ``AuxSegLoss`` (HRNet-OCR's soft object regions, the second
+    output in train mode), else ``loss_fn(logits, target)`` (a head's logits, if any, are then ignored)."""
     logits, cls_logits = split_outputs(outputs)
-    if isinstance(loss_fn, SegClsLoss):
+    if isinstance(loss_fn, (SegClsLoss, AuxSegLoss)):
         return loss_fn(logits.float(), None if cls_logits is None else cls_logits.float(), target)
     return loss_fn(logits.float(), target)
 

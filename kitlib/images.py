@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-__all__ = ["image_size", "read_image", "read_mask_file"]
+__all__ = ["image_size", "read_image", "read_image_at", "read_mask_file"]
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -33,6 +33,23 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         image = _read_with_pil(path, "RGB")  # formats OpenCV does not decode (some GIF/TIFF variants)
         return image
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image_at(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+    """Read an image as RGB at another size: (H, W, 3) uint8, resized bilinearly (``cv2.INTER_LINEAR``) when its own
+    size differs, e.g. to the scoring size of the probabilities a DenseCRF refines (``kitlib.crf``).
+
+    Args:
+        path: as ``read_image``.
+        size: (H, W) in pixels.
+    Raises:
+        As ``read_image``.
+    """
+    import cv2
+
+    image = read_image(path)
+    h, w = int(size[0]), int(size[1])
+    return image if image.shape[:2] == (h, w) else cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _read_with_pil(path: str, mode: str) -> np.ndarray:

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from kitlib import engine
 from kitlib._private import progress, to_numpy
 from kitlib.data import build_transforms, make_dataset, normalization_for
+from kitlib.images import read_image_at
 from kitlib.io import read_json
 from kitlib.models import load_model
 from kitlib.postprocess import PostProcess, decode, default_postprocess
@@ -458,9 +459,13 @@ def make_submission(
     params = postprocess or default_postprocess(preset)
     keep = {str(i) for i in keep_masks}
     rows, kept = [], {}
+    paths = dict(zip(test_df["image_id"].astype(str), test_df["image_path"], strict=True))
     for ids, probs, cls_probs in batches:
         for i, image_id in enumerate(ids):
-            masks = _decode_one(probs[i], preset, params, None if cls_probs is None else cls_probs[i])
+            image = (
+                None if params is None or params.crf is None else read_image_at(paths[image_id], probs[i].shape[-2:])
+            )
+            masks = _decode_one(probs[i], preset, params, None if cls_probs is None else cls_probs[i], image)
             rows += encode_rows(image_id, masks, preset)
             if image_id in keep and preset.is_segmentation:
                 kept[image_id] = _hwk(masks, preset)
@@ -471,11 +476,13 @@ def make_submission(
     return SubmissionResult(path=Path(path), summary=summary, submission=submission, masks=kept)
 
 
-def _decode_one(probs: Any, preset: Preset, params: PostProcess | None, cls_probs: Any) -> np.ndarray | int:
+def _decode_one(
+    probs: Any, preset: Preset, params: PostProcess | None, cls_probs: Any, image: Any = None
+) -> np.ndarray | int:
     """One image's probabilities -> what ``kitlib.submit.encode_rows`` takes (``kitlib.postprocess.decode``): (K, H, W)
-    uint8 masks, an (H, W) uint8 class map, or an int label."""
+    uint8 masks, an (H, W) uint8 class map, or an int label; ``image`` (H, W, 3) for a ``crf``."""
     heads = None if cls_probs is None else to_numpy(cls_probs)[None]
-    out = decode(to_numpy(probs)[None], preset, params, heads)[0]
+    out = decode(to_numpy(probs)[None], preset, params, heads, images=None if image is None else image[None])[0]
     if preset.task == "classification":
         return int(out)
     return out.astype(np.uint8) if preset.task == "multiclass" else out

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from kitlib._private import listing
+from kitlib.hrnet_ocr import HRNetOCR
 from kitlib.io import atomic_path
 from kitlib.pretrained import (
     _as_weights_path,
@@ -57,8 +58,9 @@ __all__ = [
 ]
 
 #: smp's own registry (``smp.MODEL_ARCHITECTURES_MAPPING``): lower-case class name -> model class. In smp 0.5:
-#: unet, unetplusplus, manet, linknet, fpn, pspnet, deeplabv3, deeplabv3plus, pan, upernet, segformer, dpt.
-ARCHS: dict[str, type[nn.Module]] = dict(smp.MODEL_ARCHITECTURES_MAPPING)
+#: unet, unetplusplus, manet, linknet, fpn, pspnet, deeplabv3, deeplabv3plus, pan, upernet, segformer, dpt; plus the
+#: kit's ``hrnetocr`` (``kitlib.hrnet_ocr.HRNetOCR``, smp's constructor words; "hrnet_ocr" normalises to it).
+ARCHS: dict[str, type[nn.Module]] = {**smp.MODEL_ARCHITECTURES_MAPPING, "hrnetocr": HRNetOCR}
 #: Other spellings, after lower-casing and removing spaces, "_" and "-" ("UNet_PlusPlus" -> "unetplusplus").
 ARCH_ALIASES: dict[str, str] = {
     "unet++": "unetplusplus",
@@ -105,6 +107,8 @@ def create_model(
       at least 128 (64 and 96 fail at the first forward).
     - DPT: ``tu-`` encoders with ``forward_intermediates`` (ViTs such as ``tu-vit_small_patch16_224``; also
       ResNet and ConvNeXt in timm 1.0). Plain ViTs work only with DPT (smp rejects their feature strides).
+    - HRNet_OCR (``kitlib.hrnet_ocr``): ``tu-hrnet*`` encoders; in train mode it returns ``(logits, aux_logits)``
+      (the soft object regions, for ``kitlib.hrnet_ocr.AuxSegLoss``), in eval mode the logits.
 
     Inputs must have height and width divisible by the encoder's output stride (32 for most, 16 for PAN and
     DeepLabV3(Plus)); smp raises a RuntimeError naming the padded size otherwise.

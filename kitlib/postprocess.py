@@ -28,6 +28,9 @@ to ``np.float32(0.1)``; the Kaggle kernels' ``cv2.threshold`` does the same floa
 - ``PostProcess`` / ``apply_postprocess``: the chosen settings, saved as ``artifacts/<exp>/postprocess.json`` and
   applied to one image; ``load_postprocess`` reads them for inference (``default_postprocess`` without a file).
 - ``decode``: probabilities of any task into masks or labels, the one decoding that CV scores and submissions share.
+  With ``PostProcess.crf`` it first refines the probabilities with a DenseCRF on the image (``kitlib.crf``; multiclass
+  and sigmoid tasks): the images at the probs' size are then an argument (the OOF search reads the train images at the
+  scoring size, ``40_submit`` each test image).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from kitlib._pixels import (
     per_class,
 )
 from kitlib._private import chunk_rows, to_numpy
+from kitlib.crf import check_crf_params, dense_crf, dense_crf_binary
 from kitlib.io import atomic_write_text, json_default, read_json
 from kitlib.presets import Preset
 
@@ -326,8 +330,9 @@ def gate_masks(masks: Any, class_probs: Any, thresholds: Any) -> np.ndarray:
 class PostProcess:
     """Per-class post-processing settings, saved as ``artifacts/<exp>/postprocess.json``.
 
-    Exactly one binarisation is set: ``threshold`` (+ optional ``min_area``), or the triplet. Gating is optional.
-    Lists hold one value per class.
+    Binary / multilabel: exactly one binarisation is set, ``threshold`` (+ optional ``min_area``) or the triplet;
+    gating and ``crf`` are optional. Multiclass (argmax decoding): no binarisation, ``crf`` alone. Lists hold one value
+    per class.
 
     Attributes:
         threshold: prob > threshold is foreground (``search_thresholds``).
@@ -344,6 +349,8 @@ class PostProcess:
             probabilities are the class probs of the gate (alone when ``top_k`` is None, else averaged with the
             top-K probs by ``head_weight``); ``40_submit`` runs its folds beside the segmentation models. None: the
             segmentation models' own head (or top-K alone).
+        crf: DenseCRF parameters (``kitlib.crf.CRF_DEFAULTS``' keys, ``kitlib.search.search_crf``) applied to the
+            probabilities with the image before the binarisation or the argmax; None: no CRF.
         meta: free-form provenance (search scores, source experiment); saved as is.
 
     Example (``notebooks/20_oof.py`` then ``40_submit.py``)::
@@ -355,7 +362,8 @@ class PostProcess:
         masks = apply_postprocess(test_probs[i], PostProcess.from_json(exp_dir / "postprocess.json"))
 
     Raises:
-        ValueError: neither or both binarisations; lists of different lengths; ``force_one_class`` without a gate.
+        ValueError: both binarisations, or neither without ``crf``; lists of different lengths; ``force_one_class``
+            without a gate; a gate without a binarisation; bad CRF parameters.
     """
 
     threshold: list[float] | None = None
@@ -368,6 +376,7 @@ class PostProcess:
     top_k: int | None = None
     head_weight: float | None = None
     gate_exp: str | None = None
+    crf: dict[str, float] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     _FLOATS = ("threshold", "top_score_threshold", "bottom_score_threshold", "classifier_threshold")
@@ -383,8 +392,12 @@ class PostProcess:
         triplet = [getattr(self, name) is not None for name in self._TRIPLET]
         if any(triplet) and not all(triplet):
             raise ValueError(f"the triplet needs all of {self._TRIPLET}")
-        if (self.threshold is not None) == all(triplet):
-            raise ValueError("set exactly one binarisation: threshold (+ min_area) or the triplet")
+        if self.threshold is not None and all(triplet):
+            raise ValueError("set exactly one binarisation: threshold (+ min_area) or the triplet, not both")
+        self.crf = check_crf_params(self.crf) if self.crf is not None else None
+        if self.argmax and (self.crf is None or self.classifier_threshold is not None):
+            raise ValueError("set exactly one binarisation, threshold (+ min_area) or the triplet; without one "
+                             "(multiclass argmax decoding) only crf applies")  # fmt: skip
         if self.min_area is not None and self.threshold is None:
             raise ValueError("min_area needs threshold")
         if self.force_one_class and self.classifier_threshold is None:
@@ -404,7 +417,15 @@ class PostProcess:
             raise ValueError(f"gate_exp {self.gate_exp!r} gates the masks: set classifier_threshold too")
 
     @property
-    def num_classes(self) -> int:
+    def argmax(self) -> bool:
+        """No binarisation: multiclass probabilities decoded by argmax (after the ``crf``)."""
+        return self.threshold is None and self.top_score_threshold is None
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes of the per-class lists; None for argmax decoding (any number of classes)."""
+        if self.argmax:
+            return None
         return len(self.threshold if self.threshold is not None else self.top_score_threshold)
 
     @property
@@ -442,22 +463,31 @@ class PostProcess:
         return cls.from_dict(read_json(Path(path_or_text)))
 
 
-def apply_postprocess(probs: Any, params: PostProcess, class_probs: Any = None) -> np.ndarray:
-    """Apply a ``PostProcess`` to one image: binarise (threshold + min_area, or triplet), then the optional gate.
+def apply_postprocess(probs: Any, params: PostProcess, class_probs: Any = None, image: Any = None) -> np.ndarray:
+    """Apply a ``PostProcess`` to one image: the optional CRF, binarise (threshold + min_area, or triplet), then the
+    optional gate.
 
     Args:
         probs: (C, H, W) float in [0, 1] or uint8 0..255, one image.
         params: the settings.
         class_probs: (C,) image-level class probs for the gate: an external classifier's (``params.top_k`` None), or
             a classification head's to average with the top-K probs (``params.head_weight``); ignored otherwise.
+        image: (H, W, 3) uint8 RGB at the probs' size, for ``params.crf`` (``kitlib.crf.dense_crf_binary``).
     Returns:
         (C, H, W) uint8 {0, 1}.
     Raises:
-        ValueError: ``probs`` does not have ``params.num_classes`` classes; a gate without class probs nor ``top_k``.
+        ValueError: ``probs`` does not have ``params.num_classes`` classes; a gate without class probs nor ``top_k``;
+            argmax settings (``decode`` applies them); ``params.crf`` without the image.
     """
     p = to_numpy(probs)
+    if params.argmax:
+        raise ValueError("argmax settings (crf alone) are for multiclass probabilities: use decode")
     if p.ndim != 3 or p.shape[0] != params.num_classes:
         raise ValueError(f"probs must be (C, H, W) with C = {params.num_classes}, got shape {p.shape}")
+    if params.crf is not None:
+        if image is None:
+            raise ValueError("these settings refine the probs with a DenseCRF: pass the image")
+        p = dense_crf_binary(p, image, **params.crf)
     if params.threshold is not None:
         masks = apply_threshold_min_area(p, params.threshold, params.min_area if params.min_area is not None else 0)
     else:
@@ -487,6 +517,7 @@ def decode(
     params: PostProcess | None = None,
     class_probs: Any = None,
     threshold: float = 0.5,
+    images: Any = None,
 ) -> np.ndarray:
     """Probabilities of a batch of images into what is scored and submitted.
 
@@ -498,11 +529,19 @@ def decode(
             (``binarize``, the same masks as threshold 0.5 and min_area 0).
         class_probs: (N, K) image-level class probs for a gated ``params``; ignored otherwise.
         threshold: binary/multilabel without ``params``, and presence: foreground / present where p > threshold.
+        images: (N, H, W, 3) uint8 RGB at the probs' size (or N such arrays), for ``params.crf``; ignored otherwise.
     Returns:
-        binary/multilabel (N, K, H, W) uint8 {0, 1}; multiclass (N, H, W) int64 class indices (argmax);
-        classification (N,) int64 labels (argmax); presence (N, K) bool.
+        binary/multilabel (N, K, H, W) uint8 {0, 1}; multiclass (N, H, W) int64 class indices (argmax, after the
+        ``params.crf`` refinement when set); classification (N,) int64 labels (argmax); presence (N, K) bool.
+    Raises:
+        ValueError: ``params.crf`` without ``images``, or a number of images other than N; as ``apply_postprocess``.
     """
     p = to_numpy(probs)
+    crf = params is not None and params.crf is not None and preset.task != "classification"
+    if crf and (images is None or len(images) != len(p)):
+        raise ValueError(f"the post-processing refines the probs with a DenseCRF: pass the {len(p)} images")
+    if preset.task == "multiclass" and crf:
+        return np.stack([dense_crf(pi, im, **params.crf) for pi, im in zip(p, images, strict=True)]).argmax(axis=1)
     if preset.task in ("multiclass", "classification"):
         return np.asarray(p).argmax(axis=1)
     if preset.task == "presence":
@@ -512,7 +551,8 @@ def decode(
     heads = [None] * len(p) if class_probs is None or not params.needs_class_probs else to_numpy(class_probs)
     if not len(p):
         return np.zeros(p.shape, dtype=np.uint8)
-    return np.stack([apply_postprocess(image, params, head) for image, head in zip(p, heads, strict=True)])
+    ims = images if crf else [None] * len(p)
+    return np.stack([apply_postprocess(pi, params, head, im) for pi, head, im in zip(p, heads, ims, strict=True)])
 
 
 def default_postprocess(preset: Preset) -> PostProcess | None:
@@ -525,7 +565,8 @@ def default_postprocess(preset: Preset) -> PostProcess | None:
 
 def load_postprocess(folder: str | os.PathLike, preset: Preset) -> PostProcess | None:
     """``folder/postprocess.json`` (from ``20_oof`` or ``30_ensemble``) when it exists, else ``default_postprocess``.
-    Multiclass and classification presets are decoded by argmax (None), whatever the file says.
+    Classification presets are decoded by argmax (None), whatever the file says; multiclass too, unless the file holds
+    argmax settings with a ``crf`` (``kitlib.search.search_crf``).
 
     Raises:
         ValueError: the file's classes do not match the preset, or its keys are not ``PostProcess``'s (the message
@@ -533,6 +574,11 @@ def load_postprocess(folder: str | os.PathLike, preset: Preset) -> PostProcess |
     """
     default = default_postprocess(preset)
     path = Path(folder) / "postprocess.json"
+    if preset.task == "multiclass" and path.is_file() and read_json(path).get("crf"):
+        params = PostProcess.from_json(path)
+        if not params.argmax:
+            raise ValueError(f"{path}: per-class thresholds for the multiclass preset {preset.name!r} (argmax + crf)")
+        return params
     if default is None or not path.is_file():
         return default
     params = PostProcess.from_json(path)

@@ -183,6 +183,7 @@ def score_oof(
     class_probs: Any = None,
     threshold: float = 0.5,
     chunk_size: int | None = None,
+    images: Any = None,
 ) -> Scores:
     """Decode probabilities and score them against the truth, a chunk of rows at a time.
 
@@ -197,6 +198,8 @@ def score_oof(
             classifier).
         threshold: foreground where p > threshold (binary, multilabel, presence).
         chunk_size: rows per chunk; None for about 16 MB of probs.
+        images: (N, H, W, 3) uint8 RGB at the probs' size, rows in the same order, for a ``postprocess`` with a
+            ``crf`` (``kitlib.postprocess.decode``).
     Returns:
         ``Scores`` (the CV table and the ``scores.json`` summary).
     Raises:
@@ -210,7 +213,8 @@ def score_oof(
     scorer = Scorer(preset)
     for sl in row_slices(n, chunk_rows(p.shape, p.dtype.itemsize, chunk_size)):
         heads = None if class_probs is None else np.asarray(class_probs[sl])
-        scorer.update(decode(np.asarray(p[sl]), preset, postprocess, heads, threshold), np.asarray(targets[sl]))
+        ims = None if images is None else images[sl]
+        scorer.update(decode(np.asarray(p[sl]), preset, postprocess, heads, threshold, ims), np.asarray(targets[sl]))
     return Scores(table=scorer.table(), summary=scorer.summary(n))
 
 

@@ -14,6 +14,11 @@
 - ``best_per_class``: the best row of a search per class; ``search_postprocess`` runs both searches and keeps the
   better scheme as a ``PostProcess``; ``search_from_params`` is the whole search of ``20_oof`` / ``30_ensemble`` from
   their parameters (grids as text, the image-level gate of ``kitlib.gate``).
+- ``search_crf``: the DenseCRF parameters (``kitlib.crf``, the trash-sorting contest's refinement) scored on a random
+  subset of the OOF images (each candidate runs the CRF on every image of it), kept only when they raise the subset's
+  score over the settings without CRF; ``search_crf_from_params`` draws the subset and reads its images at the scoring
+  size (``20_oof``, ``30_ensemble``). Multiclass (mIoU, argmax after the CRF) and binary / multilabel (Dice, the chosen
+  thresholds after the CRF).
 
 Threshold semantics are ``kitlib.postprocess``'s. Dice of one (image, class) pair is ``2.0 * inter / (pred_area +
 true_area)`` in float64, ``empty_score`` when both masks are empty (1.0 on Kaggle; None skips the pair, the Dacon rule);
@@ -23,7 +28,8 @@ a class's score is ``np.mean`` of its pairs in image order, exactly as the naive
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -49,15 +55,21 @@ from kitlib._pixels import (
     pair_dice,
 )
 from kitlib._private import chunk_rows, progress
+from kitlib.crf import CRF_DEFAULTS
 from kitlib.gate import search_gate
-from kitlib.postprocess import PostProcess
+from kitlib.images import read_image_at
+from kitlib.postprocess import PostProcess, default_postprocess
 from kitlib.presets import Preset
 from kitlib.roc import pixel_roc, youden_thresholds
+from kitlib.scoring import score_oof
 
 __all__ = [
+    "CRF_TASKS",
     "POSTPROCESS_TASKS",
     "best_per_class",
     "parse_grid",
+    "search_crf",
+    "search_crf_from_params",
     "search_from_params",
     "search_postprocess",
     "search_thresholds",
@@ -66,6 +78,8 @@ __all__ = [
 
 #: Tasks that get the threshold / min_area search; multiclass and classification are decoded by argmax.
 POSTPROCESS_TASKS = ("binary", "multilabel")
+#: Tasks whose probabilities a DenseCRF can refine (``search_crf``).
+CRF_TASKS = ("binary", "multilabel", "multiclass")
 
 
 def _per_image(
@@ -449,3 +463,101 @@ def parse_grid(values: str | Sequence[float] | float, kind: type = float) -> lis
     if not out:
         raise ValueError(f"empty grid {values!r}")
     return out
+
+
+def search_crf(
+    probs: Any,
+    targets: Any,
+    images: Any,
+    preset: Preset,
+    grid: Mapping[str, Sequence[float]],
+    params: PostProcess | None = None,
+    class_probs: Any = None,
+) -> tuple[PostProcess | None, pd.DataFrame]:
+    """Score every DenseCRF setting of ``grid`` on these OOF images; keep the best when it beats no CRF.
+
+    Args:
+        probs: (n, C, H, W) OOF probabilities of the subset, float or uint8 (p x 255).
+        targets: (n, H, W) class indices (multiclass) or (n, K, H, W) masks, the same rows.
+        images: (n, H, W, 3) uint8 RGB at the probs' size, the same rows.
+        preset: the task (multiclass: mIoU of the argmax; binary / multilabel: Dice of ``params``).
+        grid: ``kitlib.crf.CRF_DEFAULTS`` key -> values; every combination is tried (keys left out keep their
+            default).
+        params: the settings chosen without CRF (binary / multilabel; None: ``default_postprocess``); multiclass:
+            None (argmax).
+        class_probs: (n, K) the gate's class probs when ``params`` is gated.
+    Returns:
+        ``(params, table)``: ``params`` with ``crf`` set when the best candidate's score is higher than the score
+        without CRF (``meta["crf_search"]``: the subset size, both scores, the candidates tried), else ``params``
+        unchanged; ``table`` one row per candidate (the CRF parameters and ``score``) with, first, the row without CRF
+        (``crf`` False).
+    Raises:
+        ValueError: a task a CRF cannot refine; unknown CRF keys; an empty grid; row counts that differ.
+    Source:
+        Trash-sorting segmentation contest (boostcamp AI Tech): DenseCRF after the ensemble's softmax, parameters
+        tuned on validation images.
+    """
+    if preset.task not in CRF_TASKS:
+        raise ValueError(f"preset {preset.name!r} ({preset.task}): a DenseCRF refines segmentation probabilities only")
+    unknown = sorted(set(grid) - set(CRF_DEFAULTS))
+    if unknown or not grid or not all(len(v) for v in grid.values()):
+        raise ValueError(f"CRF grid {dict(grid)}: needs values for keys of {sorted(CRF_DEFAULTS)}; unknown: {unknown}")
+    if not len(probs) == len(targets) == len(images):
+        raise ValueError(f"{len(probs)} probs, {len(targets)} targets and {len(images)} images: one per row")
+    if preset.task != "multiclass" and params is None:
+        params = default_postprocess(preset)
+    base = score_oof(probs, targets, preset, params, class_probs).overall
+    rows = [{**{k: None for k in grid}, "crf": False, "score": base}]
+    for values in itertools.product(*grid.values()):
+        crf = dict(zip(grid, values, strict=True))
+        trial = PostProcess(crf=crf) if params is None else dataclasses.replace(params, crf=crf)
+        score = score_oof(probs, targets, preset, trial, class_probs, images=images).overall
+        rows.append({**crf, "crf": True, "score": score})
+    table = pd.DataFrame(rows)
+    best = table.iloc[1:]["score"].idxmax()
+    if not table.loc[best, "score"] > base:
+        return params, table
+    crf = {k: table.loc[best, k] for k in grid}
+    meta = {**(params.meta if params is not None else {"method": "argmax"}),
+            "crf_search": {"n_images": len(probs), "score_without": base, "score": float(table.loc[best, "score"]),
+                           "candidates": len(table) - 1}}  # fmt: skip
+    chosen = PostProcess(crf=crf) if params is None else dataclasses.replace(params, crf=crf)
+    return dataclasses.replace(chosen, meta=meta), table
+
+
+def search_crf_from_params(
+    oof_probs: Any,
+    targets: Any,
+    df: pd.DataFrame,
+    preset: Preset,
+    n_images: int,
+    grid: Mapping[str, str | Sequence[float]],
+    params: PostProcess | None = None,
+    class_probs: Any = None,
+    seed: int = 0,
+) -> tuple[PostProcess | None, pd.DataFrame]:
+    """``search_crf`` on ``n_images`` OOF rows drawn at random (``seed``), their images read at the probs' size.
+
+    Args:
+        oof_probs: (N, C, H, W), rows in the order of ``df`` (``folds.csv``); a memmap is read only at the drawn rows.
+        targets: the truth, the same rows (a memmap, ``kitlib.targets.TargetMasks``).
+        df: the experiment's table (``image_path``), the same rows.
+        n_images: rows drawn (all when >= N).
+        grid: as ``search_crf``; values may be comma-separated text (``parse_grid``).
+        params, class_probs: as ``search_crf`` (class_probs (N, K) for every row).
+    Returns:
+        As ``search_crf``; ``meta["crf_search"]["image_ids"]`` lists the rows drawn.
+    """
+    n = len(oof_probs)
+    if len(df) != n:
+        raise ValueError(f"the table has {len(df)} rows, the OOF {n}")
+    rows = np.sort(np.random.default_rng(seed).permutation(n)[: max(1, min(int(n_images), n))])
+    size = tuple(oof_probs.shape[-2:])
+    images = np.stack([read_image_at(df["image_path"].iloc[i], size) for i in rows])
+    heads = None if class_probs is None else np.asarray(class_probs)[rows]
+    parsed = {k: parse_grid(v, int if k == "iterations" else float) for k, v in grid.items()}
+    chosen, table = search_crf(np.asarray(oof_probs[rows]), np.asarray(targets[rows]), images, preset, parsed, params,
+                               heads)  # fmt: skip
+    if chosen is not None and chosen.crf is not None:
+        chosen.meta["crf_search"]["image_ids"] = df["image_id"].astype(str).iloc[rows].tolist()
+    return chosen, table

@@ -39,6 +39,7 @@ from kitlib.cache import build_cache
 from kitlib.data import build_transforms, make_dataset, normalization_for
 from kitlib.experiment import fold_split, load_table
 from kitlib.formats import class_presence
+from kitlib.hrnet_ocr import AuxSegLoss, HRNetOCR
 from kitlib.io import read_json, write_csv, write_json
 from kitlib.losses import RECIPES, SEGMENTATION_LOSSES, create_loss, create_recipe
 from kitlib.models import create_classifier, create_model
@@ -146,16 +147,22 @@ def init_model(cfg: TrainConfig, model: torch.nn.Module, valid_df: pd.DataFrame)
     return path
 
 
-def build_loss(cfg: TrainConfig) -> torch.nn.Module:
+def build_loss(cfg: TrainConfig, model: torch.nn.Module | None = None) -> torch.nn.Module:
     """The run's loss: a ``kitlib.losses.RECIPES`` recipe, or a ``LOSSES`` name built with ``loss_kwargs`` (the
-    segmentation mode of the masks, ``Preset.mask_task``, is added for segmentation losses and the combo)."""
+    segmentation mode of the masks, ``Preset.mask_task``, is added for segmentation losses and the combo). A
+    ``model`` with auxiliary logits (``HRNetOCR``: an ``aux_weight`` > 0) gets it wrapped in an ``AuxSegLoss``,
+    the same loss on the soft object regions times that weight (Yuan et al. 2020: 0.4)."""
     mode = cfg.model_preset.mask_task
     if cfg.loss in RECIPES:
-        return create_recipe(cfg.loss, mode=mode)
-    kwargs = dict(cfg.loss_kwargs)
-    if mode is not None and (cfg.loss in SEGMENTATION_LOSSES or cfg.loss == "combo"):
-        kwargs.setdefault("mode", mode)
-    return create_loss(cfg.loss, **kwargs)
+        loss = create_recipe(cfg.loss, mode=mode)
+    else:
+        kwargs = dict(cfg.loss_kwargs)
+        if mode is not None and (cfg.loss in SEGMENTATION_LOSSES or cfg.loss == "combo"):
+            kwargs.setdefault("mode", mode)
+        loss = create_loss(cfg.loss, **kwargs)
+    if isinstance(model, HRNetOCR) and model.aux_weight > 0:
+        return AuxSegLoss(loss, model.aux_weight)
+    return loss
 
 
 def fold_run_id(cfg: TrainConfig) -> str:
@@ -282,8 +289,8 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
     )  # fmt: skip
     result = engine.fit(
-        model, train_loader, valid_loader, build_loss(cfg), optimizer, cfg, fold_dir, model_config, device,
-        scheduler=scheduler, run_id=run_id, extra={"fold": cfg.fold, "preset": cfg.preset.name, "exp": cfg.exp},
+        model, train_loader, valid_loader, build_loss(cfg, unwrap(model)), optimizer, cfg, fold_dir, model_config,
+        device, scheduler=scheduler, run_id=run_id, extra={"fold": cfg.fold, "preset": cfg.preset.name, "exp": cfg.exp},
         stop_after_epoch=stop_after_epoch,
     )  # fmt: skip
     out = {

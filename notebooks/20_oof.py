@@ -25,6 +25,10 @@
 #
 # Classification also gets its per-class report (precision, recall, F1, support) and confusion matrix.
 #
+# With `crf`, segmentation (multiclass included) also tries a DenseCRF refinement of the probabilities with the image
+# (the trash-sorting contest's; `kitlib.crf`), its parameters searched on `crf_images` OOF images; `40_submit` applies
+# the chosen ones to each test image.
+#
 # Writes `artifacts/<exp>/`: `oof_probs.npy`, `oof_ids.csv` (+ `oof_cls_probs.npy`), `oof_masks.npy` (the truth at the
 # scoring resolution), `postprocess.json` (read by `40_submit`), `cv.json`, `class_report.csv` (classification),
 # `oof_config.json`.
@@ -51,8 +55,16 @@ gate: bool = True  # also try an image-level class gate (Clouds 1st place); kept
 top_k: int = 0  # pixels averaged into a class probability; 0: 17500 at 350x525 scaled to the OOF size
 gate_exp: str = ""  # a presence classifier's experiment (10_train -p arch classifier) tried as the gate; "": none
 youden: bool = True  # also search each class's threshold of Youden's index (max TPR - FPR of the pixels; Dacon)
+crf: bool = False  # also try a DenseCRF refinement (trash contest) on an OOF subset; kept only if it scores higher
+crf_images: int = 20  # OOF images the CRF search runs on (seed); a candidate costs ~5 s per 512x512 image, 11 classes
+crf_iterations: str = "5"  # CRF grid: mean-field iterations
+crf_gaussian_sxy: str = "3"  # CRF grid: smoothness kernel width (pixels at the scoring size)
+crf_gaussian_compat: str = "3"  # CRF grid: smoothness kernel weight
+crf_bilateral_sxy: str = "40,80"  # CRF grid: appearance kernel width (pixels)
+crf_bilateral_srgb: str = "5,13"  # CRF grid: appearance kernel colour scale (0..255 units)
+crf_bilateral_compat: str = "5,10"  # CRF grid: appearance kernel weight
 n_samples: int = 4  # OOF images drawn with their predicted masks
-seed: int = 42  # which images are drawn
+seed: int = 42  # which images are drawn (also the CRF search's subset)
 
 # %%
 # %matplotlib inline
@@ -126,7 +138,7 @@ else:
 
 # %%
 searched = task.task in search.POSTPROCESS_TASKS
-post_params, tables, post = None, {}, None
+post_params, tables, post, gate_input = None, {}, None, None
 gate_probs = oof.gate_class_probs(cfg.gate_dir, oof_ids) if cfg.gate_exp and searched else None
 if searched:
     post_params, tables = search.search_from_params(
@@ -146,6 +158,32 @@ if searched:
     post = score_oof(oof_probs, targets, task, post_params, gate_input).table
 elif task.task != "presence":
     print(f"{task.task}: no threshold search (argmax)")
+
+# %% [markdown]
+# ## DenseCRF refinement
+# With `crf`: every combination of the CRF grid runs on `crf_images` OOF images (read at the scoring size) after the
+# settings above (argmax for multiclass); the best is kept in `postprocess.json` only when it beats them on that
+# subset (`kitlib.search.search_crf`; the scores are in its `meta.crf_search`). The CV above is without the CRF.
+
+# %%
+if cfg.crf and task.task in search.CRF_TASKS:
+    grid = {
+        name: getattr(cfg, f"crf_{name}")
+        for name in (
+            "iterations",
+            "gaussian_sxy",
+            "gaussian_compat",
+            "bilateral_sxy",
+            "bilateral_srgb",
+            "bilateral_compat",
+        )
+    }
+    post_params, tables["crf"] = search.search_crf_from_params(
+        oof_probs, targets, experiment.df, task, cfg.crf_images, grid, post_params,
+        gate_input if post_params is not None and post_params.needs_class_probs else None, seed=cfg.seed,
+    )  # fmt: skip
+    display(tables["crf"].sort_values("score", ascending=False).head(10))
+    print("CRF chosen:", post_params.crf if post_params is not None and post_params.crf else "none (no gain)")
 
 # %% [markdown]
 # ## Save `cv.json` and `postprocess.json`

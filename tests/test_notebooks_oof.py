@@ -43,8 +43,10 @@ def _common(trained) -> dict:
 
 def test_20_oof(trained, tmp_path):
     triplet = dict(triplet=True, top_thresholds="0.5,0.6", min_contour_areas="0,50", bottom_thresholds="0.4")
+    crf = dict(crf=True, crf_images=4, crf_bilateral_sxy="20", crf_bilateral_srgb="13", crf_bilateral_compat="3,10",
+               youden=False)  # the Youden thresholds would join the grid (30_ensemble runs them)
     run_notebook("20_oof", tmp_path / "oof.ipynb", exp="a", thresholds="0.3,0.5", min_areas="0,20", **triplet,
-                 **_common(trained))  # fmt: skip
+                 **crf, **_common(trained))  # fmt: skip
     exp_dir = Path(trained["artifacts_root"]) / "a"
     probs = np.load(exp_dir / "oof_probs.npy", mmap_mode="r")
     assert probs.shape == (24, 4, 64, 96) and probs.dtype == np.uint8
@@ -59,6 +61,7 @@ def test_20_oof(trained, tmp_path):
     if post.meta["method"] == "threshold":
         assert set(post.threshold) <= {0.3, 0.5} and set(post.min_area) <= {0, 20}
     assert cv["postprocess"] == post.meta["method"]
+    assert post.crf is None or (post.meta["crf_search"]["n_images"] == 4 and post.crf["bilateral_sxy"] == 20)
 
 
 def test_30_ensemble_one_and_two_experiments(trained, tmp_path):

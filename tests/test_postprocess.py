@@ -435,6 +435,8 @@ def test_best_per_class_and_json_round_trip(tmp_path):
         ({"top_score_threshold": [0.8]}, "needs all"),
         ({"threshold": [0.5, 0.5], "min_area": [1]}, "one value per class"),
         ({"threshold": [0.5], "force_one_class": True}, "classifier gate"),
+        ({"threshold": [0.5], "crf": {"sxy": 3}}, "unknown CRF parameter"),
+        ({"crf": {}, "classifier_threshold": [0.5]}, "only crf applies"),
     ],
 )  # fmt: skip
 def test_postprocess_rejects_bad_settings(kwargs, match):
