@@ -64,6 +64,7 @@ from kitlib.roc import pixel_roc, youden_thresholds
 from kitlib.scoring import score_oof
 
 __all__ = [
+    "CRF_GRID",
     "CRF_TASKS",
     "POSTPROCESS_TASKS",
     "best_per_class",
@@ -80,6 +81,8 @@ __all__ = [
 POSTPROCESS_TASKS = ("binary", "multilabel")
 #: Tasks whose probabilities a DenseCRF can refine (``search_crf``).
 CRF_TASKS = ("binary", "multilabel", "multiclass")
+#: The CRF parameters a notebook searches, each from its ``crf_<name>`` parameter (``search_crf_from_params``).
+CRF_GRID = ("iterations", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat")
 
 
 def _per_image(

@@ -167,17 +167,7 @@ elif task.task != "presence":
 
 # %%
 if cfg.crf and task.task in search.CRF_TASKS:
-    grid = {
-        name: getattr(cfg, f"crf_{name}")
-        for name in (
-            "iterations",
-            "gaussian_sxy",
-            "gaussian_compat",
-            "bilateral_sxy",
-            "bilateral_srgb",
-            "bilateral_compat",
-        )
-    }
+    grid = {name: getattr(cfg, f"crf_{name}") for name in search.CRF_GRID}
     post_params, tables["crf"] = search.search_crf_from_params(
         oof_probs, targets, experiment.df, task, cfg.crf_images, grid, post_params,
         gate_input if post_params is not None and post_params.needs_class_probs else None, seed=cfg.seed,

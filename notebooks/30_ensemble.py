@@ -57,6 +57,14 @@ gate: bool = True  # also try an image-level class gate on top-K pixel probs; ke
 top_k: int = 0  # pixels averaged into a class probability; 0: 17500 at 350x525 scaled to the OOF size
 gate_exp: str = ""  # a presence classifier's experiment (10_train -p arch classifier) tried as the gate; "": none
 youden: bool = True  # also search each class's threshold of Youden's index (max TPR - FPR of the pixels; Dacon)
+crf: bool = False  # also try a DenseCRF refinement (trash contest) on an OOF subset; kept only if it scores higher
+crf_images: int = 20  # OOF images the CRF search runs on (seed); a candidate costs ~5 s per 512x512 image, 11 classes
+crf_iterations: str = "5"  # CRF grid: mean-field iterations
+crf_gaussian_sxy: str = "3"  # CRF grid: smoothness kernel width (pixels at the scoring size)
+crf_gaussian_compat: str = "3"  # CRF grid: smoothness kernel weight
+crf_bilateral_sxy: str = "40,80"  # CRF grid: appearance kernel width (pixels)
+crf_bilateral_srgb: str = "5,13"  # CRF grid: appearance kernel colour scale (0..255 units)
+crf_bilateral_compat: str = "5,10"  # CRF grid: appearance kernel weight
 stacking: str = ""  # meta-model on the members' OOF probs (classification): logreg; "": none
 stacking_c: float = 1.0  # stacking: inverse L2 regularisation strength of the logistic regression
 stacking_log: bool = False  # stacking: features log(p) instead of p
@@ -206,6 +214,24 @@ if task.task in search.POSTPROCESS_TASKS:
         display(tables["youden"])
         display(plots.plot_roc(tables["roc"], tables["youden"]))
 display(raw.merge(post if post is not None else raw, on=["class", "n"], suffixes=("_raw", "_post")))
+
+# %% [markdown]
+# ## DenseCRF refinement
+# As in `20_oof`: with `crf`, the CRF grid on `crf_images` rows of the blend, kept only when it beats the settings
+# above on that subset (the CV above is without it).
+
+# %%
+if cfg.crf and task.task in search.CRF_TASKS:
+    grid = {name: getattr(cfg, f"crf_{name}") for name in search.CRF_GRID}
+    gated = post_params is not None and post_params.gate_exp
+    post_params, tables["crf"] = search.search_crf_from_params(
+        blended, targets, experiment.df, task, cfg.crf_images, grid, post_params, gate_probs if gated else None,
+        seed=cfg.seed,
+    )  # fmt: skip
+    if post_params is not None:
+        post_params.meta.update(exps=names, weights=[float(w) for w in weights])
+    display(tables["crf"].sort_values("score", ascending=False).head(10))
+    print("CRF chosen:", post_params.crf if post_params is not None and post_params.crf else "none (no gain)")
 
 # %% [markdown]
 # ## Per-class report and confusion matrix (classification)

@@ -77,14 +77,16 @@ def test_30_ensemble_one_and_two_experiments(trained, tmp_path):
     assert read_json(root / "ens1" / "cv.json")["cv"] == pytest.approx(read_json(root / "a" / "cv.json")["cv"])
     assert (root / "ens1" / "config.json").is_file() and one["cells"]
 
-    _ensemble(tmp_path / "ens2.ipynb", dict(exps="a,b", method="nelder-mead", fit_rows=12, **grids, **common))
+    crf = dict(crf=True, crf_images=2, crf_bilateral_sxy="20", crf_bilateral_srgb="13", crf_bilateral_compat="5")
+    _ensemble(tmp_path / "ens2.ipynb", dict(exps="a,b", method="nelder-mead", fit_rows=12, **grids, **crf, **common))
     w2 = read_json(root / "ensemble" / "weights.json")
     assert w2["exps"] == ["a", "b"] and len(w2["weights"]) == 2 and sum(w2["weights"]) == pytest.approx(1.0)
     assert w2["method"] == "nelder-mead" and 0 <= w2["score"] <= 1 and w2["score"] >= w2["equal_score"] - 1e-9
     cv = read_json(root / "ensemble" / "cv.json")
     assert cv["metric"] == "dice" and cv["cv_postprocessed"] is not None
     post = PostProcess.from_json(root / "ensemble" / "postprocess.json")
-    assert post.num_classes == 4
+    assert post.num_classes == 4 and post.meta["exps"] == ["a", "b"]
+    assert post.crf is None or post.meta["crf_search"]["n_images"] == 2  # kept only if it scored higher
     assert json.loads((root / "ensemble" / "config.json").read_text())["params"]["exps"] == "a,b"
 
 
