@@ -92,6 +92,7 @@ DEFAULT_RECIPE: dict[str, Any] = dict(
     channels_last=False,
     ema_decay=0.0,
     augment="light",
+    native_scale=False,
     mix="none",
     mix_prob=0.5,
     mix_alpha=1.0,
@@ -180,8 +181,10 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
         loss="clouds_1st",
         amp="auto",
         channels_last=True,
+        augment="clouds_1st",
         recipe_source="Understanding Clouds 1st place (pudae): Unet with a classification head, BCE 0.75 + Dice 0.25 "
-        "on masks + 0.1 BCE on the head, AdamW wd 0.01, encoder lr 2.5e-5 / decoder 2.5e-4, OneCycle; resnet34 and "
+        "on masks + 0.1 BCE on the head, AdamW wd 0.01, encoder lr 2.5e-5 / decoder 2.5e-4, OneCycle, its augmentation "
+        "(kitlib/augmentations/clouds_1st.yaml); resnet34 and "
         "320x480 are the kit's defaults (the winners used several encoders at 384x576 and 320x640).",
     ),
     "severstal": dict(
@@ -202,15 +205,20 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
         arch="upernet",
         encoder_name="resnet50",
         encoder_weights="imagenet",
-        height=512,
-        width=512,
-        batch_size=8,
+        height=1024,
+        width=1024,
+        native_scale=True,
+        augment="dacon_building",
+        batch_size=16,
         epochs=20,
         encoder_lr=1e-4,
         decoder_lr=1e-3,
         loss="building_bce",
         channels_last=True,
-        recipe_source="Dacon building contest: UPerNet, BCE; resnet50 and 512x512 crops are the kit's defaults.",
+        recipe_source="Dacon building contest: UPerNet, BCE, trained on 224x224 crops at the images' native scale "
+        "(RandomScale 0.2 + RandomCrop 224 + flips: kitlib/augmentations/dacon_building.yaml; native_scale: no resize, "
+        "so the 1024x1024 train images are validated whole and the 224x224 test tiles predicted as they are, at the "
+        "scale the model learnt); resnet50 is the kit's default.",
     ),
     "coco": dict(
         arch="unetplusplus",
@@ -224,10 +232,18 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
         decoder_lr=1e-3,
         loss="trash_ce_dice",
         channels_last=True,
-        recipe_source="Trash-sorting contest: Unet++ EfficientNet-B3 at 512x512, CE + Dice.",
+        augment="trash",
+        recipe_source="Trash-sorting contest: Unet++ EfficientNet-B3 at 512x512, CE + Dice, the teams' augmentation "
+        "(kitlib/augmentations/trash.yaml).",
     ),
     # the 1st place's recipe (NAMED_RECIPES["cassava_1st_b4_bitempered"])
-    "cassava": {k: v for k, v in NAMED_RECIPES["cassava_1st_b4_bitempered"].items() if k != "task"},
+    # and the solutions' common augmentation (kitlib/augmentations/cassava.yaml: random resized crop 512, ...)
+    "cassava": {
+        **{k: v for k, v in NAMED_RECIPES["cassava_1st_b4_bitempered"].items() if k != "task"},
+        "augment": "cassava",
+        "recipe_source": NAMED_RECIPES["cassava_1st_b4_bitempered"]["recipe_source"]
+        + " Augmentation: kitlib/augmentations/cassava.yaml.",
+    },
     "masks": dict(
         arch="unet",
         encoder_name="resnet18",
