@@ -44,8 +44,8 @@ PIPELINES: dict[str, str] = {
     "none": "no augmentation (resize + normalise only)",
     "flips": "horizontal and vertical flips",
     "light": "flips, a small affine and brightness/contrast jitter (the kit's default)",
-    "clouds_1st": "Understanding Clouds 1st place (pudae): flips, shift/scale/rotate, grid distortion, channel shuffle, "
-    "invert, to-gray",
+    "clouds_1st": "Understanding Clouds 1st place (pudae): flips, shift/scale/rotate, grid distortion, channel "
+    "shuffle, invert, to-gray",
     "clouds_6th": "Understanding Clouds 6th place: resize 350x525, pad to 352x544, shift/scale/rotate, flips",
     "clouds_2nd_clahe": "Understanding Clouds 2nd place: CLAHE as preprocessing (every stage), flips",
     "dacon_building": "Dacon building contest: RandomScale(0.2) + RandomCrop 224 at native scale, flips",
@@ -78,13 +78,14 @@ def pipeline_path(name: str) -> Path:
     return PIPELINE_DIR / f"{name}.yaml"
 
 
-def load_pipeline(augment: str | Mapping[str, Any]) -> dict[str, Any]:
+def load_pipeline(augment: str | Mapping[str, Any], check: bool = True) -> dict[str, Any]:
     """The pipeline an ``augment`` value stands for, checked.
 
     Args:
         augment: a ``PIPELINES`` name; a path to a ``.yaml`` / ``.yml`` / ``.json`` file holding ``A.to_dict``'s
             output (plus an optional ``preprocess``, module docstring); or such a mapping already loaded (from a
             saved ``config.json``).
+        check: build each part with albumentations (which imports torch); False checks the keys only.
     Returns:
         ``{"__version__": str, "transform": {...}[, "preprocess": {...}]}`` (a copy).
     Raises:
@@ -108,7 +109,7 @@ def load_pipeline(augment: str | Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(data) - {"__version__", *_PARTS})
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; a pipeline holds __version__, transform, preprocess")
-    for part in _PARTS:
+    for part in _PARTS if check else ():
         if part in data:
             try:
                 compose(data, part)

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from kitlib.augment import PIPELINES, albumentations, compose, load_pipeline
 from kitlib.cache import (
     ImageCache,
     _check_same_size,
@@ -30,7 +31,6 @@ from kitlib.cache import (
     _read_target_masks,
     _target_columns,
 )
-from kitlib.augment import PIPELINES, albumentations, compose, load_pipeline
 from kitlib.presets import Preset
 
 __all__ = [

@@ -67,6 +67,16 @@ class EdaConfig(_ExperimentStage):
     stage = "00_eda"
     notebook = "notebooks/00_eda.py"
 
+    def _resolve(self) -> None:
+        """Also resolves ``recipe`` (the preset's training recipe, ``kitlib.recipes.recipe_for``) and
+        ``augment_pipeline`` (``augment``, or the recipe's when "") for the augmentation grid."""
+        super()._resolve()
+        from kitlib.augment import load_pipeline
+
+        recipe = recipe_for(self.preset, self.preset)[0]
+        self._set_resolved(recipe=recipe, augment_pipeline=load_pipeline(self._values.get("augment") or
+                                                                         recipe["augment"], check=False))  # fmt: skip
+
     @property
     def config_path(self) -> Path:
         return self.exp_dir / "eda_config.json"

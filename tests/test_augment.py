@@ -4,12 +4,12 @@ The alignment check (``test_masks_follow_every_geometric_transform``): the image
 the same in its 3 channels) and its mask is ``image > 127``. After a pipeline, the mask derived from the transformed
 image must equal the transformed mask except in a 3-pixel band around the mask's edges, where linear (image) and
 nearest (mask) interpolation may disagree (the frame's outer 3 pixels count as edge: a fill beyond the frame, cut
-off by a later crop, shades them in the image only). Transforms that change pixel values without moving them would make the
-image-derived mask meaningless (invert flips it, CLAHE and brightness shift the 127 threshold, dropout blacks out
-holes), so the check runs on the pipeline's geometric part, ``_geometric``: the serialised pipeline with every
-``ImageOnlyTransform`` (colour) and every dropout removed, at any depth (inside OneOf too). The removed transforms are
-checked on their own to leave the mask exactly as it was (``test_removed_transforms_leave_masks_alone``), and a
-negative control (the image moved, the mask not) must fail the check, so it cannot pass trivially.
+off by a later crop, shades them in the image only). Transforms that change pixel values without moving them would
+make the image-derived mask meaningless (invert flips it, CLAHE and brightness shift the 127 threshold, dropout
+blacks out holes), so the check runs on the pipeline's geometric part, ``_geometric``: the serialised pipeline with
+every ``ImageOnlyTransform`` (colour) and every dropout removed, at any depth (inside OneOf too). The removed
+transforms are checked on their own to leave the mask exactly as it was (``test_removed_transforms_leave_masks_alone``),
+and a negative control (the image moved, the mask not) must fail the check, so it cannot pass trivially.
 """
 
 from __future__ import annotations
@@ -224,3 +224,15 @@ def test_a_users_pipeline_file_is_saved_in_config_json(tmp_path):
     assert back.replace(augment="flips").augment_pipeline == load_pipeline("flips")  # the saved one is for mine.yaml
     named = TrainConfig.from_notebook(preset="demo", augment="flips")
     assert named.run_id() == named.replace(native_scale=False).run_id()
+
+
+def test_eda_draws_the_recipes_pipeline_on_real_images(isbi_dir):
+    """00_eda's grid: the masks preset's recipe pipeline on two real ISBI images, validation view + 2 train draws."""
+    from kitlib import plots
+    from kitlib.stages import EdaConfig
+
+    cfg = EdaConfig.from_notebook(preset="masks", data_dir=str(isbi_dir))
+    assert cfg.augment_pipeline == load_pipeline(cfg.recipe["augment"])
+    df = load_competition(cfg.preset, cfg.data_path)
+    fig = plots.plot_augmentations(df, cfg.preset, "unet_elastic", 256, 256, n=2, repeats=2)
+    assert len(fig.axes) == 6 and fig.axes[1].get_title().endswith("train draw 1 256x256")
