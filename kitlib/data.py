@@ -6,15 +6,14 @@ segmentation, ``{"image_id", "image", "label"}`` for classification; test tables
 ``mask``/``label`` key. The datasets read the image files, or the rows of a ``kitlib.cache.ImageCache`` of resized
 images (``kitlib.cache.build_cache``).
 
-albumentations is imported lazily (inside ``build_transforms``) with its online version check switched off
-(``NO_ALBUMENTATIONS_UPDATE=1`` unless already set): Kaggle kernels run without internet.
+albumentations is imported lazily (inside ``build_transforms``, through ``kitlib.augment.albumentations``) with its
+online version check switched off: Kaggle kernels run without internet.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -23,6 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from kitlib.augment import PIPELINES, albumentations, compose, load_pipeline
 from kitlib.cache import (
     ImageCache,
     _check_same_size,
@@ -50,9 +50,8 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 STAGES = ("train", "valid", "test")
-#: "none": resize + normalise only; "flips": + horizontal/vertical flips; "light": + flips, a small affine and
-#: brightness/contrast jitter.
-AUGMENTS = ("none", "flips", "light")
+#: The named augmentation pipelines (``kitlib.augment.PIPELINES``; "none": resize + normalise only).
+AUGMENTS = tuple(PIPELINES)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -255,66 +254,72 @@ def build_transforms(
     width: int,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    augment: str = "light",
+    augment: str | Mapping[str, Any] = "light",
     crop: tuple[int, int] | None = None,
+    resize: bool = True,
 ):
-    """albumentations pipeline for one stage: resize, augment (train only), normalise.
+    """albumentations pipeline for one stage: resize, preprocess, crop and augment (train only), normalise.
 
-    The resize uses ``cv2.INTER_AREA`` for images (the interpolation of ``build_cache``, so a cached image passes
-    through unchanged) and nearest for masks. Train augmentations follow the 1st-place Understanding Clouds
-    solution (pudae, ``custom/transforms/cloud_transform.py``): horizontal and vertical flips, then
-    ShiftScaleRotate(shift 0.1, scale 0.2, rotate 10, constant border, p=0.5), written as the equivalent
-    ``A.Affine``; "light" adds brightness/contrast jitter of 0.1 (p=0.5). Geometric transforms apply to the
-    masks with nearest interpolation, so masks stay {0,1} (or class indices) and the border fill is 0.
+    The one place that builds transforms. The resize uses ``cv2.INTER_AREA`` for images (the interpolation of
+    ``build_cache``, so a cached image passes through unchanged) and nearest for masks. The augmentation is a
+    pipeline of ``kitlib.augment`` (a named YAML file of albumentations' own serialisation, a path to one, or the
+    loaded mapping from a saved config): its ``preprocess`` part (if any) follows the resize at every stage, its
+    ``transform`` part follows the crop in the train stage. "flips" and "light" are the kit's former fixed pipelines
+    (``kitlib/augmentations/``; "light" follows the 1st-place Understanding Clouds solution, pudae). Geometric
+    transforms apply to the masks with nearest interpolation, so masks stay {0,1} (or class indices).
 
     Args:
-        stage: "train", "valid" or "test"; "valid" and "test" are deterministic (resize + normalise).
-        height, width: output size in pixels.
+        stage: "train", "valid" or "test"; "valid" and "test" are deterministic (resize, preprocess, normalise).
+        height, width: output size in pixels of the resize (validation and test items have it; a train pipeline
+            that crops or resizes sets the train items' size).
         mean, std: per-channel normalisation in 0..1 units (as timm gives them, see ``normalization_for``):
             ``(pixel / 255 - mean) / std``.
-        augment: "none", "flips" or "light"; ignored for "valid" and "test".
+        augment: a ``kitlib.augment.PIPELINES`` name, a path to a pipeline YAML file, or a loaded pipeline
+            (``kitlib.augment.load_pipeline``); its ``transform`` part is ignored for "valid" and "test".
         crop: (height, width) of a random crop taken after the resize, train stage only: training on tiles of the
             full-resolution image while validating on whole images, as the U-Net paper did on ISBI 2012
             (Ronneberger et al. 2015); None for no crop.
+        resize: False: no resize at any stage (native scale; ``TrainConfig.native_scale``): height and width are
+            then only used to check the crop.
     Returns:
         ``A.Compose``: ``transform(image=(H, W, 3) uint8[, mask=(H, W[, K]) uint8])`` ->
-        ``{"image": (height, width, 3) float32, "mask": (height, width[, K]) uint8}`` (the crop size when cropping).
+        ``{"image": (h, w, 3) float32, "mask": (h, w[, K]) uint8}``.
     Raises:
-        ValueError: unknown stage or augment (the message lists the options); height or width < 1; a crop larger
-            than the resized image.
+        ValueError: unknown stage or augment name (the message lists the options), a malformed pipeline; height or
+            width < 1; a crop larger than the resized image.
+        FileNotFoundError: an augment path that does not exist.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; options: {list(STAGES)}")
-    if augment not in AUGMENTS:
-        raise ValueError(f"unknown augment {augment!r}; options: {list(AUGMENTS)}")
+    pipeline = load_pipeline(augment)
     if int(height) < 1 or int(width) < 1:
         raise ValueError(f"height and width must be >= 1, got {height}x{width}")
-    A = _albumentations()
-    steps = [A.Resize(int(height), int(width), interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)]
+    A = albumentations()
+    steps = []
+    if resize:
+        steps.append(A.Resize(int(height), int(width), interpolation=cv2.INTER_AREA,
+                              mask_interpolation=cv2.INTER_NEAREST))  # fmt: skip
+    steps += _steps(compose(pipeline, "preprocess"))
     if crop is not None and stage == "train":
         crop_h, crop_w = (int(v) for v in crop)
         if not (1 <= crop_h <= int(height) and 1 <= crop_w <= int(width)):
             raise ValueError(f"crop {crop_h}x{crop_w} must fit in the resized {height}x{width} image")
         steps.append(A.RandomCrop(crop_h, crop_w))
-    if stage == "train" and augment != "none":
-        steps += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
-        if augment == "light":
-            steps += [
-                A.Affine(
-                    translate_percent=(-0.1, 0.1), scale=(0.8, 1.2), rotate=(-10, 10),
-                    border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5,
-                ),
-                A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
-            ]  # fmt: skip
+    if stage == "train":
+        steps += _steps(compose(pipeline, "transform"))
     steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
     return A.Compose(steps)
 
 
-def _albumentations():
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI request at import (offline kernels)
-    import albumentations
-
-    return albumentations
+def _steps(transform) -> list:
+    """A pipeline part as steps of the kit's Compose: a plain ``Compose`` (p=1, no targets of its own) is
+    flattened, so "flips" and "light" give the very transforms (and random draws) of the kit's former fixed
+    pipelines; anything else is one step."""
+    if transform is None:
+        return []
+    if type(transform).__name__ == "Compose" and transform.p == 1.0 and not transform.processors:
+        return list(transform.transforms)
+    return [transform]
 
 
 def normalization_for(

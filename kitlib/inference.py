@@ -20,6 +20,7 @@ memory: only one batch of probabilities and the submission's strings.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -103,7 +104,10 @@ class FoldModel:
 
     @property
     def transform_key(self) -> tuple:
-        return (self.height, self.width, tuple(self.mean), tuple(self.std))
+        """What the test transform depends on: size, normalisation, the pipeline's ``preprocess`` part (as JSON, so
+        that models with the same key share one read of the images) and whether images are resized."""
+        preprocess = json.dumps(self.config.augment_pipeline.get("preprocess"), sort_keys=True)
+        return (self.height, self.width, tuple(self.mean), tuple(self.std), preprocess, self.config.resize)
 
 
 @dataclass
@@ -254,8 +258,11 @@ def load_gate_models(
 
 
 def _loader(df: pd.DataFrame, preset: Preset, key: tuple, batch_size: int, num_workers: int):
-    height, width, mean, std = key
-    dataset = make_dataset(df, preset, build_transforms("test", height, width, mean, std))
+    height, width, mean, std, preprocess, resize = key
+    pipeline = {"transform": {"__class_fullname__": "Compose", "transforms": []}}
+    if preprocess != "null":
+        pipeline["preprocess"] = json.loads(preprocess)
+    dataset = make_dataset(df, preset, build_transforms("test", height, width, mean, std, pipeline, resize=resize))
     return make_loader(dataset, batch_size, False, 0, num_workers, DistInfo())
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "plot_cooccurrence",
     "plot_image_sizes",
     "plot_samples",
+    "plot_augmentations",
     "plot_fold_balance",
     "plot_history",
     "plot_predictions",
@@ -224,6 +225,54 @@ def plot_samples(
 
         handles = [Patch(color=np.array(_color(k)) / 255, label=c) for k, c in enumerate(preset.target_classes)]
         fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8)
+    return fig
+
+
+def plot_augmentations(
+    df: pd.DataFrame,
+    preset: Preset,
+    augment,
+    height: int,
+    width: int,
+    n: int = 3,
+    repeats: int = 3,
+    seed: int = 0,
+    crop: tuple[int, int] | None = None,
+    resize: bool = True,
+) -> Figure:
+    """A grid of augmented image/mask pairs: per image (a row), the validation view, then ``repeats`` draws of the
+    train pipeline, masks overlaid per class; shows what an ``augment`` pipeline does before training.
+
+    Args:
+        df: a train table from ``load_competition``.
+        augment: a ``kitlib.augment`` pipeline: a name, a YAML path or a loaded pipeline.
+        height, width, crop, resize: as ``kitlib.data.build_transforms`` (the training run's values).
+        n: images, drawn at random with ``seed``; repeats: augmented draws per image.
+    Returns:
+        Figure of n rows x (1 + repeats) panels, titled with the image id and the item's size.
+    """
+    from kitlib.data import build_transforms, make_dataset
+
+    rows_df = df.sample(n=min(n, len(df)), random_state=seed).reset_index(drop=True)
+    cols = 1 + repeats
+    fig = Figure(figsize=(3.2 * cols, 3.0 * len(rows_df)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(rows_df), cols))
+    for j in range(cols):
+        stage = "valid" if j == 0 else "train"
+        transform = build_transforms(stage, height, width, (0, 0, 0), (1, 1, 1), augment, crop=crop, resize=resize)
+        transform.set_random_seed(seed + j)
+        dataset = make_dataset(rows_df, preset, transform)
+        for i in range(len(rows_df)):
+            item = dataset[i]
+            image = (item["image"].numpy().transpose(1, 2, 0).clip(0, 1) * 255).astype(np.uint8)
+            if "mask" in item:
+                m = item["mask"].numpy()
+                m = np.stack([m == k + 1 for k in range(len(preset.target_classes))]) if m.ndim == 2 else m
+                image = overlay_masks(np.ascontiguousarray(image), np.ascontiguousarray(m.transpose(1, 2, 0), np.uint8))
+            axes[i, j].imshow(image)
+            axes[i, j].set_title(f"{item['image_id']}\n{'valid' if j == 0 else f'train draw {j}'} "
+                                 f"{image.shape[0]}x{image.shape[1]}", fontsize=8)  # fmt: skip
+            axes[i, j].axis("off")
     return fig
 
 

@@ -126,6 +126,16 @@ class EdaConfig(_ExperimentStage):
     stage = "00_eda"
     notebook = "notebooks/00_eda.py"
 
+    def _resolve(self) -> None:
+        """Also resolves ``recipe`` (the preset's training recipe, ``kitlib.recipes.recipe_for``) and
+        ``augment_pipeline`` (``augment``, or the recipe's when "") for the augmentation grid."""
+        super()._resolve()
+        from kitlib.augment import load_pipeline
+
+        recipe = recipe_for(self.preset, self.preset)[0]
+        self._set_resolved(recipe=recipe, augment_pipeline=load_pipeline(self._values.get("augment") or
+                                                                         recipe["augment"], check=False))  # fmt: skip
+
     @property
     def config_path(self) -> Path:
         return self.exp_dir / "eda_config.json"
@@ -142,7 +152,9 @@ class TrainConfig(_ExperimentStage):
     - ``preset``: the competition's ``Preset`` (the table, folds and cache are the competition's);
     - ``model_preset``: what the model learns and is scored on: ``preset``, or its presence task for
       ``arch="classifier"`` (``kitlib.presets.model_preset``);
-    - ``recipe_source``: where the recipe's values come from.
+    - ``recipe_source``: where the recipe's values come from;
+    - ``augment_pipeline``: the augmentation pipeline ``augment`` names (``kitlib.augment``), or the one saved in
+      the loaded config file (saved again by ``save``).
 
     Raises (when built):
         ParameterError: as ``StageConfig``; KeyError: an unknown preset or loss; ValueError: a value out of range,
@@ -165,8 +177,20 @@ class TrainConfig(_ExperimentStage):
         weights = self._values.get("encoder_weights")
         if isinstance(weights, str) and weights.lower() in ("", "none"):
             self._set_values(encoder_weights=None)
-        self._set_resolved(preset=preset, model_preset=learned, recipe_source=source)
+        self._set_resolved(preset=preset, model_preset=learned, recipe_source=source,
+                           augment_pipeline=self._augment_pipeline())  # fmt: skip
         self._check()
+
+    def _augment_pipeline(self) -> dict[str, Any]:
+        """The pipeline ``augment`` stands for (``kitlib.augment.load_pipeline``): the one saved in the config file
+        this object was loaded from when it was saved for the same ``augment`` (a rerun or inference needs no
+        file), else the named pipeline or the file."""
+        from kitlib.augment import load_pipeline
+
+        saved = self._extra.get("augment_pipeline")
+        if isinstance(saved, dict) and saved.get("augment") == self._values["augment"]:
+            return load_pipeline(saved["pipeline"])
+        return load_pipeline(self._values["augment"])
 
     def _check(self) -> None:
         v = self._values
@@ -336,13 +360,32 @@ class TrainConfig(_ExperimentStage):
         return None
 
     @property
+    def resize(self) -> bool:
+        """Whether the images are resized to (height, width) at every stage; False with ``native_scale``."""
+        return not self._values.get("native_scale")
+
+    @property
     def normalization_name(self) -> str:
         """The encoder (segmentation) or timm model (classifiers) whose pretrained mean/std the images take."""
         return self._values["encoder_name"] if self.model_preset.is_segmentation else self._values["model_name"]
 
+    def save(self, path=None, **extra: Any) -> Path:
+        """``StageConfig.save`` with the augmentation pipeline itself beside the parameters (``augment_pipeline``:
+        ``{"augment", "pipeline"}``), so that ``load`` rebuilds the same transforms without the YAML file."""
+        record = {"augment": self._values["augment"], "pipeline": self.augment_pipeline}
+        return super().save(path, **{"augment_pipeline": record, **extra})
+
     def run_id(self) -> str:
-        """SHA-256 (16 hex) of the parameters that change the trained weights; ``last.pt`` of another id is refused."""
+        """SHA-256 (16 hex) of the parameters that change the trained weights; ``last.pt`` of another id is refused.
+        An ``augment`` path counts with the pipeline it holds (an edited file is another run); a named pipeline
+        counts by its name."""
+        from kitlib.augment import PIPELINES
+
         fields = {k: v for k, v in self._values.items() if k not in self.RUN_ID_IGNORES}
+        if fields.get("augment") not in PIPELINES:
+            fields["augment_pipeline"] = self.augment_pipeline
+        if not fields.get("native_scale"):  # a config saved before native_scale existed keeps its run_id
+            fields.pop("native_scale", None)
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -200,8 +200,11 @@ def _loaders(cfg: TrainConfig, full_df: pd.DataFrame, train_df: pd.DataFrame, va
         barrier()
         cache = cache or build_cache(full_df, cfg.preset, cache_dir, cfg.height, cfg.width)
     mean, std = normalization_for(cfg.normalization_name)
-    train_tf = build_transforms("train", cfg.height, cfg.width, mean, std, cfg.augment, crop=cfg.crop)
-    valid_tf = build_transforms("valid", cfg.height, cfg.width, mean, std)
+    if not cfg.resize:
+        _check_native(full_df, cfg.height, cfg.width)
+    size = (cfg.height, cfg.width, mean, std, cfg.augment_pipeline)
+    train_tf = build_transforms("train", *size, crop=cfg.crop, resize=cfg.resize)
+    valid_tf = build_transforms("valid", *size, resize=cfg.resize)
     train_ds = make_dataset(train_df, cfg.model_preset, train_tf, cache)
     valid_ds = make_dataset(valid_df, cfg.model_preset, valid_tf, cache)
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, info, drop_last=None,
@@ -232,6 +235,20 @@ def sample_weights(cfg: TrainConfig, train_df: pd.DataFrame) -> np.ndarray | Non
     log.info("fold %d: %d of %d training images hold %s: sampled x%g", cfg.fold, int(rare.sum()), len(rare),
              cfg.oversample_classes, cfg.oversample_factor)  # fmt: skip
     return np.where(rare, float(cfg.oversample_factor), 1.0)
+
+
+def _check_native(df: pd.DataFrame, height: int, width: int) -> None:
+    """``native_scale`` trains, validates and caches the images as they are: they must all be height x width.
+
+    Raises:
+        ValueError: an image of another size (the message names one and the sizes found).
+    """
+    other = df[(df["height"] != height) | (df["width"] != width)]
+    if len(other):
+        sizes = sorted({(int(h), int(w)) for h, w in zip(other["height"], other["width"], strict=True)})[:5]
+        raise ValueError(f"native_scale: every train image must be {height}x{width} (height x width, the cache's "
+                         f"size); {len(other)} are not, e.g. {other['image_id'].iloc[0]!r}, sizes {sizes}: set height "
+                         "and width to the images' size")  # fmt: skip
 
 
 def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[str, Any]:

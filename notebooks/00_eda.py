@@ -33,6 +33,8 @@ n_folds: int = 5  # K of the K-fold split; 0 writes no folds (a sample too small
 seed: int = 42  # fold split seed
 group_col: str = ""  # optional column whose groups must not be split across folds
 n_samples: int = 8  # images in the sample grid
+augment: str = ""  # augmentation pipeline drawn on a few images (kitlib.augment.PIPELINES name or a YAML path); "":
+# the preset's training recipe's (with its height, width and native_scale)
 artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)
 
 # %%
@@ -83,6 +85,17 @@ if cfg.preset.is_segmentation:
 
 # %%
 plots.plot_samples(train, cfg.preset, n=cfg.n_samples, seed=cfg.seed)
+
+# %% [markdown]
+# ## Augmentation
+# The training pipeline `augment` on a few images: the validation view first, then random train draws with their
+# masks, so you see what the model will train on (`kitlib/augmentations/<name>.yaml`).
+
+# %%
+print(f"augment: {cfg.augment or cfg.recipe['augment']}")
+size = cfg.recipe["height"], cfg.recipe["width"]
+plots.plot_augmentations(train, cfg.preset, cfg.augment_pipeline, *size, n=max(1, cfg.n_samples // 4), seed=cfg.seed,
+                         resize=not cfg.recipe["native_scale"])  # fmt: skip
 
 # %% [markdown]
 # ## Folds

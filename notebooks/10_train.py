@@ -81,7 +81,10 @@ clip_grad_norm: Optional[float] = None  # 0: no clipping
 amp: Optional[str] = None  # auto (bf16/fp16 on CUDA, off on CPU), bf16 (CUDA or CPU), fp16, off
 channels_last: Optional[bool] = None
 ema_decay: Optional[float] = None  # 0: no EMA of the weights
-augment: Optional[str] = None  # none, flips, light
+augment: Optional[str] = None  # augmentation pipeline (kitlib.augment.PIPELINES): none, flips, light, clouds_1st,
+# clouds_6th, clouds_2nd_clahe, dacon_building, trash, cassava, unet_elastic; or a path to a pipeline YAML file
+native_scale: Optional[bool] = None  # True: no resize at any stage (train crops, valid and test images at their own
+# scale); height x width is then the train images' size (the cache's)
 mix: Optional[str] = None  # batch mix: none; classification mixup, cutmix, fmix, mixup_cutmix; segmentation cutmix
 # (images and masks), copy_paste (objects of mix_classes pasted with their masks: the trash team's SongbaeMix)
 mix_prob: Optional[float] = None  # probability that a training batch is mixed

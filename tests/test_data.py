@@ -204,7 +204,7 @@ def test_malformed_rle_and_size_mismatch_name_the_image(tmp_path):
 def test_transform_options_and_errors():
     with pytest.raises(ValueError, match=r"unknown stage 'val'; options: \['train', 'valid', 'test'\]"):
         build_transforms("val", 8, 8)
-    with pytest.raises(ValueError, match=r"unknown augment 'heavy'; options: \['none', 'flips', 'light'\]"):
+    with pytest.raises(ValueError, match=r"unknown augment 'heavy'; options: \['none', 'flips', 'light', 'clouds_1st'"):
         build_transforms("train", 8, 8, augment="heavy")
     image = np.full((10, 20, 3), 255, np.uint8)
     out = build_transforms("valid", 5, 10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))(image=image)["image"]
