@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from timm.data.mixup import cutmix_bbox_and_lam
 
-from kitlib.recipes import MIXES, SEGMENTATION_MIXES
+from kitlib.recipes import CLASSIFICATION_MIXES, MIXES, SEGMENTATION_MIXES
 
 __all__ = ["BatchMix", "SegmentationMix", "check_mix", "fmix_mask", "make_mix", "mix_targets"]
 
@@ -141,7 +141,7 @@ class BatchMix:
 
     def __init__(self, kind: str, num_classes: int, prob: float = 1.0, alpha: float = 1.0, decay_power: float = 3.0):
         check_mix(kind, prob, alpha)
-        if kind in ("none", "copy_paste"):
+        if kind not in CLASSIFICATION_MIXES:
             raise ValueError(f"BatchMix mixes classification batches, not {kind!r} (make_mix gives None for 'none'; "
                              "copy_paste pastes segmentation objects: SegmentationMix)")  # fmt: skip
         if num_classes < 2:

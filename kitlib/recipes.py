@@ -33,6 +33,7 @@ __all__ = [
     "OOF_DTYPES",
     "PRESENCE_RECIPE",
     "SEGMENTATION_MIXES",
+    "CLASSIFICATION_MIXES",
     "SCHEDULERS",
     "STACKERS",
     "TASK_DEFAULTS",
@@ -53,6 +54,8 @@ OOF_DTYPES = ("uint8", "float16", "float32")
 MIXES = ("none", "mixup", "cutmix", "fmix", "mixup_cutmix", "copy_paste")
 #: The mixes of segmentation batches (images and masks): ``kitlib.mixes.SegmentationMix``.
 SEGMENTATION_MIXES = ("cutmix", "copy_paste")
+#: The mixes of classification batches (labels to soft targets): ``kitlib.mixes.BatchMix``.
+CLASSIFICATION_MIXES = ("mixup", "cutmix", "fmix", "mixup_cutmix")
 #: ``kitlib.stacking.create_stacker`` names: 30_ensemble's meta-models on the members' OOF probs ("": none). Linear
 #: only, so that the fitted model is saved as numbers, without pickle.
 STACKERS = ("logreg",)
