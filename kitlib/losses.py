@@ -552,25 +552,18 @@ RECIPES: dict[str, LossRecipe] = {
         source="Understanding Clouds 6th place: BCE 0.2 + Dice 0.8.",
     ),
     "trash_ce_dice": LossRecipe(
-        terms={"soft_ce": 0.8, "dice": 0.2},
-        mode="multiclass",
-        source="Trash-sorting segmentation contest (boostcamp AI Tech): DiceCE with lambda 0.8, i.e. lambda * CE + "
-        "(1 - lambda) * Dice = 0.8 CE + 0.2 Dice (the teams' DiceCELoss form; the 1st place's default was 0.75).",
-    ),
+        terms={"soft_ce": 0.8, "dice": 0.2}, mode="multiclass",
+        source="Trash-sorting contest (boostcamp AI Tech): DiceCE with lambda 0.8, lambda * CE + (1 - lambda) * Dice.",
+    ),  # fmt: skip
     "trash_ce_dice_ssim": LossRecipe(
-        terms={"soft_ce": 0.75, "dice": 0.25, "ssim": 0.25},
-        mode="multiclass",
-        source="Trash-sorting segmentation contest: CE 0.75 + Dice 0.25 + SSIM 0.25, the weights of the 1st place's "
-        "TripleLoss (bcaitech1 p3-ims-obd-multihead_ensemble, src/losses.py); SSIM here compares the softmax "
-        "probabilities with the one-hot masks, so it has a gradient (theirs scored the argmax map).",
-    ),
+        terms={"soft_ce": 0.75, "dice": 0.25, "ssim": 0.25}, mode="multiclass",
+        source="Trash-sorting contest: CE 0.75 + Dice 0.25 + SSIM 0.25, the 1st place's TripleLoss weights (bcaitech1 "
+        "p3-ims-obd-multihead_ensemble); SSIM on the softmax probabilities, so it has a gradient (theirs: argmax).",
+    ),  # fmt: skip
     "trash_1st_triple": LossRecipe(
-        terms={"focal_ce": (0.75, {"alpha": 0.25, "gamma": 2.0}), "dice": 0.25, "ssim": 0.25},
-        mode="multiclass",
-        source="Trash-sorting segmentation contest 1st place (bcaitech1 p3-ims-obd-multihead_ensemble, TripleLoss): "
-        "softmax focal (alpha 0.25, gamma 2) 0.75 + Dice 0.25 + SSIM 0.25 (SSIM on the probabilities, see "
-        "trash_ce_dice_ssim).",
-    ),
+        terms={"focal_ce": (0.75, {"alpha": 0.25, "gamma": 2.0}), "dice": 0.25, "ssim": 0.25}, mode="multiclass",
+        source="Trash-sorting 1st place TripleLoss: focal (alpha 0.25, gamma 2) 0.75 + Dice 0.25 + SSIM 0.25.",
+    ),  # fmt: skip
     "trash_focal_dice": LossRecipe(
         terms={"focal_ce": 1.0, "dice": 1.0},
         mode="multiclass",
