@@ -77,6 +77,7 @@ class _TableDataset(Dataset):
         self.transform = transform
         self.cache = cache
         self._cache_rows = cache.rows_for(self.df) if cache is not None else None
+        self.teacher = None  # a distillation teacher's probabilities per row (kitlib.distill.attach_teacher)
         if cache is not None:
             cache.check_compatible(self.preset, needs_masks=self.has_targets and self.preset.is_segmentation)
 
@@ -89,7 +90,10 @@ class _TableDataset(Dataset):
         return _read_image(self.image_ids[i], self.df.at[i, "image_path"])
 
     def _item(self, i: int, image: np.ndarray) -> dict[str, Any]:
-        return {"image_id": self.image_ids[i], "image": _image_tensor(image)}
+        item = {"image_id": self.image_ids[i], "image": _image_tensor(image)}
+        if self.teacher is not None and not self.teacher.spatial:  # (C,) / (K,) soft labels (kitlib.distill)
+            item["teacher"] = torch.from_numpy(self.teacher.vector(self.image_ids[i]))
+        return item
 
 
 class SegmentationDataset(_TableDataset):
@@ -107,7 +111,8 @@ class SegmentationDataset(_TableDataset):
     Items:
         ``image_id``: str. ``image``: (3, H, W) float32 tensor: the transform's output (normalised), or 0..1 when
         the transform leaves uint8 pixels. ``mask``: (K, H, W) float32 {0,1} for binary/multilabel,
-        (H, W) int64 class indices (0 = background) for multiclass.
+        (H, W) int64 class indices (0 = background) for multiclass. ``teacher`` (with ``kitlib.distill``'s
+        ``attach_teacher``): (K, H, W) float32 soft masks in [0, 1] (multiclass: (C, H, W) probabilities).
     Raises:
         ValueError: not a segmentation preset; table without the base columns, with duplicated ids, with only some
             class columns; a cache of another task or without masks. At item time: unreadable image or malformed
@@ -128,10 +133,15 @@ class SegmentationDataset(_TableDataset):
                 row = self.df.iloc[i]
                 masks = _read_target_masks(row, self.preset)
                 _check_same_size(row, image, masks)
+        spatial = self.teacher is not None and self.teacher.spatial
+        soft = self.teacher.soft_mask(self.image_ids[i], image.shape[:2]) if spatial else None
         if self.transform is not None:
-            out = self.transform(image=image, mask=masks) if masks is not None else self.transform(image=image)
-            image, masks = out["image"], out.get("mask")
+            targets = {k: v for k, v in (("mask", masks), ("masks", soft)) if v is not None}
+            out = self.transform(image=image, **targets)
+            image, masks, soft = out["image"], out.get("mask"), out.get("masks")
         item = self._item(i, image)
+        if soft is not None:  # the teacher's (K, h, w) soft masks, moved with the image (kitlib.distill)
+            item["teacher"] = torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32))
         if masks is not None:
             if self.preset.task == "multiclass":
                 item["mask"] = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.int64))
@@ -150,7 +160,7 @@ class ClassificationDataset(_TableDataset):
         cache: an ``ImageCache`` holding these rows (images only).
     Items:
         ``image_id``: str; ``image``: (3, H, W) float32 tensor; ``label``: int64 scalar tensor in
-        0..num_classes-1 (only when the table has labels).
+        0..num_classes-1 (only when the table has labels); ``teacher`` (C,) float32 (``kitlib.distill``).
     Raises:
         ValueError: not a classification preset; labels outside 0..num_classes-1 (the message names an image_id).
         FileNotFoundError, ValueError: unreadable image at item time (the message names the image_id and path).

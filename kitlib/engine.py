@@ -44,6 +44,7 @@ from torch.utils.data.distributed import DistributedSampler
 from kitlib import checkpoint
 from kitlib._private import progress
 from kitlib.averaging import WeightAverage, recompute_bn
+from kitlib.distill import DistillationLoss
 from kitlib.hrnet_ocr import AuxSegLoss
 from kitlib.io import write_csv
 from kitlib.losses import SegClsLoss
@@ -89,14 +90,38 @@ def split_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return outputs, None
 
 
-def compute_loss(loss_fn: nn.Module, outputs: Any, target: torch.Tensor) -> torch.Tensor:
+def compute_loss(loss_fn: nn.Module, outputs: Any, target: torch.Tensor, teacher: torch.Tensor | None = None
+                 ) -> torch.Tensor:  # fmt: skip
     """The loss of one batch: ``loss_fn(mask_logits, cls_logits, masks)`` for a ``SegClsLoss`` (classification
     head), ``loss_fn(logits, aux_logits, masks)`` for an ``AuxSegLoss`` (HRNet-OCR's soft object regions, the second
-    output in train mode), else ``loss_fn(logits, target)`` (a head's logits, if any, are then ignored)."""
+    output in train mode), else ``loss_fn(logits, target)`` (a head's logits, if any, are then ignored). A
+    ``kitlib.distill.DistillationLoss`` gets its base loss computed so, and the batch's ``teacher`` probabilities."""
+    if isinstance(loss_fn, DistillationLoss):
+        return _distillation_loss(loss_fn, outputs, target, teacher)
     logits, cls_logits = split_outputs(outputs)
     if isinstance(loss_fn, (SegClsLoss, AuxSegLoss)):
         return loss_fn(logits.float(), None if cls_logits is None else cls_logits.float(), target)
     return loss_fn(logits.float(), target)
+
+
+def _distillation_loss(loss_fn: DistillationLoss, outputs: Any, target: torch.Tensor, teacher: torch.Tensor | None
+                       ) -> torch.Tensor:  # fmt: skip
+    """alpha * the base loss (as ``compute_loss`` computes it) + the soft term on the main logits; with
+    ``alpha == 1`` or no teacher (validation) exactly the base loss."""
+    hard = compute_loss(loss_fn.base, outputs, target)
+    return loss_fn(split_outputs(outputs)[0], target, teacher, hard_loss=hard)
+
+
+def _teacher_and_mix(batch: Mapping[str, Any], device: torch.device, images: torch.Tensor, target: torch.Tensor,
+                     mix: Callable | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """The batch's ``teacher`` probabilities on ``device`` (None without distillation), and the batch mix applied to
+    images, targets and teacher alike (``kitlib.mixes``: the same partner and lambda / box)."""
+    teacher = batch["teacher"].to(device, non_blocking=True) if "teacher" in batch else None
+    if mix is None:
+        return images, target, teacher
+    if teacher is None:
+        return (*mix(images, target), None)
+    return mix(images, target, teacher)
 
 
 def _decode_logits(logits: torch.Tensor, preset: Preset) -> np.ndarray:
@@ -133,7 +158,8 @@ def train_one_epoch(
     Args:
         model: returns logits or ``(mask_logits, cls_logits)``; may be wrapped in DDP (gradients of the batches
             between steps are then accumulated without an all-reduce, ``no_sync``).
-        loader: batches ``{"image", "mask" | "label"}``; a ``DistributedSampler`` gets ``set_epoch(epoch)``.
+        loader: batches ``{"image", "mask" | "label"}`` (and ``teacher`` when distilling, ``kitlib.distill``); a
+            ``DistributedSampler`` gets ``set_epoch(epoch)``.
         loss_fn: see ``compute_loss``; its ``last_values`` (terms of a ``WeightedSum`` / ``SegClsLoss``) are averaged
             into the result.
         optimizer, scheduler: the scheduler steps after every optimiser step.
@@ -148,7 +174,8 @@ def train_one_epoch(
         epoch: 0-based, for the sampler and error messages.
         desc: progress-bar label.
         mix: ``(images, labels) -> (images, targets)`` before the forward pass (a ``kitlib.mixes.BatchMix``: mixed
-            images and soft targets); None: batches as they come.
+            images and soft targets; ``mix(images, labels, teacher)`` when the batch has a teacher); None: batches as
+            they come.
     Returns:
         ``{"loss": mean over batches, "<term>": mean of each loss term, "grad_norm": mean pre-clip norm (when
         clipping)}`` of this process.
@@ -168,14 +195,13 @@ def train_one_epoch(
     bar = progress(loader, desc=desc, leave=False, delay=5, dynamic_ncols=True)
     for i, batch in enumerate(bar):
         images, target = to_device(batch, device, channels_last, key)
-        if mix is not None:
-            images, target = mix(images, target)
+        images, target, teacher = _teacher_and_mix(batch, device, images, target, mix)
         step_now = (i + 1) % accumulate == 0 or i + 1 == n_batches
         sync = nullcontext() if step_now or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with autocast(device, amp_dtype):
                 outputs = model(images)
-            loss = compute_loss(loss_fn, outputs, target)
+            loss = compute_loss(loss_fn, outputs, target, teacher)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"epoch {epoch}, batch {i}: loss is {loss.item()} (images {', '.join(batch['image_id'][:4])}); "

@@ -133,6 +133,8 @@ class BatchMix:
     Call:
         ``mix(images, labels)``: images (N, C_in, H, W) float, labels (N,) int64 -> ``(images, targets)``: a new
         mixed tensor and (N, C) float soft targets, or the inputs themselves when the batch is not mixed.
+        ``mix(images, labels, teacher)``: also a distillation teacher's (N, C) probabilities, mixed with the same
+        partner and lambda (``kitlib.distill``) -> ``(images, targets, teacher)``.
 
     Raises:
         ValueError: "none" or an unknown kind, prob outside [0, 1], alpha <= 0 (``check_mix``), num_classes < 2
@@ -149,13 +151,13 @@ class BatchMix:
         self.kind, self.num_classes, self.prob, self.alpha = kind, num_classes, float(prob), float(alpha)
         self.decay_power = decay_power
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None) -> tuple:
         if labels.dim() != 1 or labels.is_floating_point() or labels.size(0) != images.size(0):
             raise ValueError(
                 f"mixing needs int64 labels (N,) for {images.size(0)} images, got {labels.dtype} {tuple(labels.shape)}"
             )
         if np.random.rand() >= self.prob:  # noqa: NPY002 - the per-epoch seeded state
-            return images, labels
+            return (images, labels) if teacher is None else (images, labels, teacher)
         kind = self.kind
         if kind == "mixup_cutmix":
             kind = "cutmix" if np.random.rand() < 0.5 else "mixup"  # noqa: NPY002
@@ -173,7 +175,10 @@ class BatchMix:
             lam = float(mask_np.mean())
             mask = torch.from_numpy(mask_np).to(device=images.device, dtype=images.dtype)
             mixed = mask * images + (1.0 - mask) * other
-        return mixed, mix_targets(labels, self.num_classes, lam).to(images.device)
+        targets = mix_targets(labels, self.num_classes, lam).to(images.device)
+        if teacher is None:
+            return mixed, targets
+        return mixed, targets, lam * teacher + (1.0 - lam) * teacher.flip(0)  # the soft labels mixed as the labels
 
     def __repr__(self) -> str:
         return f"BatchMix({self.kind!r}, num_classes={self.num_classes}, prob={self.prob}, alpha={self.alpha})"
@@ -204,6 +209,8 @@ class SegmentationMix:
 
     Call:
         ``mix(images, masks)`` -> ``(images, masks)`` of the same shapes and dtypes, new tensors when mixed.
+        ``mix(images, masks, teacher)``: also a distillation teacher's (N, K, H, W) soft masks, given the same box or
+        the same pasted pixels (``kitlib.distill``) -> ``(images, masks, teacher)``.
 
     Raises:
         ValueError: an unknown kind, prob or alpha out of range (when built); masks that do not fit the images
@@ -226,13 +233,15 @@ class SegmentationMix:
         channels = masks[:, self.classes] if self.classes else masks
         return channels.amax(dim=1) > 0.5
 
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, teacher: torch.Tensor | None = None) -> tuple:
         n, _, h, w = images.shape
         if masks.dim() != (3 if self.multiclass else 4) or (masks.shape[0], *masks.shape[-2:]) != (n, h, w):
             want = "(N, H, W) class indices" if self.multiclass else "(N, K, H, W) channels"
             raise ValueError(f"masks {tuple(masks.shape)} do not fit images {tuple(images.shape)} ({want})")
+        if teacher is not None and (teacher.dim() != 4 or (teacher.shape[0], *teacher.shape[-2:]) != (n, h, w)):
+            raise ValueError(f"teacher {tuple(teacher.shape)} does not fit images {tuple(images.shape)} (N, K, H, W)")
         if np.random.rand() >= self.prob:  # noqa: NPY002 - the per-epoch seeded state
-            return images, masks
+            return (images, masks) if teacher is None else (images, masks, teacher)
         other_images, other_masks = images.flip(0), masks.flip(0)
         if self.kind == "cutmix":
             lam = float(np.random.beta(self.alpha, self.alpha))  # noqa: NPY002
@@ -240,11 +249,16 @@ class SegmentationMix:
             images, masks = images.clone(), masks.clone()
             images[:, :, y0:y1, x0:x1] = other_images[:, :, y0:y1, x0:x1]
             masks[..., y0:y1, x0:x1] = other_masks[..., y0:y1, x0:x1]
-            return images, masks
-        pasted = self._objects(other_masks)
-        images = torch.where(pasted[:, None], other_images, images)
-        masks = torch.where(pasted if self.multiclass else pasted[:, None], other_masks, masks)
-        return images, masks
+            if teacher is not None:  # the teacher's soft masks get the same box
+                teacher = teacher.clone()
+                teacher[..., y0:y1, x0:x1] = teacher.flip(0)[..., y0:y1, x0:x1]
+        else:
+            pasted = self._objects(other_masks)
+            images = torch.where(pasted[:, None], other_images, images)
+            masks = torch.where(pasted if self.multiclass else pasted[:, None], other_masks, masks)
+            if teacher is not None:  # the pasted objects bring their teacher's probabilities
+                teacher = torch.where(pasted[:, None], teacher.flip(0), teacher)
+        return (images, masks) if teacher is None else (images, masks, teacher)
 
     def __repr__(self) -> str:
         return f"SegmentationMix({self.kind!r}, multiclass={self.multiclass}, prob={self.prob}, classes={self.classes})"

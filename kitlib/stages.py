@@ -212,6 +212,7 @@ class TrainConfig(_ExperimentStage):
         self._check_heads()
         self._check_loss()
         self._check_mix()
+        self._check_distill()
         from kitlib.tta import check_tta  # torch: only when a training run is configured
 
         check_tta(v["tta"], v["tta_weight"], segmentation=self.model_preset.is_segmentation)
@@ -310,6 +311,17 @@ class TrainConfig(_ExperimentStage):
             raise ValueError(f"{self.stage}: mix_off_epochs {v['mix_off_epochs']} leaves none of the {v['epochs']} "
                              f"epochs mixed (mix {v['mix']!r})")  # fmt: skip
 
+    def _check_distill(self) -> None:
+        """``distill_alpha`` in [0, 1], ``distill_temperature`` > 0, a teacher other than this experiment (its files
+        are checked when the fold trains: ``kitlib.distill.load_teacher``)."""
+        v = self._values
+        if not 0.0 <= v.get("distill_alpha", 0.5) <= 1.0:
+            raise ValueError(f"{self.stage}: distill_alpha must be in [0, 1], got {v['distill_alpha']}")
+        if not v.get("distill_temperature", 1.0) > 0:
+            raise ValueError(f"{self.stage}: distill_temperature must be > 0, got {v['distill_temperature']}")
+        if v.get("distill_from") and v["distill_from"] == v["exp"]:
+            raise ValueError(f"{self.stage}: distill_from names this experiment ({v['exp']!r}); name the teacher")
+
     @property
     def fold_dir(self) -> Path:
         """``<artifacts_root>/<exp>/fold<k>/``."""
@@ -386,6 +398,9 @@ class TrainConfig(_ExperimentStage):
             fields["augment_pipeline"] = self.augment_pipeline
         if not fields.get("native_scale"):  # a config saved before native_scale existed keeps its run_id
             fields.pop("native_scale", None)
+        if not fields.get("distill_from"):  # no teacher: alpha and T change nothing (and older run_ids stay)
+            for name in ("distill_from", "distill_alpha", "distill_temperature"):
+                fields.pop(name, None)
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

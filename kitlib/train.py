@@ -37,6 +37,7 @@ import torch
 from kitlib import engine
 from kitlib.cache import build_cache
 from kitlib.data import build_transforms, make_dataset, normalization_for
+from kitlib.distill import attach_teacher, distill_loss, load_teacher
 from kitlib.experiment import fold_split, load_table
 from kitlib.formats import class_presence
 from kitlib.hrnet_ocr import AuxSegLoss, HRNetOCR
@@ -205,7 +206,7 @@ def _loaders(cfg: TrainConfig, full_df: pd.DataFrame, train_df: pd.DataFrame, va
     size = (cfg.height, cfg.width, mean, std, cfg.augment_pipeline)
     train_tf = build_transforms("train", *size, crop=cfg.crop, resize=cfg.resize)
     valid_tf = build_transforms("valid", *size, resize=cfg.resize)
-    train_ds = make_dataset(train_df, cfg.model_preset, train_tf, cache)
+    train_ds = attach_teacher(make_dataset(train_df, cfg.model_preset, train_tf, cache), load_teacher(cfg, train_df))
     valid_ds = make_dataset(valid_df, cfg.model_preset, valid_tf, cache)
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed, cfg.num_workers, info, drop_last=None,
                                weights=sample_weights(cfg, train_df))  # fmt: skip
@@ -306,7 +307,8 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
     )  # fmt: skip
     result = engine.fit(
-        model, train_loader, valid_loader, build_loss(cfg, unwrap(model)), optimizer, cfg, fold_dir, model_config,
+        model, train_loader, valid_loader, distill_loss(cfg, build_loss(cfg, unwrap(model))), optimizer, cfg, fold_dir,
+        model_config,
         device, scheduler=scheduler, run_id=run_id, extra={"fold": cfg.fold, "preset": cfg.preset.name, "exp": cfg.exp},
         stop_after_epoch=stop_after_epoch,
     )  # fmt: skip

@@ -91,6 +91,10 @@ mix_prob: Optional[float] = None  # probability that a training batch is mixed
 mix_alpha: Optional[float] = None  # lambda ~ Beta(mix_alpha, mix_alpha)
 mix_off_epochs: Optional[int] = None  # the last N epochs train unmixed (Cassava top solutions)
 mix_classes: Optional[list] = None  # copy_paste: class names or indices of the preset's classes; []: every class
+distill_from: str = ""  # knowledge distillation: the teacher experiment (or ensemble) whose gathered OOF probs
+# (artifacts/<teacher>/oof_probs.npy from 20_oof; same folds.csv recommended) are soft labels; "": none
+distill_alpha: float = 0.5  # weight of the hard-label loss; the soft term (KL at distill_temperature) weighs 1 - alpha
+distill_temperature: float = 1.0  # T of Hinton et al. 2015 on teacher and student; the soft term is scaled by T^2
 oversample_classes: Optional[list] = None  # images holding any of these classes are drawn oversample_factor times
 oversample_factor: Optional[float] = None  # ... as often as the others (with replacement); 1: every image once
 monitor: Optional[str] = None  # history column that picks best.pt; "": valid_<metric>
