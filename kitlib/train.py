@@ -270,7 +270,8 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         at the scoring resolution (None when stopped early by ``stop_after_epoch``).
     Raises:
         FileNotFoundError: no ``folds.csv`` for the experiment.
-        ValueError: a fold that does not exist.
+        ValueError: a fold that does not exist; a ``distill_from`` teacher whose OOF does not fit the fold
+            (``kitlib.distill.load_teacher``).
         NonFiniteLossError: the loss became NaN/inf.
     """
     info, device = init_distributed(cfg.device)

@@ -5,6 +5,7 @@ mixes of the teacher, the teacher's soft masks moved with the image, the teacher
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import albumentations as A
@@ -16,11 +17,11 @@ from torch.nn import functional as F
 
 from kitlib import distill, engine, train
 from kitlib.class_losses import CrossEntropyLoss
-from kitlib.data import SegmentationDataset
+from kitlib.data import SegmentationDataset, make_dataset
 from kitlib.demo import make_demo
 from kitlib.distill import DistillationLoss, TeacherProbs, attach_teacher, load_teacher, soft_kl
 from kitlib.formats import load_competition
-from kitlib.io import write_csv
+from kitlib.io import write_csv, write_json
 from kitlib.losses import SoftBCELoss
 from kitlib.mixes import BatchMix, SegmentationMix
 from kitlib.params import _cell_source
@@ -232,6 +233,23 @@ def test_soft_mask_is_resized_to_the_image(tmp_path):
         teacher.soft_mask("b", (5, 10))
 
 
+def test_vector_teachers_reach_presence_items_and_workers_copy_no_rows(tmp_path):
+    """A presence student's items get the teacher's (K,) row; a pickled teacher (a DataLoader worker's copy) carries
+    the file name, not the memmap."""
+    data = make_demo(tmp_path / "data", n_train=3, n_test=1, height=32, width=48)
+    df = load_competition(PRESETS["demo"], data)
+    rows = np.arange(12, dtype=np.float32).reshape(3, 4) / 12
+    teacher = TeacherProbs(tmp_path / "oof_probs.npy", df["image_id"].tolist(), spatial=False)
+    np.save(tmp_path / "oof_probs.npy", rows)
+    dataset = attach_teacher(make_dataset(df, PRESETS["demo"].presence()), teacher)
+    item = dataset[2]
+    assert item["mask"].shape == (4,)
+    torch.testing.assert_close(item["teacher"], torch.from_numpy(rows[2]))
+    copy = pickle.loads(pickle.dumps(teacher))
+    assert copy._probs is None and teacher._probs is not None
+    np.testing.assert_array_equal(copy.vector(df["image_id"][1]), rows[1])
+
+
 # ------------------------------------------------------------------------------------------------ the teacher's checks
 
 
@@ -260,6 +278,12 @@ def test_load_teacher_checks_the_oof(cassava_exp, caplog):  # noqa: F811
     first = train_df["image_id"].iloc[0]
     assert teacher.vector(first).shape == (5,) and teacher.vector(first).dtype == np.float32
     assert load_teacher(cassava_config(cassava_exp, "student"), train_df) is None
+    blend = root / "blend"  # an ensemble (30_ensemble): its members' folds.csv say which model predicted each row
+    blend.mkdir()
+    for name in ("oof_probs.npy", "oof_ids.csv"):
+        (blend / name).write_bytes((root / "teacher_ok" / name).read_bytes())
+    write_json(blend / "weights.json", {"exps": ["teacher_ok"], "weights": [1.0]})
+    assert load_teacher(cassava_config(cassava_exp, "student", distill_from="blend"), train_df).path.parent == blend
 
     _fake_teacher(root, "teacher_short", cfg.exp_dir / "folds.csv", drop=3)
     gone = pd.read_csv(cfg.exp_dir / "folds.csv", dtype=str)["image_id"].iloc[:3]
