@@ -11,13 +11,11 @@ Segmentation losses take a ``mode``, in smp's words; a preset's ``task`` is that
 (``create_loss("dice", mode=preset.task)``):
 
 - ``"binary"``: logits (N, 1, H, W); masks (N, 1, H, W) or (N, H, W) in {0, 1}.
-- ``"multilabel"``: logits (N, K, H, W); masks (N, K, H, W) float in {0, 1}, classes may overlap (Understanding
-  Clouds).
+- ``"multilabel"``: logits (N, K, H, W); masks (N, K, H, W) float in {0, 1}, classes may overlap (Clouds).
 - ``"multiclass"``: logits (N, C, H, W); masks (N, H, W) int64 class indices, background 0 (trash contest).
 
-Classification losses take logits (N, C) and int64 labels (N,) (Cassava) or soft targets (N, C) float (the batch
-mixes of ``kitlib.mixes``), and a ``weight`` per class. ``loss_parameters(name)`` lists the keywords a loss takes
-(what ``loss_kwargs`` may hold), ``check_loss_kwargs`` refuses others before anything is built.
+Classification losses take logits (N, C) and int64 labels (N,) (Cassava) or soft targets (N, C) float (batch mixes),
+and a ``weight`` per class. ``loss_parameters(name)`` lists a loss's keywords, ``check_loss_kwargs`` refuses others.
 
 Usage::
 
@@ -552,16 +550,19 @@ RECIPES: dict[str, LossRecipe] = {
         source="Understanding Clouds 6th place: BCE 0.2 + Dice 0.8.",
     ),
     "trash_ce_dice": LossRecipe(
-        terms={"soft_ce": 0.8, "dice": 0.2}, mode="multiclass",
+        terms={"soft_ce": 0.8, "dice": 0.2},
+        mode="multiclass",
         source="Trash-sorting contest (boostcamp AI Tech): DiceCE with lambda 0.8, lambda * CE + (1 - lambda) * Dice.",
     ),  # fmt: skip
     "trash_ce_dice_ssim": LossRecipe(
-        terms={"soft_ce": 0.75, "dice": 0.25, "ssim": 0.25}, mode="multiclass",
+        terms={"soft_ce": 0.75, "dice": 0.25, "ssim": 0.25},
+        mode="multiclass",
         source="Trash-sorting contest: CE 0.75 + Dice 0.25 + SSIM 0.25, the 1st place's TripleLoss weights (bcaitech1 "
         "p3-ims-obd-multihead_ensemble); SSIM on the softmax probabilities, so it has a gradient (theirs: argmax).",
     ),  # fmt: skip
     "trash_1st_triple": LossRecipe(
-        terms={"focal_ce": (0.75, {"alpha": 0.25, "gamma": 2.0}), "dice": 0.25, "ssim": 0.25}, mode="multiclass",
+        terms={"focal_ce": (0.75, {"alpha": 0.25, "gamma": 2.0}), "dice": 0.25, "ssim": 0.25},
+        mode="multiclass",
         source="Trash-sorting 1st place TripleLoss: focal (alpha 0.25, gamma 2) 0.75 + Dice 0.25 + SSIM 0.25.",
     ),  # fmt: skip
     "trash_focal_dice": LossRecipe(

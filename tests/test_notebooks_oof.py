@@ -43,8 +43,14 @@ def _common(trained) -> dict:
 
 def test_20_oof(trained, tmp_path):
     triplet = dict(triplet=True, top_thresholds="0.5,0.6", min_contour_areas="0,50", bottom_thresholds="0.4")
-    crf = dict(crf=True, crf_images=4, crf_bilateral_sxy="20", crf_bilateral_srgb="13", crf_bilateral_compat="3,10",
-               youden=False)  # the Youden thresholds would join the grid (30_ensemble runs them)
+    crf = dict(
+        crf=True,
+        crf_images=4,
+        crf_bilateral_sxy="20",
+        crf_bilateral_srgb="13",
+        crf_bilateral_compat="3,10",
+        youden=False,
+    )  # the Youden thresholds would join the grid (30_ensemble runs them)
     run_notebook("20_oof", tmp_path / "oof.ipynb", exp="a", thresholds="0.3,0.5", min_areas="0,20", **triplet,
                  **crf, **_common(trained))  # fmt: skip
     exp_dir = Path(trained["artifacts_root"]) / "a"
