@@ -50,6 +50,7 @@ from kitlib.losses import SegClsLoss
 from kitlib.mixes import BatchMix, SegmentationMix, make_mix
 from kitlib.optim import make_ema, steps_per_epoch_only
 from kitlib.presets import Preset
+from kitlib.pseudo import ignore_pixels
 from kitlib.runtime import (
     WeightedShardSampler,
     all_reduce,
@@ -92,8 +93,10 @@ def split_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
 def compute_loss(loss_fn: nn.Module, outputs: Any, target: torch.Tensor) -> torch.Tensor:
     """The loss of one batch: ``loss_fn(mask_logits, cls_logits, masks)`` for a ``SegClsLoss`` (classification
     head), ``loss_fn(logits, aux_logits, masks)`` for an ``AuxSegLoss`` (HRNet-OCR's soft object regions, the second
-    output in train mode), else ``loss_fn(logits, target)`` (a head's logits, if any, are then ignored)."""
+    output in train mode), else ``loss_fn(logits, target)`` (a head's logits, if any, are then ignored). Mask pixels
+    of ``kitlib.presets.IGNORE_INDEX`` (pseudo masks) give no gradient (``kitlib.pseudo.ignore_pixels``)."""
     logits, cls_logits = split_outputs(outputs)
+    logits, target = ignore_pixels(logits, target)  # pseudo masks' IGNORE_INDEX pixels: no gradient
     if isinstance(loss_fn, (SegClsLoss, AuxSegLoss)):
         return loss_fn(logits.float(), None if cls_logits is None else cls_logits.float(), target)
     return loss_fn(logits.float(), target)

@@ -49,6 +49,8 @@ from kitlib.runtime import barrier, init_distributed, make_loader, resolve_amp, 
 from kitlib.scoring import score_oof
 from kitlib.stages import TrainConfig
 from kitlib.targets import TargetMasks, scoring_size
+from kitlib.train_rows import add_train_rows
+from kitlib.train_rows import cache_dir as train_cache_dir
 
 __all__ = [
     "build_loss", "build_model", "fold_run_id", "fold_tables", "init_model", "launch_distributed", "sample_weights",
@@ -192,7 +194,7 @@ def _loaders(cfg: TrainConfig, full_df: pd.DataFrame, train_df: pd.DataFrame, va
     """Training and validation loaders (from the on-disk cache when ``cfg.cache``; rank 0 builds it)."""
     cache = None
     if cfg.cache:
-        cache_dir = cfg.artifacts_dir / "cache" / f"{cfg.preset.name}_{cfg.height}x{cfg.width}"
+        cache_dir = train_cache_dir(cfg, full_df)
         if info.is_main:
             cache = build_cache(
                 full_df, cfg.preset, cache_dir, cfg.height, cfg.width, num_workers=cfg.num_workers or None
@@ -284,6 +286,7 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
     barrier()
 
     full_df, train_df, valid_df = fold_tables(cfg)
+    full_df, train_df = add_train_rows(cfg, full_df, train_df)  # extra_data, pseudo_from: training rows only
     train_loader, valid_loader = _loaders(cfg, full_df, train_df, valid_df, info)
     seed_everything(cfg.seed)
     model, model_config = build_model(cfg)
