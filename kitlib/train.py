@@ -49,7 +49,7 @@ from kitlib.runtime import barrier, init_distributed, make_loader, resolve_amp, 
 from kitlib.scoring import score_oof
 from kitlib.stages import TrainConfig
 from kitlib.targets import TargetMasks, scoring_size
-from kitlib.train_rows import add_train_rows
+from kitlib.train_rows import add_train_rows, sources_stamp
 from kitlib.train_rows import cache_dir as train_cache_dir
 
 __all__ = [
@@ -168,10 +168,12 @@ def build_loss(cfg: TrainConfig, model: torch.nn.Module | None = None) -> torch.
 
 
 def fold_run_id(cfg: TrainConfig) -> str:
-    """``cfg.run_id()`` combined with the content of the experiment's ``folds.csv``: a new split is a new run."""
+    """``cfg.run_id()`` combined with the content of the experiment's ``folds.csv`` and the files of its train-only
+    rows (``kitlib.train_rows.sources_stamp``): a new split, new extra labels or new test probabilities: a new run."""
     folds_path = cfg.exp_dir / "folds.csv"
     folds = hashlib.sha256(folds_path.read_bytes()).hexdigest() if folds_path.is_file() else "no-folds"
-    return hashlib.sha256(f"{cfg.run_id()}:{folds}".encode()).hexdigest()[:16]
+    rows = sources_stamp(cfg)  # extra_data / pseudo_from files: "" for a plain run
+    return hashlib.sha256(f"{cfg.run_id()}:{folds}{':' + rows if rows else ''}".encode()).hexdigest()[:16]
 
 
 def _set_aside_other_run(fold_dir: Path, run_id: str) -> None:

@@ -51,7 +51,7 @@ from kitlib.pseudo import pseudo_labels, pseudo_masks
 from kitlib.runtime import barrier, dist_info
 from kitlib.stages import TrainConfig
 
-__all__ = ["EXTRA_PREFIX", "PSEUDO_PREFIX", "add_train_rows", "cache_dir", "class_map", "train_rows"]
+__all__ = ["EXTRA_PREFIX", "PSEUDO_PREFIX", "add_train_rows", "cache_dir", "class_map", "sources_stamp", "train_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,23 @@ def add_train_rows(cfg: TrainConfig, full: pd.DataFrame, train: pd.DataFrame) ->
              "competition's", cfg.fold, len(rows), sources, len(train) - len(rows),
              int((full["fold"] == cfg.fold).sum()))  # fmt: skip
     return full, train
+
+
+def sources_stamp(cfg: TrainConfig) -> str:
+    """What the train-only rows were read from, as text for ``kitlib.train.fold_run_id``: the extra set's label file and
+    ``pseudo_from``'s ``test_probs.npy`` (path, size, mtime), so new extra labels or a new round of test probabilities
+    retrain a finished fold; "" without train-only rows (the run ids of plain runs stay as they were)."""
+    paths = []
+    if cfg.extra_data:
+        data_dir = project_path(cfg.extra_data)
+        paths.append(data_dir / (cfg.extra_label_file or cfg.extra_source_preset.label_file))
+    if cfg.pseudo_from:
+        paths.append(cfg.artifacts_dir / cfg.pseudo_from / "test_probs.npy")
+    stamps = []
+    for path in paths:
+        st = path.stat() if path.exists() else None
+        stamps.append(f"{path}:{st.st_size}:{st.st_mtime_ns}" if st else f"{path}:absent")
+    return ";".join(stamps)
 
 
 def cache_dir(cfg: TrainConfig, full: pd.DataFrame) -> Path:

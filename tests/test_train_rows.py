@@ -225,9 +225,13 @@ def test_pseudo_masks_train_and_stay_out_of_the_oof(seg_exp, monkeypatch):
         np.testing.assert_array_equal(mask == IGNORE_INDEX, np.maximum(p, 1 - p) < 0.8)
         np.testing.assert_array_equal(mask[mask != IGNORE_INDEX], (p >= 0.5)[mask != IGNORE_INDEX])
     seen = _recording(monkeypatch)
+    run_id = train.fold_run_id(cfg)
+    assert run_id != train.fold_run_id(_seg_config(seg_exp, exp="seg"))
     train.train_fold(cfg)
     oof_ids = pd.read_csv(cfg.fold_dir / "oof_ids.csv", dtype=str)["image_id"].tolist()
     assert not any(i.startswith("pseudo/") for i in oof_ids + seen[-1])
+    np.save(source / "test_probs.npy", 255 - probs)  # a new round of test probabilities: a new run of the fold
+    assert train.fold_run_id(cfg) != run_id
     assert {f"pseudo/{i}" for i in test["image_id"]} <= set(seen[-2])
     cache = ImageCache.open(cfg.artifacts_dir / "cache" / "demo_64x96_rows-seg")
     cached = np.asarray(cache.masks[cache.row(rows["image_id"][0])])  # 64x96 images: nearest keeps 255
