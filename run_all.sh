@@ -26,6 +26,12 @@
 #                     20_oof) that 20_oof and 30_ensemble try as the gate of this experiment's masks
 #   --until NB        stop after this notebook (00_eda, 10_train, 20_oof, 30_ensemble), e.g. 20_oof for a presence
 #                     classifier, which gates another experiment and submits nothing itself
+#   --pseudo-from EXP the pseudo-label round: the folds of 10_train get `pseudo_from EXP` (an experiment, or an
+#                     ensemble with weights.json, of the same competition): its confident test predictions join every
+#                     fold's training set as train-only rows (kitlib.train_rows; never held out, never in the OOF).
+#                     When artifacts/EXP/test_probs.npy is missing, 40_submit of EXP runs first with save_probs true
+#                     (into runs/EXP/40_submit_probs.ipynb). Name the new experiment with --exp; its 00_eda writes the
+#                     competition's folds as usual. pseudo_threshold / pseudo_soft go in --params
 #   --force           rerun notebooks that already completed
 #
 # Resumable: each notebook that completes writes runs/NAME/.done/<notebook> last, holding a hash of the notebook
@@ -37,6 +43,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 source scripts/bootstrap.sh
 
 preset=demo data="" exp="" folds=5 label_file="" params_file="" force=0 gpus="" ensemble="" gate_exp="" until=""
+pseudo_from=""
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,6 +57,7 @@ while [ $# -gt 0 ]; do
     --ensemble) ensemble="$2"; shift 2 ;;
     --gate-exp) gate_exp="$2"; shift 2 ;;
     --until) until="$2"; shift 2 ;;
+    --pseudo-from) pseudo_from="$2"; shift 2 ;;
     --force) force=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -90,6 +98,10 @@ common=(--set exp "$exp" --set preset "$preset" --set data_dir "$data" --set n_f
 progress=(--no-progress-bar); [ -t 2 ] && progress=(--progress-bar)
 device=(); [ -z "$gpus" ] || device=(--set device cuda)
 gate=(); [ -z "$gate_exp" ] || gate=(--set gate_exp "$gate_exp")
+pseudo=(); [ -z "$pseudo_from" ] || pseudo=(--set pseudo_from "$pseudo_from")
+if [ -n "$pseudo_from" ] && [ "$pseudo_from" = "$exp" ]; then
+  echo "error: --pseudo-from $pseudo_from names this experiment; name the pseudo-label round with --exp" >&2; exit 2
+fi
 mkdir -p "$runs/.params"
 
 # run_notebook NAME OUTPUT_STEM [--set NAME VALUE ...]
@@ -128,10 +140,23 @@ kill_tree() {
   for pid in $(tree_pids "$1"); do kill -TERM "$pid" 2>/dev/null || true; done
 }
 
+# pseudo_probs: artifacts/<--pseudo-from>/test_probs.npy, written by 40_submit of that experiment (or ensemble) with
+# save_probs true when it is missing (into runs/<--pseudo-from>/).
+pseudo_probs() {
+  [ -n "$pseudo_from" ] && [ ! -f "artifacts/$pseudo_from/test_probs.npy" ] || return 0
+  [ -d "artifacts/$pseudo_from" ] || { echo "error: --pseudo-from: no artifacts/$pseudo_from/" >&2; exit 2; }
+  local source=(--set exp "$pseudo_from" --set save_probs true --set n_folds 0)
+  [ ! -f "artifacts/$pseudo_from/weights.json" ] || source+=(--set ensemble "$pseudo_from")
+  mkdir -p "runs/$pseudo_from/.done" "runs/$pseudo_from/.params"
+  runs="runs/$pseudo_from" run_notebook 40_submit 40_submit_probs "${device[@]}" "${source[@]}"
+}
+
 # run_folds: the folds of 10_train; with --gpus, GPU i runs folds i, i+G, ... while the other GPUs run theirs.
 run_folds() {
   if [ -z "$gpus" ]; then
-    for ((fold = 0; fold < folds; fold++)); do run_notebook 10_train "10_train_fold$fold" "${device[@]}" --set fold "$fold"; done
+    for ((fold = 0; fold < folds; fold++)); do
+      run_notebook 10_train "10_train_fold$fold" "${device[@]}" "${pseudo[@]}" --set fold "$fold"
+    done
     return 0
   fi
   local ids pids=() i gpu
@@ -141,7 +166,7 @@ run_folds() {
     (
       export CUDA_VISIBLE_DEVICES="$gpu"
       for ((fold = i; fold < folds; fold += ${#ids[@]})); do
-        run_notebook 10_train "10_train_fold$fold" "${device[@]}" --set fold "$fold"
+        run_notebook 10_train "10_train_fold$fold" "${device[@]}" "${pseudo[@]}" --set fold "$fold"
       done
     ) &
     pids+=($!)
@@ -166,6 +191,7 @@ run_folds() {
 for name in 00_eda 10_train 20_oof 30_ensemble 40_submit; do
   [ -f "notebooks/$name.py" ] || continue
   if [ "$name" = 10_train ]; then
+    pseudo_probs
     run_folds
   elif [ "$name" = 00_eda ]; then
     run_notebook "$name" "$name"

@@ -86,12 +86,37 @@ def _read_image(image_id: str, path: str) -> np.ndarray:
 
 
 def _read_target_masks(row: pd.Series, preset: Preset) -> np.ndarray:
-    """(H, W, K) uint8 {0,1} for binary/multilabel, (H, W) uint8 class indices for multiclass."""
+    """(H, W, K) uint8 {0,1} for binary/multilabel, (H, W) uint8 class indices for multiclass; a train-only row's
+    target file (``formats.TARGET_FILE_COLUMN``) may also hold ``IGNORE_INDEX`` (``_read_target_file``)."""
+    target_file = row.get(formats.TARGET_FILE_COLUMN)
+    if isinstance(target_file, str) and target_file:
+        return _read_target_file(row, preset, target_file)
     try:
         masks = formats.load_masks(row, preset)
     except (OSError, ValueError) as e:
         raise _with_context(e, f"masks of image {row['image_id']!r} ({row['image_path']})") from e
     return formats.masks_to_label_map(masks) if preset.task == "multiclass" else masks
+
+
+def _read_target_file(row: pd.Series, preset: Preset, path: str) -> np.ndarray:
+    """A train-only row's masks from its ``.npz`` (key "mask", written by ``kitlib.train_rows``): the cache's format,
+    values {0, 1} or class indices and ``kitlib.presets.IGNORE_INDEX``, at the image's size or lower (pseudo masks are
+    at the scoring size); resized to the row's (height, width) with nearest neighbours, which keeps every value.
+
+    Raises:
+        FileNotFoundError: no such file; ValueError: no "mask" array, or one of another shape (names the image).
+    """
+    h, w = int(row["height"]), int(row["width"])
+    try:
+        with np.load(path) as archive:
+            mask = np.asarray(archive["mask"], dtype=np.uint8)
+    except (OSError, KeyError, ValueError) as e:
+        raise _with_context(e, f"target file of image {row['image_id']!r} ({path})") from e
+    k = () if preset.task == "multiclass" else (len(preset.target_classes),)
+    if mask.ndim != 2 + len(k) or mask.shape[2:] != k:
+        raise ValueError(f"target file of image {row['image_id']!r} ({path}): mask {mask.shape}, expected (H, W"
+                         f"{', ' + str(k[0]) if k else ''}) for preset {preset.name!r}")  # fmt: skip
+    return _resize(mask, h, w, cv2.INTER_NEAREST)
 
 
 def _check_same_size(row: pd.Series, image: np.ndarray, masks: np.ndarray) -> None:
@@ -130,9 +155,12 @@ def table_fingerprint(df: pd.DataFrame, preset: Preset) -> str:
     targets = _target_columns(df, preset)
     table = df[[*_BASE_COLUMNS, *targets]]
     table = table.astype(object).where(table.notna(), "").astype(str).sort_values("image_id", kind="stable")
-    stat_columns = ["image_path"] + (["mask_path"] if "mask_path" in targets else [])
-    for column in stat_columns:
-        stats = [_stat(image_id, path) for image_id, path in zip(table["image_id"], table[column], strict=True)]
+    train_only = [formats.TARGET_FILE_COLUMN] if formats.TARGET_FILE_COLUMN in df.columns else []
+    table = table.join(df.loc[table.index, train_only].astype(object).fillna("").astype(str))
+    stat_columns = ["image_path"] + (["mask_path"] if "mask_path" in targets else []) + train_only
+    for column in stat_columns:  # a train-only row has no mask_path, a competition row no target file
+        stats = [_stat(image_id, path) if path or column == "image_path" else ""
+                 for image_id, path in zip(table["image_id"], table[column], strict=True)]  # fmt: skip
         table[f"{column}_stat"] = stats
     header = {
         "version": _CACHE_VERSION,

@@ -31,7 +31,8 @@ from kitlib.cache import (
     _read_target_masks,
     _target_columns,
 )
-from kitlib.presets import Preset
+from kitlib.formats import SOFT_LABEL_COLUMN
+from kitlib.presets import IGNORE_INDEX, Preset
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -160,7 +161,9 @@ class ClassificationDataset(_TableDataset):
         cache: an ``ImageCache`` holding these rows (images only).
     Items:
         ``image_id``: str; ``image``: (3, H, W) float32 tensor; ``label``: int64 scalar tensor in
-        0..num_classes-1 (only when the table has labels); ``teacher`` (C,) float32 (``kitlib.distill``).
+        0..num_classes-1 (only when the table has labels), or (C,) float32 soft targets for every row when some row
+        holds a soft label (``formats.SOFT_LABEL_COLUMN``: pseudo-labels; the hard rows one-hot); ``teacher`` (C,)
+        float32 (``kitlib.distill``).
     Raises:
         ValueError: not a classification preset; labels outside 0..num_classes-1 (the message names an image_id).
         FileNotFoundError, ValueError: unreadable image at item time (the message names the image_id and path).
@@ -181,15 +184,41 @@ class ClassificationDataset(_TableDataset):
                     f"0..{self.preset.num_classes - 1}; {int(bad.sum())} such row(s)"
                 )
             self.labels = labels.to_numpy(np.int64)
+        self.soft = _soft_rows(self.df, self.labels, self.preset) if self.labels is not None else None
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image = self._image(i)
         if self.transform is not None:
             image = self.transform(image=image)["image"]
         item = self._item(i, image)
-        if self.labels is not None:
+        if self.soft is not None:
+            item["label"] = torch.from_numpy(self.soft[i])
+        elif self.labels is not None:
             item["label"] = torch.tensor(self.labels[i], dtype=torch.int64)
         return item
+
+
+def _soft_rows(df: pd.DataFrame, labels: np.ndarray, preset: Preset) -> np.ndarray | None:
+    """(n, C) float32 targets of a table with soft label rows (``formats.SOFT_LABEL_COLUMN``, train-only pseudo rows):
+    each soft row as it is, the hard labels one-hot; None when no row is soft (labels stay int64).
+
+    Raises:
+        ValueError: a soft row that is not C finite non-negative values (the message names the image_id).
+    """
+    if SOFT_LABEL_COLUMN not in df.columns or not df[SOFT_LABEL_COLUMN].map(_is_row).any():
+        return None
+    out = np.eye(preset.num_classes, dtype=np.float32)[labels]
+    for i in np.flatnonzero(df[SOFT_LABEL_COLUMN].map(_is_row).to_numpy()):
+        row = np.asarray(df[SOFT_LABEL_COLUMN].iat[i], dtype=np.float32)
+        if row.shape != (preset.num_classes,) or not np.isfinite(row).all() or (row < 0).any():
+            raise ValueError(f"image {df['image_id'].iat[i]!r}: soft label {row.tolist()} is not "
+                             f"{preset.num_classes} non-negative probabilities")  # fmt: skip
+        out[i] = row
+    return out
+
+
+def _is_row(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))
 
 
 class PresenceDataset(Dataset):
@@ -228,7 +257,8 @@ class PresenceDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.dataset[i]
         if "mask" in item:
-            item["mask"] = (item["mask"].flatten(1).amax(1) > 0.5).float()
+            mask = item["mask"].flatten(1)
+            item["mask"] = ((mask > 0.5) & (mask != IGNORE_INDEX)).any(1).float()  # a pseudo mask's ignored pixels: 0
         return item
 
 

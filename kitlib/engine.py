@@ -51,6 +51,7 @@ from kitlib.losses import SegClsLoss
 from kitlib.mixes import BatchMix, SegmentationMix, make_mix
 from kitlib.optim import make_ema, steps_per_epoch_only
 from kitlib.presets import Preset
+from kitlib.pseudo import ignore_pixels
 from kitlib.runtime import (
     WeightedShardSampler,
     all_reduce,
@@ -94,11 +95,13 @@ def compute_loss(loss_fn: nn.Module, outputs: Any, target: torch.Tensor, teacher
                  ) -> torch.Tensor:  # fmt: skip
     """The loss of one batch: ``loss_fn(mask_logits, cls_logits, masks)`` for a ``SegClsLoss`` (classification
     head), ``loss_fn(logits, aux_logits, masks)`` for an ``AuxSegLoss`` (HRNet-OCR's soft object regions, the second
-    output in train mode), else ``loss_fn(logits, target)`` (a head's logits, if any, are then ignored). A
+    output in train mode), else ``loss_fn(logits, target)`` (a head's logits, if any, are then ignored). Mask pixels
+    of ``kitlib.presets.IGNORE_INDEX`` (pseudo masks) give no gradient (``kitlib.pseudo.ignore_pixels``). A
     ``kitlib.distill.DistillationLoss`` gets its base loss computed so, and the batch's ``teacher`` probabilities."""
     if isinstance(loss_fn, DistillationLoss):
         return _distillation_loss(loss_fn, outputs, target, teacher)
     logits, cls_logits = split_outputs(outputs)
+    logits, target = ignore_pixels(logits, target)  # pseudo masks' IGNORE_INDEX pixels: no gradient
     if isinstance(loss_fn, (SegClsLoss, AuxSegLoss)):
         return loss_fn(logits.float(), None if cls_logits is None else cls_logits.float(), target)
     return loss_fn(logits.float(), target)

@@ -48,6 +48,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BASE_COLUMNS = ("image_id", "image_path", "height", "width")
+#: Columns that only train-only rows fill (``kitlib.train_rows``; "" / None on the competition's rows): a target file
+#: (``.npz`` of the cache's mask format, ``kitlib.cache``) standing for the preset's target columns, a soft label row
+#: (C,) float32 beside the hard ``label``, and the marker of the rows that join every fold's training set only.
+TARGET_FILE_COLUMN = "target_file"
+SOFT_LABEL_COLUMN = "soft_label"
+TRAIN_ONLY_COLUMN = "train_only"
 
 
 def target_columns(preset: Preset) -> list[str]:

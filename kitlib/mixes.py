@@ -79,13 +79,14 @@ def mix_targets(labels: torch.Tensor, num_classes: int, lam: float) -> torch.Ten
     """Soft targets of a batch mixed with itself reversed: lam * one_hot(y_i) + (1 - lam) * one_hot(y_{N-1-i}).
 
     Args:
-        labels: (N,) int64 in 0..num_classes-1.
+        labels: (N,) int64 in 0..num_classes-1, or (N, C) float soft rows (pseudo-labels), mixed linearly the same way.
         num_classes: C.
         lam: share of each sample's own image, in [0, 1].
     Returns:
-        (N, C) float32, rows summing to 1; sample i has mass lam on y_i (plus 1 - lam when y_{N-1-i} = y_i).
+        (N, C) float32, rows summing to 1 (when the soft rows do); sample i has mass lam on y_i (plus 1 - lam when
+        y_{N-1-i} = y_i).
     """
-    one_hot = F.one_hot(labels.long(), num_classes).float()
+    one_hot = labels.float() if labels.dim() == 2 else F.one_hot(labels.long(), num_classes).float()
     return lam * one_hot + (1.0 - lam) * one_hot.flip(0)
 
 
@@ -131,14 +132,14 @@ class BatchMix:
         decay_power: FMix's spectrum decay.
 
     Call:
-        ``mix(images, labels)``: images (N, C_in, H, W) float, labels (N,) int64 -> ``(images, targets)``: a new
-        mixed tensor and (N, C) float soft targets, or the inputs themselves when the batch is not mixed.
-        ``mix(images, labels, teacher)``: also a distillation teacher's (N, C) probabilities, mixed with the same
-        partner and lambda (``kitlib.distill``) -> ``(images, targets, teacher)``.
+        ``mix(images, labels)``: images (N, C_in, H, W) float, labels (N,) int64 or (N, C) float soft rows ->
+        ``(images, targets)``: a new mixed tensor and (N, C) float soft targets, or the inputs themselves when the
+        batch is not mixed. ``mix(images, labels, teacher)``: also a distillation teacher's (N, C) probabilities,
+        mixed with the same partner and lambda (``kitlib.distill``) -> ``(images, targets, teacher)``.
 
     Raises:
         ValueError: "none" or an unknown kind, prob outside [0, 1], alpha <= 0 (``check_mix``), num_classes < 2
-            (when built); labels that are not (N,) integers for N images (when called).
+            (when built); labels that are neither (N,) integers nor (N, C) floats for N images (when called).
     """
 
     def __init__(self, kind: str, num_classes: int, prob: float = 1.0, alpha: float = 1.0, decay_power: float = 3.0):
@@ -152,10 +153,11 @@ class BatchMix:
         self.decay_power = decay_power
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None) -> tuple:
-        if labels.dim() != 1 or labels.is_floating_point() or labels.size(0) != images.size(0):
-            raise ValueError(
-                f"mixing needs int64 labels (N,) for {images.size(0)} images, got {labels.dtype} {tuple(labels.shape)}"
-            )
+        hard = labels.dim() == 1 and not labels.is_floating_point()
+        soft = labels.dim() == 2 and labels.is_floating_point() and labels.size(1) == self.num_classes
+        if not (hard or soft) or labels.size(0) != images.size(0):
+            raise ValueError(f"mixing needs int64 labels (N,) or float soft targets (N, {self.num_classes}) for "
+                             f"{images.size(0)} images, got {labels.dtype} {tuple(labels.shape)}")  # fmt: skip
         if np.random.rand() >= self.prob:  # noqa: NPY002 - the per-epoch seeded state
             return (images, labels) if teacher is None else (images, labels, teacher)
         kind = self.kind

@@ -21,8 +21,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,10 @@ from kitlib.folds import load_folds
 from kitlib.io import atomic_path, project_path, write_csv
 from kitlib.runtime import all_reduce, barrier, dist_info
 
-__all__ = ["check_same_ids", "gather_oof", "read_gathered", "read_oof", "write_blend", "write_predictions"]
+__all__ = [
+    "check_same_ids", "gather_oof", "read_gathered", "read_oof", "record_predictions", "write_blend",
+    "write_predictions",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,54 @@ def write_predictions(
             os.replace(cls_tmp, cls_path)
     barrier()
     return path
+
+
+def record_predictions(
+    batches: Iterable[tuple[list[str], Any, Any]], path: str | os.PathLike, image_ids: Sequence[str], dtype: str
+) -> Iterator[tuple[list[str], Any, Any]]:
+    """Pass ``batches`` through unchanged while writing their probabilities into ``path`` (+ ``<stem>_ids.csv``
+    beside it, ``test_ids.csv`` for ``test_probs.npy``): ``40_submit -p save_probs true``, the test probabilities
+    a submission was decoded from, which ``kitlib.train_rows`` turns into pseudo-labels.
+
+    Streamed into a memory-mapped ``.npy`` under a temporary name, renamed into place once every row was written
+    (a pass that stops early leaves no file). Same formats as the OOF: (n, K, H, W) uint8 round(p x 255) for
+    segmentation, (n, C) float16 for classification.
+
+    Args:
+        batches: ``kitlib.inference.predict_test``'s ``(image_ids, probs, cls_probs)``.
+        path: e.g. ``artifacts/<exp or ensemble>/test_probs.npy``.
+        image_ids: every row's id in file order (the test table's).
+        dtype: "uint8" or "float16" / "float32".
+    Yields:
+        The batches as they came.
+    Raises:
+        ValueError: a batch of images of different sizes (a preset without a submission size: no common array), a
+            row no batch filled; KeyError: a batch id not in ``image_ids``.
+    """
+    path, np_dtype = Path(path), np.dtype(dtype)
+    position = {str(image_id): i for i, image_id in enumerate(image_ids)}
+    out, filled = None, np.zeros(len(position), dtype=bool)
+    with atomic_path(path) as tmp:
+        for ids, probs, cls_probs in batches:
+            if isinstance(probs, list):
+                raise ValueError(f"{path}: the test images differ in size and the preset has no submission size: "
+                                 "their probabilities do not fit one array (save_probs)")  # fmt: skip
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(len(position), *probs.shape[1:]))
+            try:
+                idx = np.array([position[str(i)] for i in ids])
+            except KeyError as e:
+                raise KeyError(f"{path}: image {e.args[0]!r} is not among the rows to write") from None
+            out[idx] = _quantize(torch.as_tensor(probs), np_dtype)
+            filled[idx] = True
+            yield ids, probs, cls_probs
+        if out is None or not filled.all():
+            raise ValueError(f"{path}: {int((~filled).sum())} rows were not predicted: "
+                             f"{listing([i for i, f in zip(position, filled, strict=True) if not f])}")  # fmt: skip
+        out.flush()
+        out = None  # close the memory map before the rename
+        write_csv(path.with_name(f"{path.stem.removesuffix('_probs')}_ids.csv"),
+                  pd.DataFrame({"image_id": list(position)}))  # fmt: skip
 
 
 def read_oof(fold_dir: str | os.PathLike, mmap: bool = True) -> tuple[np.ndarray, list[str]]:

@@ -39,6 +39,7 @@ __all__ = [
     "Preset",
     "PRESETS",
     "PRESENCE_ARCH",
+    "IGNORE_INDEX",
     "PRESET_FILE_SUFFIXES",
     "PresetFileError",
     "get_preset",
@@ -62,6 +63,10 @@ Task = Literal["binary", "multilabel", "multiclass", "classification", "presence
 #: ``arch`` of a presence classifier (``10_train -p arch classifier`` on a binary/multilabel preset): a timm
 #: classifier with one sigmoid per class whose probabilities gate another experiment's masks.
 PRESENCE_ARCH = "classifier"
+#: The mask value of a pixel the loss ignores (pseudo masks' low-confidence pixels, ``kitlib.pseudo``): no class takes
+#: it (multiclass masks hold class indices < 255, binary / multilabel masks {0, 1}); ``kitlib.pseudo.ignore_pixels``
+#: cuts those pixels out of every loss's gradient.
+IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)

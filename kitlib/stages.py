@@ -166,7 +166,7 @@ class TrainConfig(_ExperimentStage):
 
     #: Parameters that do not change the trained weights (left out of ``run_id``).
     #: Parameters whose None is a value ("scratch", "equal weights"), not a gap for the recipe to fill.
-    OPTIONAL = ("encoder_weights", "tta_weight", "init_from")
+    OPTIONAL = ("encoder_weights", "tta_weight", "init_from", "extra_class_map")
     RUN_ID_IGNORES = ("num_workers", "device", "tta", "tta_weight", "oof_dtype", "artifacts_root", "data_dir", "gpus")
 
     def _resolve(self) -> None:
@@ -213,6 +213,7 @@ class TrainConfig(_ExperimentStage):
         self._check_loss()
         self._check_mix()
         self._check_distill()
+        self._check_train_rows()
         from kitlib.tta import check_tta  # torch: only when a training run is configured
 
         check_tta(v["tta"], v["tta_weight"], segmentation=self.model_preset.is_segmentation)
@@ -321,6 +322,28 @@ class TrainConfig(_ExperimentStage):
             raise ValueError(f"{self.stage}: distill_temperature must be > 0, got {v['distill_temperature']}")
         if v.get("distill_from") and v["distill_from"] == v["exp"]:
             raise ValueError(f"{self.stage}: distill_from names this experiment ({v['exp']!r}); name the teacher")
+
+    def _check_train_rows(self) -> None:
+        """The train-only rows' parameters (``kitlib.train_rows``); their files are read when the fold trains."""
+        v = self._values
+        if not v["extra_data"] and (v["extra_label_file"] or v["extra_preset"] or v["extra_class_map"] is not None):
+            raise ValueError(f"{self.stage}: extra_label_file, extra_preset and extra_class_map describe extra_data, "
+                             "which is empty")  # fmt: skip
+        if not 0.0 <= v["pseudo_threshold"] <= 1.0:
+            raise ValueError(f"{self.stage}: pseudo_threshold must be in [0, 1], got {v['pseudo_threshold']}")
+        if v["pseudo_soft"] and (not v["pseudo_from"] or self.preset.task != "classification"):
+            raise ValueError(f"{self.stage}: pseudo_soft gives soft labels of a classification preset's pseudo_from "
+                             f"experiment (preset {self.preset.name!r} is {self.preset.task})")  # fmt: skip
+        if (v["extra_data"] or v["pseudo_from"]) and self.model_preset.task == "presence":
+            raise ValueError(f"{self.stage}: extra_data and pseudo_from train segmentation or classification models, "
+                             "not a presence classifier")  # fmt: skip
+
+    @property
+    def extra_source_preset(self) -> Preset:
+        """The preset ``extra_data`` is read with: ``extra_preset`` (a built-in name or a preset file), else the
+        competition's. Resolved when used (training), so inference loads the config without the extra set's files."""
+        name = self._values["extra_preset"]
+        return get_preset(name) if name else self.preset
 
     @property
     def fold_dir(self) -> Path:

@@ -50,6 +50,8 @@ from kitlib.runtime import barrier, init_distributed, make_loader, resolve_amp, 
 from kitlib.scoring import score_oof
 from kitlib.stages import TrainConfig
 from kitlib.targets import TargetMasks, scoring_size
+from kitlib.train_rows import add_train_rows, sources_stamp
+from kitlib.train_rows import cache_dir as train_cache_dir
 
 __all__ = [
     "build_loss", "build_model", "fold_run_id", "fold_tables", "init_model", "launch_distributed", "sample_weights",
@@ -167,10 +169,12 @@ def build_loss(cfg: TrainConfig, model: torch.nn.Module | None = None) -> torch.
 
 
 def fold_run_id(cfg: TrainConfig) -> str:
-    """``cfg.run_id()`` combined with the content of the experiment's ``folds.csv``: a new split is a new run."""
+    """``cfg.run_id()`` combined with the content of the experiment's ``folds.csv`` and the files of its train-only
+    rows (``kitlib.train_rows.sources_stamp``): a new split, new extra labels or new test probabilities: a new run."""
     folds_path = cfg.exp_dir / "folds.csv"
     folds = hashlib.sha256(folds_path.read_bytes()).hexdigest() if folds_path.is_file() else "no-folds"
-    return hashlib.sha256(f"{cfg.run_id()}:{folds}".encode()).hexdigest()[:16]
+    rows = sources_stamp(cfg)  # extra_data / pseudo_from files: "" for a plain run
+    return hashlib.sha256(f"{cfg.run_id()}:{folds}{':' + rows if rows else ''}".encode()).hexdigest()[:16]
 
 
 def _set_aside_other_run(fold_dir: Path, run_id: str) -> None:
@@ -193,7 +197,7 @@ def _loaders(cfg: TrainConfig, full_df: pd.DataFrame, train_df: pd.DataFrame, va
     """Training and validation loaders (from the on-disk cache when ``cfg.cache``; rank 0 builds it)."""
     cache = None
     if cfg.cache:
-        cache_dir = cfg.artifacts_dir / "cache" / f"{cfg.preset.name}_{cfg.height}x{cfg.width}"
+        cache_dir = train_cache_dir(cfg, full_df)
         if info.is_main:
             cache = build_cache(
                 full_df, cfg.preset, cache_dir, cfg.height, cfg.width, num_workers=cfg.num_workers or None
@@ -286,6 +290,7 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
     barrier()
 
     full_df, train_df, valid_df = fold_tables(cfg)
+    full_df, train_df = add_train_rows(cfg, full_df, train_df)  # extra_data, pseudo_from: training rows only
     train_loader, valid_loader = _loaders(cfg, full_df, train_df, valid_df, info)
     seed_everything(cfg.seed)
     model, model_config = build_model(cfg)

@@ -99,6 +99,17 @@ oversample_classes: Optional[list] = None  # images holding any of these classes
 oversample_factor: Optional[float] = None  # ... as often as the others (with replacement); 1: every image once
 monitor: Optional[str] = None  # history column that picks best.pt; "": valid_<metric>
 patience: Optional[int] = None  # early stopping after this many epochs without improvement; 0: off
+# Train-only rows (kitlib.train_rows): they join every fold's training set, never the held-out rows or the CV
+extra_data: str = ""  # a labelled folder (relative to the repo root) in extra_preset's format; "": none
+extra_label_file: str = ""  # its label file or folder inside extra_data; "": the preset's
+extra_preset: str = ""  # the extra set's preset (a built-in name or a preset file); "": the competition's
+extra_class_map: Optional[dict] = None  # extra class (name or index) to competition class, or None to drop it,
+# e.g. {"cbb": 0, "healthy": 4}; None: both presets have the same classes
+pseudo_from: str = ""  # an experiment or ensemble whose test_probs.npy (40_submit -p save_probs true) labels the test
+# images; "": none
+pseudo_threshold: float = 0.9  # classification: keep test images whose max probability reaches it; segmentation:
+# pixels below this confidence (max of p and 1 - p; multiclass the max over classes) are ignored by the loss
+pseudo_soft: bool = False  # classification: the test probabilities are the soft targets (else the argmax label)
 seed: int = 42
 num_workers: Optional[int] = None  # DataLoader processes
 cache: Optional[bool] = None  # read images from an on-disk cache at the training resolution

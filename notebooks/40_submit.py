@@ -45,6 +45,8 @@ device: str = "auto"  # auto, cpu, cuda
 submission_path: str = ""  # submission CSV; empty: runs/<exp>/submission.csv (relative to the repo root)
 n_samples: int = 4  # test images shown with their predicted masks
 seed: int = 0  # which test images are shown
+save_probs: bool = False  # also write the averaged test probabilities (after TTA, before post-processing) as
+# artifacts/<exp or ensemble>/test_probs.npy + test_ids.csv: pseudo-labels for 10_train -p pseudo_from
 
 # %%
 # %matplotlib inline
@@ -53,7 +55,7 @@ import logging
 
 from IPython.display import display
 
-from kitlib import inference, plots
+from kitlib import inference, plots, predictions
 from kitlib.formats import load_competition
 from kitlib.postprocess import load_postprocess
 from kitlib.stacking import load_stacker
@@ -95,6 +97,9 @@ shown = test_df.sample(n=min(cfg.n_samples, len(test_df)), random_state=cfg.seed
 batches = inference.predict_test(members, test_df, cfg.preset, batch_size=cfg.batch_size, tta=cfg.tta,
                                  tta_weight=cfg.tta_weight, num_workers=cfg.num_workers,
                                  gate_models=gate_models, stacker=stacker)  # fmt: skip
+if cfg.save_probs:  # the OOF formats: segmentation uint8 p x 255 at the scoring size, classification float16
+    batches = predictions.record_predictions(batches, cfg.source_dir / "test_probs.npy", test_df["image_id"].tolist(),
+                                             "uint8" if cfg.preset.is_segmentation else "float16")  # fmt: skip
 result = inference.make_submission(batches, test_df, cfg.preset, cfg.data_path, cfg.submission_file, postprocess,
                                    keep_masks=shown["image_id"].tolist())  # fmt: skip
 print(json.dumps(result.summary, indent=1))
@@ -113,3 +118,5 @@ else:  # the submission's id and label columns (the preset's names), renamed to 
 
 # %%
 print(f"submission: {result.path}")
+if cfg.save_probs:
+    print(f"test probabilities: {cfg.source_dir / 'test_probs.npy'} (+ test_ids.csv)")

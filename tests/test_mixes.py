@@ -129,8 +129,10 @@ def test_mix_checks_name_the_parameter():
         make_mix("mixup", 5, alpha=0.0)
     with pytest.raises(ValueError, match="at least 2 classes"):
         make_mix("mixup", 1)
-    with pytest.raises(ValueError, match=r"int64 labels \(N,\) for 4 images"):
-        BatchMix("mixup", 5)(_images(), torch.zeros(4, 5))
+    with pytest.raises(ValueError, match=r"int64 labels \(N,\) or float soft targets \(N, 5\) for 4 images"):
+        BatchMix("mixup", 5)(_images(), torch.zeros(4, 3))  # soft rows of another width
+    with pytest.raises(ValueError, match=r"for 4 images, got torch.float32 \(4,\)"):
+        BatchMix("mixup", 5)(_images(), torch.zeros(4))
 
 
 def test_train_config_mix_parameters():

@@ -296,3 +296,30 @@ def test_run_all_a_preset_file_of_a_tiny_coco_competition(tmp_path):
         )
     finally:
         _cleanup(name)
+
+
+def test_run_all_pseudo_from_writes_the_test_probs_then_trains_on_them(tiny, exp, exp2):
+    """--pseudo-from EXP without EXP's test_probs.npy runs 40_submit of EXP with save_probs first, then the new
+    experiment's folds train on the pseudo rows, which no fold holds out."""
+    import numpy as np
+    import pandas as pd
+
+    from kitlib.io import read_json
+
+    data, params = tiny
+    args = ("--data", str(data), "--folds", "2", "--params", str(params))
+    first = _run("--exp", exp, *args, "--until", "10_train")  # no postprocess.json: 40_submit thresholds at 0.5
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert not (REPO / "artifacts" / exp / "test_probs.npy").exists()
+    second = _run("--exp", exp2, *args, "--pseudo-from", exp, "--until", "10_train")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "40_submit_probs: running" in second.stdout
+    probs = np.load(REPO / "artifacts" / exp / "test_probs.npy")
+    assert probs.shape == (4, 4, 64, 96) and probs.dtype == np.uint8
+    for fold in (0, 1):
+        fold_dir = REPO / "artifacts" / exp2 / f"fold{fold}"
+        assert read_json(fold_dir / "config.json")["params"]["pseudo_from"] == exp
+        ids = pd.read_csv(fold_dir / "oof_ids.csv", dtype=str)["image_id"]
+        assert not ids.str.startswith("pseudo/").any()
+    notebook = (REPO / "runs" / exp2 / "10_train_fold0.ipynb").read_text()
+    assert "4 train-only rows ({'pseudo': 4}) joined" in notebook
