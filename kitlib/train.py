@@ -41,6 +41,7 @@ from kitlib.experiment import fold_split, load_table
 from kitlib.formats import class_presence
 from kitlib.hrnet_ocr import AuxSegLoss, HRNetOCR
 from kitlib.io import read_json, write_csv, write_json
+from kitlib.label_noise import review_digest, review_training_rows
 from kitlib.losses import RECIPES, SEGMENTATION_LOSSES, create_loss, create_recipe
 from kitlib.models import create_classifier, create_model
 from kitlib.optim import make_optimizer, make_scheduler
@@ -69,6 +70,7 @@ def fold_tables(cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
     """
     full = load_table(cfg.exp_dir, cfg.preset, cfg.data_path, cfg.label_file)
     train_df, valid_df = fold_split(full, cfg.fold, str(cfg.exp_dir / "folds.csv"))
+    train_df = review_training_rows(cfg, full, train_df)  # exclude_ids_file / relabel_file: training rows only
     if cfg.smoke:
         train_df, valid_df = train_df.head(2 * cfg.batch_size), valid_df.head(max(cfg.batch_size, 2))
     return full, train_df, valid_df
@@ -166,10 +168,12 @@ def build_loss(cfg: TrainConfig, model: torch.nn.Module | None = None) -> torch.
 
 
 def fold_run_id(cfg: TrainConfig) -> str:
-    """``cfg.run_id()`` combined with the content of the experiment's ``folds.csv``: a new split is a new run."""
+    """``cfg.run_id()`` combined with the content of the experiment's ``folds.csv`` and of the reviewed lists
+    (``exclude_ids_file``, ``relabel_file``: ``kitlib.label_noise.review_digest``): a new split or list is a new run."""
     folds_path = cfg.exp_dir / "folds.csv"
     folds = hashlib.sha256(folds_path.read_bytes()).hexdigest() if folds_path.is_file() else "no-folds"
-    return hashlib.sha256(f"{cfg.run_id()}:{folds}".encode()).hexdigest()[:16]
+    review = review_digest(cfg)  # "" without lists: the run_id of a run without them is unchanged
+    return hashlib.sha256(f"{cfg.run_id()}:{folds}{':' + review if review else ''}".encode()).hexdigest()[:16]
 
 
 def _set_aside_other_run(fold_dir: Path, run_id: str) -> None:
