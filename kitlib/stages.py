@@ -132,6 +132,10 @@ class EdaConfig(_ExperimentStage):
         super()._resolve()
         from kitlib.augment import load_pipeline
 
+        if not -1 <= self._values.get("dup_distance", -1) <= 64:
+            raise ValueError(
+                f"{self.stage}: dup_distance must be -1 (off) or 0..64 bits, got {self._values['dup_distance']}"
+            )
         recipe = recipe_for(self.preset, self.preset)[0]
         self._set_resolved(recipe=recipe, augment_pipeline=load_pipeline(self._values.get("augment") or
                                                                          recipe["augment"], check=False))  # fmt: skip
