@@ -159,3 +159,12 @@ def test_hash_cache_is_reused_and_refreshed(tmp_path, monkeypatch):
     assert len(pd.read_csv(cache)) == len(table)  # the file's old row replaced
     with pytest.raises(FileNotFoundError, match="nope.png"):
         near_duplicates.image_hashes([tmp_path / "nope.png"], cache)
+
+
+def test_folding_the_edges_keeps_the_groups(copies, monkeypatch):
+    """With the edge budget tiny, the edges are folded into components after every chunk: the same groups."""
+    whole = near_duplicates.find_duplicates(copies, 4, chunk_size=3)
+    monkeypatch.setattr(near_duplicates, "_MAX_EDGES", 1)
+    folded = near_duplicates.find_duplicates(copies, 4, chunk_size=3)
+    pd.testing.assert_frame_equal(folded.table, whole.table)
+    assert len(folded.pairs) == len(whole.pairs) == 18
