@@ -345,6 +345,7 @@ def plot_predictions(
     n: int = 4,
     seed: int = 0,
     max_side: int = 360,
+    rows: Sequence[int] | None = None,
 ) -> Figure:
     """Images beside their true and predicted masks (segmentation), or with true and predicted labels.
 
@@ -356,6 +357,7 @@ def plot_predictions(
         threshold: probability cut for binary/multilabel masks.
         n, seed: how many rows, drawn at random with ``seed``.
         max_side: longer side of the drawn images in pixels.
+        rows: these row positions, in this order, instead of a random draw (the worst OOF images).
     Returns:
         Figure: one row per image (image + truth, image + prediction) or one panel per image (classification).
     """
@@ -364,7 +366,7 @@ def plot_predictions(
     if len(df) != len(probs):
         raise ValueError(f"df has {len(df)} rows, probs {len(probs)}")
     rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(len(df), size=min(n, len(df)), replace=False))
+    rows = np.sort(rng.choice(len(df), size=min(n, len(df)), replace=False)) if rows is None else np.asarray(rows)
     has_targets = all(c in df.columns for c in target_columns(preset))
     presence = preset.task == "presence"  # a presence classifier's (N, K) probs
     if not preset.is_segmentation:

@@ -132,6 +132,10 @@ class EdaConfig(_ExperimentStage):
         super()._resolve()
         from kitlib.augment import load_pipeline
 
+        if not -1 <= self._values.get("dup_distance", -1) <= 64:
+            raise ValueError(
+                f"{self.stage}: dup_distance must be -1 (off) or 0..64 bits, got {self._values['dup_distance']}"
+            )
         recipe = recipe_for(self.preset, self.preset)[0]
         self._set_resolved(recipe=recipe, augment_pipeline=load_pipeline(self._values.get("augment") or
                                                                          recipe["augment"], check=False))  # fmt: skip
@@ -167,7 +171,18 @@ class TrainConfig(_ExperimentStage):
     #: Parameters that do not change the trained weights (left out of ``run_id``).
     #: Parameters whose None is a value ("scratch", "equal weights"), not a gap for the recipe to fill.
     OPTIONAL = ("encoder_weights", "tta_weight", "init_from", "extra_class_map")
-    RUN_ID_IGNORES = ("num_workers", "device", "tta", "tta_weight", "oof_dtype", "artifacts_root", "data_dir", "gpus")
+    RUN_ID_IGNORES = (
+        "num_workers",
+        "device",
+        "tta",
+        "tta_weight",
+        "oof_dtype",
+        "artifacts_root",
+        "data_dir",
+        "gpus",
+        "exclude_ids_file",
+        "relabel_file",
+    )  # the lists' content counts: kitlib.train.fold_run_id
 
     def _resolve(self) -> None:
         preset = self._resolve_preset()
@@ -205,6 +220,10 @@ class TrainConfig(_ExperimentStage):
             raise ValueError(f"unknown amp {v['amp']!r}; options: {list(AMP_MODES)}")
         if v["oof_dtype"] not in OOF_DTYPES:
             raise ValueError(f"oof_dtype must be one of {list(OOF_DTYPES)}, got {v['oof_dtype']!r}")
+        if v.get("relabel_file") and self.model_preset.task != "classification":
+            raise ValueError(f"{self.stage}: relabel_file {v['relabel_file']!r} replaces classification labels; a "
+                             f"{self.model_preset.task} task's masks cannot be relabelled from a list: use "
+                             "exclude_ids_file")  # fmt: skip
         unresolved = sorted(k for k, value in v.items() if value is None and k not in self.OPTIONAL)
         if unresolved:
             raise ParameterError(f"{self.stage}: no value for {unresolved} in the parameters or the recipe")

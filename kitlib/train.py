@@ -42,6 +42,7 @@ from kitlib.experiment import fold_split, load_table
 from kitlib.formats import class_presence
 from kitlib.hrnet_ocr import AuxSegLoss, HRNetOCR
 from kitlib.io import read_json, write_csv, write_json
+from kitlib.label_noise import review_digest, review_training_rows
 from kitlib.losses import RECIPES, SEGMENTATION_LOSSES, create_loss, create_recipe
 from kitlib.models import create_classifier, create_model
 from kitlib.optim import make_optimizer, make_scheduler
@@ -72,6 +73,7 @@ def fold_tables(cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
     """
     full = load_table(cfg.exp_dir, cfg.preset, cfg.data_path, cfg.label_file)
     train_df, valid_df = fold_split(full, cfg.fold, str(cfg.exp_dir / "folds.csv"))
+    train_df = review_training_rows(cfg, full, train_df)  # exclude_ids_file / relabel_file: training rows only
     if cfg.smoke:
         train_df, valid_df = train_df.head(2 * cfg.batch_size), valid_df.head(max(cfg.batch_size, 2))
     return full, train_df, valid_df
@@ -169,12 +171,13 @@ def build_loss(cfg: TrainConfig, model: torch.nn.Module | None = None) -> torch.
 
 
 def fold_run_id(cfg: TrainConfig) -> str:
-    """``cfg.run_id()`` combined with the content of the experiment's ``folds.csv`` and the files of its train-only
-    rows (``kitlib.train_rows.sources_stamp``): a new split, new extra labels or new test probabilities: a new run."""
+    """``cfg.run_id()`` combined with the content of the experiment's ``folds.csv``, the files of its train-only rows
+    (``kitlib.train_rows.sources_stamp``) and the reviewed lists (``exclude_ids_file``, ``relabel_file``:
+    ``kitlib.label_noise.review_digest``): a new split, new extra labels, test probabilities or lists: a new run."""
     folds_path = cfg.exp_dir / "folds.csv"
     folds = hashlib.sha256(folds_path.read_bytes()).hexdigest() if folds_path.is_file() else "no-folds"
-    rows = sources_stamp(cfg)  # extra_data / pseudo_from files: "" for a plain run
-    return hashlib.sha256(f"{cfg.run_id()}:{folds}{':' + rows if rows else ''}".encode()).hexdigest()[:16]
+    parts = [p for p in (sources_stamp(cfg), review_digest(cfg)) if p]  # both "" for a plain run: its id unchanged
+    return hashlib.sha256(":".join([cfg.run_id(), folds, *parts]).encode()).hexdigest()[:16]
 
 
 def _set_aside_other_run(fold_dir: Path, run_id: str) -> None:

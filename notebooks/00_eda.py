@@ -16,7 +16,9 @@
 #
 # Reads a competition folder with its preset (`kitlib.presets`), checks it (missing files, malformed RLE and
 # duplicated ids fail here, with the ids), shows what the labels look like, and writes the cross-validation folds
-# that every later notebook uses: `artifacts/<exp>/folds.csv`.
+# that every later notebook uses: `artifacts/<exp>/folds.csv`. Near-duplicate images (perceptual hashes,
+# `kitlib.near_duplicates`) are shown and kept in one fold, so that they do not leak across folds
+# (`artifacts/<exp>/duplicates.csv`).
 #
 # Headless: `jupytext --to ipynb --output - notebooks/00_eda.py | papermill - runs/demo/00_eda.ipynb -p exp demo`
 # (`./run_all.sh` does this for you).
@@ -32,6 +34,9 @@ drop_invalid: bool = False  # drop images with a malformed RLE (else an error na
 n_folds: int = 5  # K of the K-fold split; 0 writes no folds (a sample too small to split)
 seed: int = 42  # fold split seed
 group_col: str = ""  # optional column whose groups must not be split across folds
+dup_distance: int = 4  # near-duplicates: images whose 64-bit perceptual hashes differ in at most this many bits are
+# one group, kept in one fold (with group_col: the union of both); -1: off
+n_dup_pairs: int = 6  # near-duplicate pairs drawn side by side
 n_samples: int = 8  # images in the sample grid
 augment: str = ""  # augmentation pipeline drawn on a few images (kitlib.augment.PIPELINES name or a YAML path); "":
 # the preset's training recipe's (with its height, width and native_scale)
@@ -43,8 +48,8 @@ import logging
 
 from IPython.display import display
 
-from kitlib import plots
-from kitlib.folds import make_folds, save_folds
+from kitlib import near_duplicates, plots, plots_review
+from kitlib.folds import fold_summary, make_folds, save_folds
 from kitlib.formats import load_competition
 from kitlib.stages import EdaConfig
 
@@ -98,13 +103,35 @@ plots.plot_augmentations(train, cfg.preset, cfg.augment_pipeline, *size, n=max(1
                          resize=not cfg.recipe["native_scale"])  # fmt: skip
 
 # %% [markdown]
+# ## Near-duplicates
+# The 64-bit perceptual hash (pHash) of every train image (cached in `artifacts/cache/phash.csv`: a rerun hashes only
+# new files); images within `dup_distance` bits are one group (resized, re-encoded or re-lit copies: Cassava 2020 held
+# copies of the 2019 images). The closest pairs are drawn; the groups go to `duplicates.csv` and into the folds.
+
+# %%
+duplicates = None
+if cfg.dup_distance >= 0:
+    duplicates = near_duplicates.find_duplicates(train, cfg.dup_distance,
+                                                 cfg.artifacts_dir / "cache" / near_duplicates.HASH_CACHE)  # fmt: skip
+    dup_path = near_duplicates.save_duplicates(cfg.exp_dir / near_duplicates.DUPLICATES_FILE, duplicates)
+    print(f"{duplicates.n_groups} group(s) of near-duplicates ({len(duplicates.duplicated)} images, "
+          f"{len(duplicates.pairs)} pairs within {cfg.dup_distance} bits); written to {dup_path}")  # fmt: skip
+    display(duplicates.pairs.head(20))
+    display(plots_review.plot_duplicate_pairs(train, duplicates.pairs, n=cfg.n_dup_pairs))
+else:
+    print("near-duplicates: off (dup_distance -1)")
+
+# %% [markdown]
 # ## Folds
-# Multilabel-stratified on class presence (segmentation), stratified on the label (classification); groups are
-# never split. Same seed, same folds.
+# Multilabel-stratified on class presence (segmentation), stratified on the label (classification); groups (the
+# near-duplicate groups united with `group_col`) are never split. Same seed, same folds.
 
 # %%
 if cfg.n_folds:
-    folds = make_folds(train, cfg.preset, n_folds=cfg.n_folds, seed=cfg.seed, group_col=cfg.group_col or None)
+    fold_table, group = near_duplicates.fold_groups(train, duplicates, cfg.group_col or None)
+    folds = make_folds(fold_table, cfg.preset, n_folds=cfg.n_folds, seed=cfg.seed, group_col=group)
+    assert duplicates is None or not near_duplicates.split_groups(folds, duplicates)
     save_folds(folds, cfg.exp_dir / "folds.csv")
     print(f"wrote {cfg.exp_dir / 'folds.csv'}: {folds['fold'].value_counts().sort_index().to_dict()}")
+    display(fold_summary(folds, cfg.preset))
     display(plots.plot_fold_balance(folds, cfg.preset))

@@ -33,6 +33,10 @@ data_dir: str = "data/demo"  # competition folder (relative to the repo root)
 fold: int = 0  # held-out fold, 0..n_folds-1 of folds.csv
 label_file: str = ""  # train label file inside data_dir; empty: the one 00_eda used
 artifacts_root: str = "artifacts"  # where artifacts/<exp>/ lives (relative to the repo root)
+exclude_ids_file: str = ""  # CSV with an image_id column (a reviewed copy of 20_oof's label_issues.csv: its flagged
+# rows): these leave every fold's training rows and stay in validation, so the CV compares with the plain run
+relabel_file: str = ""  # classification: CSV image_id, label (or suggested_label): the training rows' new labels;
+# validation keeps the original labels. Both paths relative to the repo root; their content is part of run_id
 # Model and training; None takes the recipe: the named one, else the preset's (kitlib.recipes)
 recipe: str = ""  # a solution's recipe (kitlib.recipes.NAMED_RECIPES): cassava_1st_b4_bitempered, ...; "": none
 arch: Optional[str] = None  # smp architecture: unet, unetplusplus, fpn, upernet, ...; "classifier": a presence

@@ -29,9 +29,14 @@
 # (the trash-sorting contest's; `kitlib.crf`), its parameters searched on `crf_images` OOF images; `40_submit` applies
 # the chosen ones to each test image.
 #
+# With `label_issues`, the images whose label looks wrong are ranked (`kitlib.label_noise`: cleanlab's confident
+# learning on the OOF probabilities for classification, the OOF per-image Dice for segmentation), the worst drawn, and
+# the table saved as `label_issues.csv`: review it, keep the rows to drop (or relabel) in a file of your own and pass
+# it to `10_train` as `exclude_ids_file` (or `relabel_file`) in a new experiment.
+#
 # Writes `artifacts/<exp>/`: `oof_probs.npy`, `oof_ids.csv` (+ `oof_cls_probs.npy`), `oof_masks.npy` (the truth at the
 # scoring resolution), `postprocess.json` (read by `40_submit`), `cv.json`, `class_report.csv` (classification),
-# `oof_config.json`.
+# `label_issues.csv`, `oof_config.json`.
 #
 # Headless: `jupytext --to ipynb --output - notebooks/20_oof.py | papermill - out.ipynb -p exp demo`
 
@@ -64,6 +69,11 @@ crf_bilateral_sxy: str = "40,80"  # CRF grid: appearance kernel width (pixels)
 crf_bilateral_srgb: str = "5,13"  # CRF grid: appearance kernel colour scale (0..255 units)
 crf_bilateral_compat: str = "5,10"  # CRF grid: appearance kernel weight
 n_samples: int = 4  # OOF images drawn with their predicted masks
+label_issues: bool = True  # rank the images by how likely their label is wrong (classification: cleanlab on the
+# OOF probs; segmentation: OOF Dice), written as label_issues.csv for review
+n_issues_shown: int = 8  # the worst images drawn with their label (or truth mask) and the OOF prediction
+issue_fraction: float = 0.05  # segmentation: the worst fraction of the images by OOF Dice is flagged
+issue_max_dice: float = 0.0  # segmentation: also flag every image whose OOF Dice is below this; 0: none
 seed: int = 42  # which images are drawn (also the CRF search's subset)
 
 # %%
@@ -73,7 +83,7 @@ import logging
 from IPython.display import display
 
 from kitlib import gate as class_gate
-from kitlib import oof, plots, predictions, search
+from kitlib import label_noise, oof, plots, predictions, search
 from kitlib.experiment import load_experiment
 from kitlib.scoring import score_oof
 from kitlib.stages import OofConfig
@@ -125,6 +135,27 @@ if task.task == "classification":
     display(plots.plot_confusion_matrix(oof_probs, targets, task.classes))
 else:
     print(f"{task.task}: no per-class classification report")
+
+# %% [markdown]
+# ## Label issues
+# Classification: `cleanlab.filter.find_label_issues` on the OOF probabilities, every image ranked by the OOF
+# probability of its given label (self-confidence), cleanlab's issues flagged, the OOF argmax as the suggested label.
+# Segmentation: the images ranked by their OOF Dice at 0.5 (worst first, the per-pixel cross-entropy beside it), the
+# worst `issue_fraction` flagged. Nothing is dropped here: review `label_issues.csv`, then train a new experiment with
+# `exclude_ids_file` / `relabel_file` (a copy of it whose `flagged` column you corrected, or your own id list).
+
+# %%
+if cfg.label_issues and task.task in label_noise.ISSUE_TASKS:
+    issues = label_noise.label_issues(oof_probs, targets, oof_ids, task, cfg.issue_fraction, cfg.issue_max_dice)
+    issues_path = label_noise.save_label_issues(cfg.exp_dir, issues)
+    print(f"{int(issues['flagged'].sum())} of {len(issues)} images flagged; the ranked table: {issues_path}")
+    display(issues.head(max(cfg.n_issues_shown, 10)))
+    row_of = {image_id: i for i, image_id in enumerate(oof_ids)}
+    worst = [row_of[i] for i in issues["image_id"].head(cfg.n_issues_shown)]
+    if worst:
+        display(plots.plot_predictions(experiment.df, task, oof_probs, rows=worst))
+else:
+    print(f"label issues: {'off' if not cfg.label_issues else f'none for a {task.task} task'}")
 
 # %% [markdown]
 # ## Post-processing search

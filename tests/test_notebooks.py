@@ -47,6 +47,8 @@ def test_eda_demo(tmp_path):
     folds = pd.read_csv(tmp_path / "artifacts" / "t" / "folds.csv")
     assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
     assert (tmp_path / "artifacts" / "t" / "eda_config.json").is_file()
+    assert (tmp_path / "artifacts" / "t" / "duplicates.csv").is_file()  # near-duplicates (none in the demo)
+    assert (tmp_path / "artifacts" / "cache" / "phash.csv").is_file()
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,9 @@ def test_20_oof(trained, tmp_path):
         assert set(post.threshold) <= {0.3, 0.5} and set(post.min_area) <= {0, 20}
     assert cv["postprocess"] == post.meta["method"]
     assert post.crf is None or (post.meta["crf_search"]["n_images"] == 4 and post.crf["bilateral_sxy"] == 20)
+    issues = pd.read_csv(exp_dir / "label_issues.csv", dtype={"image_id": str})  # ranked by OOF Dice, worst 5 % flagged
+    assert sorted(issues["image_id"]) == sorted(ids) and issues["dice"].is_monotonic_increasing
+    assert issues["flagged"].tolist() == [True] * 2 + [False] * 22
 
 
 def test_30_ensemble_one_and_two_experiments(trained, tmp_path):
@@ -144,6 +147,8 @@ def test_20_oof_and_30_ensemble_classification_with_stacking(classified, tmp_pat
     root = Path(classified["artifacts_root"])
     assert _has_output(nb, "plot_confusion_matrix") and _has_output(nb, "classification_report", "text/html")
     assert read_json(root / "s" / "cv.json")["class_report"] == "class_report.csv"
+    issues = pd.read_csv(root / "s" / "label_issues.csv")  # cleanlab on the OOF probs, worst label first
+    assert len(issues) == 60 and issues["self_confidence"].is_monotonic_increasing and issues["flagged"].any()
     report = pd.read_csv(root / "s" / "class_report.csv")
     assert report["support"].tolist()[:5] == [12] * 5 and report["f1"].iloc[-1] == 0.0  # always one class off
 
