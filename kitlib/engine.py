@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from torch.utils.data.distributed import DistributedSampler
 from kitlib import checkpoint
 from kitlib._private import progress
 from kitlib.averaging import WeightAverage, recompute_bn
+from kitlib.coteach import CoTeachingLoss
 from kitlib.hrnet_ocr import AuxSegLoss
 from kitlib.io import write_csv
 from kitlib.losses import SegClsLoss
@@ -92,7 +94,10 @@ def split_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
 def compute_loss(loss_fn: nn.Module, outputs: Any, target: torch.Tensor) -> torch.Tensor:
     """The loss of one batch: ``loss_fn(mask_logits, cls_logits, masks)`` for a ``SegClsLoss`` (classification
     head), ``loss_fn(logits, aux_logits, masks)`` for an ``AuxSegLoss`` (HRNet-OCR's soft object regions, the second
-    output in train mode), else ``loss_fn(logits, target)`` (a head's logits, if any, are then ignored)."""
+    output in train mode), else ``loss_fn(logits, target)`` (a head's logits, if any, are then ignored). A
+    ``kitlib.coteach.CoTeachingLoss`` gets both networks' outputs and calls this function with its base loss."""
+    if isinstance(loss_fn, CoTeachingLoss):
+        return loss_fn(outputs, target, partial(compute_loss, loss_fn.base))
     logits, cls_logits = split_outputs(outputs)
     if isinstance(loss_fn, (SegClsLoss, AuxSegLoss)):
         return loss_fn(logits.float(), None if cls_logits is None else cls_logits.float(), target)
@@ -161,6 +166,8 @@ def train_one_epoch(
     key = _target_key(preset)
     if isinstance(getattr(loader, "sampler", None), DistributedSampler | WeightedShardSampler):
         loader.sampler.set_epoch(epoch)
+    if callable(getattr(loss_fn, "set_epoch", None)):  # co-teaching's forget rate R(T) follows the epoch
+        loss_fn.set_epoch(epoch)
     model.train()
     totals: dict[str, float] = {}
     n_batches = len(loader)

@@ -212,6 +212,7 @@ class TrainConfig(_ExperimentStage):
         self._check_heads()
         self._check_loss()
         self._check_mix()
+        self._check_coteach()
         from kitlib.tta import check_tta  # torch: only when a training run is configured
 
         check_tta(v["tta"], v["tta_weight"], segmentation=self.model_preset.is_segmentation)
@@ -310,6 +311,18 @@ class TrainConfig(_ExperimentStage):
             raise ValueError(f"{self.stage}: mix_off_epochs {v['mix_off_epochs']} leaves none of the {v['epochs']} "
                              f"epochs mixed (mix {v['mix']!r})")  # fmt: skip
 
+    def _check_coteach(self) -> None:
+        v = self._values
+        if not v.get("coteach"):  # off, or a config saved before co-teaching existed
+            return
+        if not 0.0 <= v["coteach_tau"] < 1.0:
+            raise ValueError(f"{self.stage}: coteach_tau (the forget rate) must be in [0, 1), got {v['coteach_tau']}")
+        if not 1 <= v["coteach_epochs"] <= v["epochs"]:
+            raise ValueError(f"{self.stage}: coteach_epochs (T_k, the epochs of the forget rate's rise) must be in 1.."
+                             f"{v['epochs']} (epochs), got {v['coteach_epochs']}")  # fmt: skip
+        if v["coteach_predict"] not in ("a", "b", "mean"):
+            raise ValueError(f"{self.stage}: coteach_predict must be a, b or mean, got {v['coteach_predict']!r}")
+
     @property
     def fold_dir(self) -> Path:
         """``<artifacts_root>/<exp>/fold<k>/``."""
@@ -386,6 +399,9 @@ class TrainConfig(_ExperimentStage):
             fields["augment_pipeline"] = self.augment_pipeline
         if not fields.get("native_scale"):  # a config saved before native_scale existed keeps its run_id
             fields.pop("native_scale", None)
+        if not fields.get("coteach"):  # a plain run keeps the run_id it had before co-teaching existed
+            for name in ("coteach", "coteach_tau", "coteach_epochs", "coteach_predict"):
+                fields.pop(name, None)
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
