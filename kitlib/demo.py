@@ -317,8 +317,8 @@ def score_demo(submission: str | os.PathLike, data_dir: str | os.PathLike) -> tu
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m kitlib.demo DATA_DIR [--preset demo_classify] [--seed S] [--n-train N] [--n-test N]
-    [--label-noise FRAC] [--overwrite]``; ``python -m kitlib.demo DATA_DIR --score SUBMISSION.csv`` prints the submission's test score;
-    ``python -m kitlib.demo --list`` prints the demo presets."""
+    [--label-noise FRAC] [--overwrite]``; ``python -m kitlib.demo DATA_DIR --score SUBMISSION.csv`` prints the
+    submission's test score; ``python -m kitlib.demo --list`` prints the demo presets."""
     parser = argparse.ArgumentParser(prog="python -m kitlib.demo", description="Write a synthetic demo competition.")
     parser.add_argument("data_dir", nargs="?", help="folder to write the demo competition into, e.g. data/demo")
     parser.add_argument("--preset", default="demo", help=f"which demo: {', '.join(DEMOS)} (default demo)")

@@ -552,19 +552,16 @@ RECIPES: dict[str, LossRecipe] = {
         source="Understanding Clouds 6th place: BCE 0.2 + Dice 0.8.",
     ),
     "trash_ce_dice": LossRecipe(
-        terms={"soft_ce": 0.8, "dice": 0.2},
-        mode="multiclass",
+        terms={"soft_ce": 0.8, "dice": 0.2}, mode="multiclass",
         source="Trash-sorting contest (boostcamp AI Tech): DiceCE with lambda 0.8, lambda * CE + (1 - lambda) * Dice.",
     ),  # fmt: skip
     "trash_ce_dice_ssim": LossRecipe(
-        terms={"soft_ce": 0.75, "dice": 0.25, "ssim": 0.25},
-        mode="multiclass",
+        terms={"soft_ce": 0.75, "dice": 0.25, "ssim": 0.25}, mode="multiclass",
         source="Trash-sorting contest: CE 0.75 + Dice 0.25 + SSIM 0.25, the 1st place's TripleLoss weights (bcaitech1 "
         "p3-ims-obd-multihead_ensemble); SSIM on the softmax probabilities, so it has a gradient (theirs: argmax).",
     ),  # fmt: skip
     "trash_1st_triple": LossRecipe(
-        terms={"focal_ce": (0.75, {"alpha": 0.25, "gamma": 2.0}), "dice": 0.25, "ssim": 0.25},
-        mode="multiclass",
+        terms={"focal_ce": (0.75, {"alpha": 0.25, "gamma": 2.0}), "dice": 0.25, "ssim": 0.25}, mode="multiclass",
         source="Trash-sorting 1st place TripleLoss: focal (alpha 0.25, gamma 2) 0.75 + Dice 0.25 + SSIM 0.25.",
     ),  # fmt: skip
     "trash_focal_dice": LossRecipe(
