@@ -21,6 +21,8 @@ from kitlib.models import create_classifier, load_model, param_groups
 from kitlib.optim import make_optimizer
 from kitlib.stages import TrainConfig
 from tests.test_classification_training import _config, cassava_exp  # noqa: F401 (the fixture)
+from tests.test_train import _config as _seg_config
+from tests.test_train import demo_exp  # noqa: F401 (the fixture)
 
 COTEACH = dict(coteach=True, coteach_tau=0.25, coteach_epochs=1)
 
@@ -279,3 +281,24 @@ def test_segmentation_loss_factory_is_per_image():
     loss_fn.set_epoch(1)
     engine.compute_loss(loss_fn, {"a": out_a, "b": good}, masks).backward()
     assert (good.grad[2] == 0).all() and (good.grad[:2] != 0).any()
+
+
+def test_a_segmentation_fold_with_a_classification_head(demo_exp):  # noqa: F811
+    """The segmentation demo (Unet + classification head, clouds_1st: a SegClsLoss) trains with co-teaching; the
+    OOF masks and head probabilities come from the mean of the two networks."""
+    cfg = _seg_config(demo_exp, "co_seg", epochs=2, **COTEACH)
+    train.train_fold(cfg)
+    history = pd.read_csv(cfg.fold_dir / "history.csv")
+    assert history["train_forget_rate"].tolist() == [0.0, 0.25] and np.isfinite(history["valid_loss"]).all()
+    model, _ = load_model(cfg.fold_dir / "best.pt")
+    assert isinstance(model, CoTeachingModel) and model.net_a.classification_head is not None
+    assert np.load(cfg.fold_dir / "oof_cls_probs.npy").shape[1] == 4
+
+
+def test_coteaching_with_ema_swa_and_a_batch_mix(cassava_exp):  # noqa: F811
+    """The EMA and SWA average both networks (one module); MixUp's soft targets go through the selection."""
+    cfg = _config(cassava_exp, "co_ema", epochs=2, ema_decay=0.9, swa_epochs=2, mix="mixup", mix_prob=1.0, **COTEACH)
+    out = train.train_fold(cfg)
+    model, ckpt = load_model(cfg.fold_dir / "best.pt")
+    assert isinstance(model, CoTeachingModel) and ckpt["averaged"] and math.isfinite(out["scores"]["accuracy"])
+    assert pd.read_csv(cfg.fold_dir / "history.csv")["train_forget_rate"].tolist() == [0.0, 0.25]
