@@ -32,6 +32,9 @@
 #                     When artifacts/EXP/test_probs.npy is missing, 40_submit of EXP runs first with save_probs true
 #                     (into runs/EXP/40_submit_probs.ipynb). Name the new experiment with --exp; its 00_eda writes the
 #                     competition's folds as usual. pseudo_threshold / pseudo_soft go in --params
+#   --label-noise F   a demo preset only: corrupt the fraction F of its train labels on purpose (kitlib.demo
+#                     --label-noise; the hidden list in noisy_ids.csv), written into data/<preset>_noise<F x 100>
+#                     (the clean demo stays), experiment name <preset>_noise<F x 100> unless --exp
 #   --force           rerun notebooks that already completed
 #
 # Resumable: each notebook that completes writes runs/NAME/.done/<notebook> last, holding a hash of the notebook
@@ -44,6 +47,7 @@ source scripts/bootstrap.sh
 
 preset=demo data="" exp="" folds=5 label_file="" params_file="" force=0 gpus="" ensemble="" gate_exp="" until=""
 pseudo_from=""
+label_noise=""
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -58,6 +62,7 @@ while [ $# -gt 0 ]; do
     --gate-exp) gate_exp="$2"; shift 2 ;;
     --until) until="$2"; shift 2 ;;
     --pseudo-from) pseudo_from="$2"; shift 2 ;;
+    --label-noise) label_noise="$2"; shift 2 ;;
     --force) force=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -68,7 +73,13 @@ if [[ "$preset" =~ \.(yaml|yml)$ ]]; then  # a preset file: an absolute path for
   preset="$(cd "$(dirname "$preset")" && pwd)/$(basename "$preset")"
 fi
 preset_name="$(python -m kitlib.presets "$preset")" || exit 2
-exp="${exp:-$preset_name}"
+noise_tag=""
+if [ -n "$label_noise" ]; then
+  [ -z "$data" ] || { echo "error: --label-noise corrupts a demo's labels; it takes no --data" >&2; exit 2; }
+  noise_tag="$(python -c 'import sys; f = float(sys.argv[1]); assert 0 < f < 1; print(f"_noise{round(f * 100)}")' \
+    "$label_noise" 2>/dev/null)" || { echo "error: --label-noise takes a fraction in (0, 1); got $label_noise" >&2; exit 2; }
+fi
+exp="${exp:-$preset_name$noise_tag}"
 if [ -n "$until" ] && ! [[ "$until" =~ ^(00_eda|10_train|20_oof|30_ensemble|40_submit)$ ]]; then
   echo "error: --until takes 00_eda, 10_train, 20_oof, 30_ensemble or 40_submit; got $until" >&2; exit 2
 fi
@@ -81,8 +92,8 @@ if [ -z "$data" ]; then
     echo "error: --data DIR is required for preset $preset (only the demos, $(paste -sd, <<< "$demos"), are written here)" >&2
     exit 2
   fi
-  data="data/$preset"
-  python -m kitlib.demo "$data" --preset "$preset" >/dev/null
+  data="data/$preset$noise_tag"
+  python -m kitlib.demo "$data" --preset "$preset" ${label_noise:+--label-noise "$label_noise"} >/dev/null
 fi
 [ -d "$data" ] || { echo "error: data folder not found: $data" >&2; exit 2; }
 data="$(cd "$data" && pwd)"

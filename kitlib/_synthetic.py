@@ -10,12 +10,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
-from kitlib.io import read_json
+from kitlib.io import read_json, write_csv
 from kitlib.presets import Preset
 
-__all__ = ["MARKER", "TRUTH_FILE", "JPEG_QUALITY", "TINTS", "MIN_REGION", "background", "texture", "region",
-           "check_demo_args", "prepare_dir"]  # fmt: skip
+__all__ = ["MARKER", "TRUTH_FILE", "NOISY_FILE", "JPEG_QUALITY", "TINTS", "MIN_REGION", "background", "texture",
+           "region", "check_demo_args", "prepare_dir", "noisy_rows", "write_noisy_ids"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 MARKER = "demo.json"
 #: Hidden truth of the test images (the train label file's format).
 TRUTH_FILE = "test_truth.csv"
+#: Hidden list of the train images whose labels were corrupted on purpose (``label_noise``); training never reads it.
+NOISY_FILE = "noisy_ids.csv"
 JPEG_QUALITY = 90
 MIN_REGION = 0.04  # smallest drawn region, fraction of the image
 #: The textures ``texture`` draws and their per-class BGR gain: a mild colour cue on top of the texture.
@@ -178,3 +181,25 @@ def prepare_dir(
     (data_dir / MARKER).unlink(missing_ok=True)  # no marker until every file is rewritten
     _remove_stale(data_dir, images)
     return True
+
+
+def noisy_rows(seed: int, n: int, fraction: float) -> tuple[np.ndarray, np.random.Generator]:
+    """Which of ``n`` train images get a corrupted label: round(fraction x n) distinct row indices (sorted), drawn
+    from their own generator ``np.random.default_rng([seed, 2])`` (the splits use keys 0 and 1), so the images are
+    those of the clean demo; and that generator, for drawing the corruptions.
+
+    Raises:
+        ValueError: a fraction outside [0, 1).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"label_noise must be in [0, 1), got {fraction!r}")
+    rng = np.random.default_rng([seed, 2])
+    return np.sort(rng.choice(n, size=int(round(fraction * n)), replace=False)), rng
+
+
+def write_noisy_ids(data_dir: Path, rows: pd.DataFrame | None) -> None:
+    """Write the hidden ``noisy_ids.csv`` (``rows``: image_id and what each demo records), or remove a stale one."""
+    if rows is None:
+        (data_dir / NOISY_FILE).unlink(missing_ok=True)
+    else:
+        write_csv(data_dir / NOISY_FILE, rows, index=False)

@@ -13,6 +13,8 @@
                              ``PRESETS["demo"].submission_size`` (64, 96), as Understanding Clouds scores at 350x525:
                              decode the truth at the image size, resize it with nearest-neighbour interpolation to
                              (64, 96) and compare it with the submission's masks (mean Dice over image x class).
+      noisy_ids.csv          with ``label_noise`` only: the train images whose masks were given the wrong classes on
+                             purpose (image_id, shift), hidden like test_truth.csv
       demo.json              the parameters; written last, it marks the folder complete
 
 The preset is ``kitlib.presets.PRESETS["demo"]``: multilabel, classes Stripes, Dots, Checker, Blob. Each class is a
@@ -54,9 +56,11 @@ from kitlib._synthetic import (
     TRUTH_FILE,
     background,
     check_demo_args,
+    noisy_rows,
     prepare_dir,
     region,
     texture,
+    write_noisy_ids,
 )  # fmt: skip
 from kitlib.demo_classify import make_classification_demo, score_classification_submission
 from kitlib.io import atomic_write_bytes, read_json, write_csv, write_json
@@ -157,6 +161,7 @@ def make_demo(
     height: int = 128,
     width: int = 192,
     overwrite: bool = False,
+    label_noise: float = 0.0,
 ) -> Path:
     """Write the synthetic demo competition into ``data_dir`` (see the module docstring for the layout).
 
@@ -172,17 +177,24 @@ def make_demo(
         width: image width in pixels, >= 32 (the preset's 192 by default).
         overwrite: rebuild even when ``data_dir`` already holds a complete demo made with the same arguments, and
             write even over a ``train.csv`` that is not a demo's.
+        label_noise: the fraction in [0, 1) of train images whose masks get the wrong classes on purpose: each
+            class's mask is written under class (c + shift) mod 4, shift drawn from 1..3 (every object keeps its
+            outline and is labelled as another texture, an annotator's class mix-up); round(label_noise x n_train)
+            images, listed in the hidden ``noisy_ids.csv``. The images and the test truth are the clean demo's.
     Returns:
         ``data_dir`` as a Path. A folder that already holds a complete demo (``demo.json`` with the same parameters
         and every file present) is returned untouched; a half-written one (no marker), or one made with other
         parameters, is rebuilt: the marker is removed first and demo images the new demo does not write are deleted.
     Raises:
-        ValueError: a negative seed, fewer than 1 image per split, or a side under 32 pixels.
+        ValueError: a negative seed, fewer than 1 image per split, a side under 32 pixels, label_noise outside [0, 1).
         FileExistsError: ``data_dir/train.csv`` exists, is not a demo's and ``overwrite`` is False.
     """
     check_demo_args(seed, n_train, n_test, height, width)
     data_dir = Path(data_dir)
     params = _params(int(seed), int(n_train), int(n_test), int(height), int(width))
+    noisy, noise_rng = noisy_rows(params["seed"], params["n_train"], float(label_noise))
+    if label_noise:  # a clean demo's marker stays as it was
+        params["label_noise"] = float(label_noise)
     images = {
         _PRESET.image_dir: {f"d{i:04d}.jpg" for i in range(n_train)},
         _PRESET.test_image_dir: {f"t{i:04d}.jpg" for i in range(n_test)},
@@ -194,6 +206,7 @@ def make_demo(
     train = _write_split(data_dir, "train", params["n_train"], params["seed"], params["height"], params["width"])
     truth = _write_split(data_dir, "test", params["n_test"], params["seed"], params["height"], params["width"])
     sample = truth.assign(EncodedPixels="1 1")
+    write_noisy_ids(data_dir, _swap_classes(train, noisy, noise_rng) if label_noise else None)
     write_csv(data_dir / _PRESET.label_file, train)
     write_csv(data_dir / TRUTH_FILE, truth)
     write_csv(data_dir / _PRESET.sample_submission, sample)
@@ -202,6 +215,20 @@ def make_demo(
     log.info("wrote demo to %s: %d train, %d test images of %dx%d, %.0f%% empty train masks", data_dir, n_train,
              n_test, height, width, 100 * empty)  # fmt: skip
     return data_dir
+
+
+def _swap_classes(train: pd.DataFrame, images: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    """Give the masks of ``images`` (row indices of the images, 4 label rows each in class order) the wrong classes,
+    in place: class c's mask goes to class (c + shift) mod 4 (a cyclic shift moves every mask, and two non-empty masks
+    never coincide, so every chosen image's labels change); the noisy_ids table."""
+    k = len(_CLASSES)
+    shifts = rng.integers(1, k, size=len(images))
+    column = train.columns[1]
+    for i, shift in zip(images, shifts, strict=True):
+        rows = train.index[i * k : (i + 1) * k]
+        train.loc[rows, column] = np.roll(train.loc[rows, column].to_numpy(), shift)
+    ids = [train.iloc[i * k, 0].rsplit("_", 1)[0] for i in images]
+    return pd.DataFrame({"image_id": ids, "shift": shifts})
 
 
 def score_submission(submission: str | os.PathLike, data_dir: str | os.PathLike) -> dict:
@@ -290,8 +317,8 @@ def score_demo(submission: str | os.PathLike, data_dir: str | os.PathLike) -> tu
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m kitlib.demo DATA_DIR [--preset demo_classify] [--seed S] [--n-train N] [--n-test N]
-    [--overwrite]``; ``python -m kitlib.demo DATA_DIR --score SUBMISSION.csv`` prints the submission's test score;
-    ``python -m kitlib.demo --list`` prints the demo presets."""
+    [--label-noise FRAC] [--overwrite]``; ``python -m kitlib.demo DATA_DIR --score SUBMISSION.csv`` prints the
+    submission's test score; ``python -m kitlib.demo --list`` prints the demo presets."""
     parser = argparse.ArgumentParser(prog="python -m kitlib.demo", description="Write a synthetic demo competition.")
     parser.add_argument("data_dir", nargs="?", help="folder to write the demo competition into, e.g. data/demo")
     parser.add_argument("--preset", default="demo", help=f"which demo: {', '.join(DEMOS)} (default demo)")
@@ -302,6 +329,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--height", type=int, help="image height in pixels (default: the demo's, 128 / 96)")
     parser.add_argument("--width", type=int, help="image width in pixels (default: the demo's, 192 / 128)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if a complete demo is there")
+    parser.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        metavar="FRAC",
+        help="corrupt this fraction of the train labels on purpose (listed in noisy_ids.csv)",
+    )
     parser.add_argument("--score", metavar="SUBMISSION", help="score this submission on the hidden test truth")
     args = parser.parse_args(argv)
     if args.list:
@@ -315,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sizes = {k: getattr(args, k) for k in ("n_train", "n_test", "height", "width") if getattr(args, k) is not None}
     try:
-        path = make_preset_demo(args.preset, args.data_dir, seed=args.seed, overwrite=args.overwrite, **sizes)
+        noise = {"label_noise": args.label_noise} if args.label_noise else {}
+        path = make_preset_demo(args.preset, args.data_dir, seed=args.seed, overwrite=args.overwrite, **sizes, **noise)
     except KeyError as e:
         parser.error(str(e.args[0]))
     print(path)

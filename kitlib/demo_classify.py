@@ -10,6 +10,8 @@ track of the kit (00_eda -> 40_submit) on a CPU in minutes.
       sample_submission.csv  image_id,label: every test image, label 4 (as Cassava's sample submission)
       test_truth.csv         the hidden labels of the test images, in the format of train.csv; a competition would
                              keep it private (``score_classification_submission``: accuracy, as Cassava is scored)
+      noisy_ids.csv          with ``label_noise`` only: the train images whose label was corrupted on purpose
+                             (image_id, label as written in train.csv, true_label), hidden like test_truth.csv
       demo.json              the parameters; written last, it marks the folder complete
 
 The preset is ``kitlib.presets.PRESETS["demo_classify"]``: classification, classes Stripes, Dots, Checker, Blob,
@@ -41,9 +43,11 @@ from kitlib._synthetic import (
     TRUTH_FILE,
     background,
     check_demo_args,
+    noisy_rows,
     prepare_dir,
     region,
     texture,
+    write_noisy_ids,
 )
 from kitlib.io import atomic_write_bytes, read_json, write_csv, write_json
 from kitlib.presets import PRESETS
@@ -120,6 +124,7 @@ def make_classification_demo(
     height: int = 96,
     width: int = 128,
     overwrite: bool = False,
+    label_noise: float = 0.0,
 ) -> Path:
     """Write the synthetic classification demo into ``data_dir`` (the layout: the module docstring).
 
@@ -135,10 +140,13 @@ def make_classification_demo(
         width: image width in pixels, >= 32.
         overwrite: rebuild even when ``data_dir`` holds a complete demo made with the same arguments, and write even
             over a ``train.csv`` that is not a demo's.
+        label_noise: the fraction in [0, 1) of train images whose label is replaced, on purpose, by another class drawn
+            uniformly (symmetric label noise, as in the co-teaching paper's benchmarks); round(label_noise x n_train)
+            images, listed in the hidden ``noisy_ids.csv``. The images and the test truth are the clean demo's.
     Returns:
         ``data_dir`` as a Path; a folder that already holds a complete demo of the same parameters is untouched.
     Raises:
-        ValueError: a negative seed, fewer than 1 image per split, or a side under 32 pixels.
+        ValueError: a negative seed, fewer than 1 image per split, a side under 32 pixels, label_noise outside [0, 1).
         FileExistsError: ``data_dir/train.csv`` exists, is not a demo's and ``overwrite`` is False.
     """
     check_demo_args(seed, n_train, n_test, height, width)
@@ -148,12 +156,16 @@ def make_classification_demo(
         "n_train": int(n_train), "n_test": int(n_test), "height": int(height), "width": int(width),
         "jpeg_quality": JPEG_QUALITY, "classes": list(_CLASSES), "class_priors": list(CLASS_PRIORS),
     }  # fmt: skip
+    noisy, noise_rng = noisy_rows(params["seed"], params["n_train"], float(label_noise))
+    if label_noise:  # a clean demo's marker stays as it was
+        params["label_noise"] = float(label_noise)
     images = {folder: {f"{prefix}{i:04d}.jpg" for i in range(params[f"n_{split}"])}
               for split, (_, prefix, folder) in _SPLITS.items()}  # fmt: skip
     if not prepare_dir(data_dir, params, _PRESET, images, rf"^{_SPLITS['train'][1]}\d{{4,}}\.jpg,\d+$", overwrite):
         return data_dir
     train = _write_split(data_dir, "train", params["n_train"], params["seed"], params["height"], params["width"])
     truth = _write_split(data_dir, "test", params["n_test"], params["seed"], params["height"], params["width"])
+    write_noisy_ids(data_dir, _corrupt(train, noisy, noise_rng) if label_noise else None)
     write_csv(data_dir / _PRESET.label_file, train)
     write_csv(data_dir / TRUTH_FILE, truth)
     write_csv(data_dir / _PRESET.sample_submission, truth.assign(label=_PLAIN))
@@ -162,6 +174,14 @@ def make_classification_demo(
     log.info("wrote the classification demo to %s: %d train (per class %s), %d test images of %dx%d", data_dir,
              n_train, counts, n_test, height, width)  # fmt: skip
     return data_dir
+
+
+def _corrupt(train: pd.DataFrame, rows: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    """Replace, in place, the label of ``rows`` of ``train`` by another class drawn uniformly; the noisy_ids table."""
+    true = train["label"].to_numpy()[rows]
+    noisy = (true + rng.integers(1, len(_CLASSES), size=len(rows))) % len(_CLASSES)  # never the true class
+    train.loc[train.index[rows], "label"] = noisy
+    return pd.DataFrame({"image_id": train["image_id"].to_numpy()[rows], "label": noisy, "true_label": true})
 
 
 def score_classification_submission(submission: str | os.PathLike, data_dir: str | os.PathLike) -> dict:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from torch.utils.data.distributed import DistributedSampler
 from kitlib import checkpoint
 from kitlib._private import progress
 from kitlib.averaging import WeightAverage, recompute_bn
+from kitlib.coteach import CoTeachingLoss
 from kitlib.distill import DistillationLoss
 from kitlib.hrnet_ocr import AuxSegLoss
 from kitlib.io import write_csv
@@ -97,7 +99,10 @@ def compute_loss(loss_fn: nn.Module, outputs: Any, target: torch.Tensor, teacher
     head), ``loss_fn(logits, aux_logits, masks)`` for an ``AuxSegLoss`` (HRNet-OCR's soft object regions, the second
     output in train mode), else ``loss_fn(logits, target)`` (a head's logits, if any, are then ignored). Mask pixels
     of ``kitlib.presets.IGNORE_INDEX`` (pseudo masks) give no gradient (``kitlib.pseudo.ignore_pixels``). A
-    ``kitlib.distill.DistillationLoss`` gets its base loss computed so, and the batch's ``teacher`` probabilities."""
+    ``kitlib.distill.DistillationLoss`` gets its base loss computed so, and the batch's ``teacher`` probabilities; a
+    ``kitlib.coteach.CoTeachingLoss`` gets both networks' outputs and calls this function with its base loss."""
+    if isinstance(loss_fn, CoTeachingLoss):
+        return loss_fn(outputs, target, partial(compute_loss, loss_fn.base))
     if isinstance(loss_fn, DistillationLoss):
         return _distillation_loss(loss_fn, outputs, target, teacher)
     logits, cls_logits = split_outputs(outputs)
@@ -191,6 +196,8 @@ def train_one_epoch(
     key = _target_key(preset)
     if isinstance(getattr(loader, "sampler", None), DistributedSampler | WeightedShardSampler):
         loader.sampler.set_epoch(epoch)
+    if callable(getattr(loss_fn, "set_epoch", None)):  # co-teaching's forget rate R(T) follows the epoch
+        loss_fn.set_epoch(epoch)
     model.train()
     totals: dict[str, float] = {}
     n_batches = len(loader)

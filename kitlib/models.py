@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from kitlib._private import listing
+from kitlib.coteach import CoTeachingModel, merge_param_groups
 from kitlib.hrnet_ocr import HRNetOCR
 from kitlib.io import atomic_path
 from kitlib.pretrained import (
@@ -411,6 +412,9 @@ def _plain(value: Any, key: str) -> Any:
 
 def _build_from_config(model_config: Mapping[str, Any]) -> nn.Module:
     config = dict(model_config)
+    if "coteach" in config:  # two networks of the rest of the config (kitlib.coteach)
+        predict = dict(config.pop("coteach")).get("predict", "mean")
+        return CoTeachingModel(_build_from_config(config), _build_from_config(config), predict)
     if "arch" in config:
         config["encoder_weights"] = None
         return create_model(**config)
@@ -545,6 +549,8 @@ def param_groups(model: nn.Module, encoder_lr: float, decoder_lr: float, weight_
     Raises:
         TypeError: the model has neither ``encoder`` nor ``get_classifier``.
     """
+    if isinstance(model, CoTeachingModel):  # both networks' groups joined by name
+        return merge_param_groups([param_groups(net, encoder_lr, decoder_lr, weight_decay) for net in model.networks])
     if isinstance(getattr(model, "encoder", None), nn.Module):
         head_name = "decoder"
         head_ids = {id(p) for name, p in model.named_parameters() if not name.startswith("encoder.")}

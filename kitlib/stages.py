@@ -233,6 +233,7 @@ class TrainConfig(_ExperimentStage):
         self._check_mix()
         self._check_distill()
         self._check_train_rows()
+        self._check_coteach()
         from kitlib.tta import check_tta  # torch: only when a training run is configured
 
         check_tta(v["tta"], v["tta_weight"], segmentation=self.model_preset.is_segmentation)
@@ -364,6 +365,21 @@ class TrainConfig(_ExperimentStage):
         name = self._values["extra_preset"]
         return get_preset(name) if name else self.preset
 
+    def _check_coteach(self) -> None:
+        v = self._values
+        if not v.get("coteach"):  # off, or a config saved before co-teaching existed
+            return
+        if not 0.0 <= v["coteach_tau"] < 1.0:
+            raise ValueError(f"{self.stage}: coteach_tau (the forget rate) must be in [0, 1), got {v['coteach_tau']}")
+        if not 1 <= v["coteach_epochs"] <= v["epochs"]:
+            raise ValueError(f"{self.stage}: coteach_epochs (T_k, the epochs of the forget rate's rise) must be in 1.."
+                             f"{v['epochs']} (epochs), got {v['coteach_epochs']}")  # fmt: skip
+        if v["coteach_predict"] not in ("a", "b", "mean"):
+            raise ValueError(f"{self.stage}: coteach_predict must be a, b or mean, got {v['coteach_predict']!r}")
+        if v.get("distill_from"):
+            raise ValueError(f"{self.stage}: coteach and distill_from do not go together (co-teaching's per-image "
+                             "selection uses the hard-label loss); train one or the other")  # fmt: skip
+
     @property
     def fold_dir(self) -> Path:
         """``<artifacts_root>/<exp>/fold<k>/``."""
@@ -442,6 +458,9 @@ class TrainConfig(_ExperimentStage):
             fields.pop("native_scale", None)
         if not fields.get("distill_from"):  # no teacher: alpha and T change nothing (and older run_ids stay)
             for name in ("distill_from", "distill_alpha", "distill_temperature"):
+                fields.pop(name, None)
+        if not fields.get("coteach"):  # a plain run keeps the run_id it had before co-teaching existed
+            for name in ("coteach", "coteach_tau", "coteach_epochs", "coteach_predict"):
                 fields.pop(name, None)
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

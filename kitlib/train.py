@@ -36,6 +36,7 @@ import torch
 
 from kitlib import engine
 from kitlib.cache import build_cache
+from kitlib.coteach import CoTeachingLoss, CoTeachingModel
 from kitlib.data import build_transforms, make_dataset, normalization_for
 from kitlib.distill import attach_teacher, distill_loss, load_teacher
 from kitlib.experiment import fold_split, load_table
@@ -84,8 +85,21 @@ def build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
 
     Segmentation presets get ``kitlib.models.create_model`` (``arch``, ``encoder_name``, ``aux_head``, ...),
     classification and presence tasks a timm classifier (``create_classifier``: ``model_name``, one output per class).
-    With ``init_from`` no pretrained weights are loaded: ``init_model`` then loads every weight.
+    With ``init_from`` no pretrained weights are loaded: ``init_model`` then loads every weight. With ``coteach``, a
+    ``kitlib.coteach.CoTeachingModel`` of two such networks, the second's random weights drawn from ``seed + 1``
+    (network a starts as a plain run's model does), and ``model_config`` gets ``coteach: {"predict": ...}``.
     """
+    model, model_config = _one_model(cfg)
+    if not cfg.coteach:
+        return model, model_config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        net_b = _one_model(cfg)[0]
+    model_config = {**model_config, "coteach": {"predict": cfg.coteach_predict}}
+    return CoTeachingModel(model, net_b, cfg.coteach_predict), model_config
+
+
+def _one_model(cfg: TrainConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
     task = cfg.model_preset
     weights = None if cfg.init_from else cfg.encoder_weights  # init_from replaces every weight
     if task.is_segmentation:
@@ -156,7 +170,14 @@ def build_loss(cfg: TrainConfig, model: torch.nn.Module | None = None) -> torch.
     """The run's loss: a ``kitlib.losses.RECIPES`` recipe, or a ``LOSSES`` name built with ``loss_kwargs`` (the
     segmentation mode of the masks, ``Preset.mask_task``, is added for segmentation losses and the combo). A
     ``model`` with auxiliary logits (``HRNetOCR``: an ``aux_weight`` > 0) gets it wrapped in an ``AuxSegLoss``,
-    the same loss on the soft object regions times that weight (Yuan et al. 2020: 0.4)."""
+    the same loss on the soft object regions times that weight (Yuan et al. 2020: 0.4). With ``coteach``, that loss
+    (of network a) inside a ``kitlib.coteach.CoTeachingLoss`` (``coteach_tau``, ``coteach_epochs``)."""
+    if cfg.coteach:
+        return CoTeachingLoss(_one_loss(cfg, getattr(model, "net_a", model)), cfg.coteach_tau, cfg.coteach_epochs)
+    return _one_loss(cfg, model)
+
+
+def _one_loss(cfg: TrainConfig, model: torch.nn.Module | None) -> torch.nn.Module:
     mode = cfg.model_preset.mask_task
     if cfg.loss in RECIPES:
         loss = create_recipe(cfg.loss, mode=mode)

@@ -101,6 +101,12 @@ distill_alpha: float = 0.5  # weight of the hard-label loss; the soft term (KL a
 distill_temperature: float = 1.0  # T of Hinton et al. 2015 on teacher and student; the soft term is scaled by T^2
 oversample_classes: Optional[list] = None  # images holding any of these classes are drawn oversample_factor times
 oversample_factor: Optional[float] = None  # ... as often as the others (with replacement); 1: every image once
+coteach: bool = False  # co-teaching (Han et al. 2018): two networks, each updated on the images of a batch with
+# the smallest loss under the other one, so that wrongly labelled images stay out (kitlib.coteach)
+coteach_tau: float = 0.2  # co-teaching's final forget rate, in [0, 1): about the estimated share of wrong labels
+coteach_epochs: int = 5  # T_k: the forget rate rises linearly from 0 to coteach_tau over these first epochs
+coteach_predict: str = "mean"  # what validation, OOF and test predictions use: a, b (one network), or mean (the mean
+# of the two networks' logits)
 monitor: Optional[str] = None  # history column that picks best.pt; "": valid_<metric>
 patience: Optional[int] = None  # early stopping after this many epochs without improvement; 0: off
 # Train-only rows (kitlib.train_rows): they join every fold's training set, never the held-out rows or the CV

@@ -98,7 +98,9 @@ def test_run_all_fails_fast_with_the_notebook_path(exp, tmp_path):
      (["--gpus", "a,b"], "--gpus takes comma-separated GPU ids"),
      (["--preset", "/nonexistent/mine.yaml"], "preset file not found"),
      (["--preset", "cocoa"], "unknown preset 'cocoa'"),
-     (["--until", "50_x"], "--until takes 00_eda")],
+     (["--until", "50_x"], "--until takes 00_eda"),
+     (["--preset", "demo_classify", "--label-noise", "1.5"], "--label-noise takes a fraction in (0, 1)"),
+     (["--preset", "masks", "--data", "/x", "--label-noise", "0.3"], "takes no --data")],
 )  # fmt: skip
 def test_run_all_rejects_bad_options(args, message):
     result = _run(*args)
