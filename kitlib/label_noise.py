@@ -258,8 +258,8 @@ def load_relabels(path: str | os.PathLike, table: pd.DataFrame, preset: Preset) 
     """New labels of a reviewed relabel file, by image_id.
 
     Args:
-        path: a CSV with ``image_id`` and ``label`` (or ``suggested_label``, as ``label_issues.csv`` writes it):
-            an integer in [0, C) or a class name of ``preset.classes``.
+        path: a CSV with ``image_id`` and ``suggested_label`` (as ``label_issues.csv`` writes it, whose ``label`` is
+            the given one) or else ``label``: an integer in [0, C) or a class name of ``preset.classes``.
         table: the competition table (``image_id``, ``label``).
         preset: a classification preset.
     Returns:
@@ -274,7 +274,8 @@ def load_relabels(path: str | os.PathLike, table: pd.DataFrame, preset: Preset) 
         raise ValueError(f"relabel_file {path}: preset {preset.name!r} is {preset.task}; only classification labels "
                          "can be replaced from a list (exclude the images instead: exclude_ids_file)")  # fmt: skip
     df = _read_list(path, "relabel_file")
-    column = "label" if "label" in df.columns else "suggested_label" if "suggested_label" in df.columns else None
+    # label_issues.csv holds the given label in `label` and the OOF's in `suggested_label`: the latter is the new one
+    column = "suggested_label" if "suggested_label" in df.columns else "label" if "label" in df.columns else None
     if column is None:
         raise ValueError(f"relabel_file {path}: needs a label (or suggested_label) column; columns: {list(df.columns)}")
     _check_known(df["image_id"], table["image_id"], path, "relabel_file")

@@ -147,8 +147,8 @@ def test_exclude_and_relabel_change_the_training_rows_only(classified, caplog):
     old = dict(zip(train0["image_id"], train0["label"], strict=True))
     relabel = c["root"] / "relabel.csv"
     new_label = (old[train_ids[1]] + 1) % 5
-    pd.DataFrame({"image_id": [train_ids[1], valid_ids[1]], "suggested_label": [new_label, 0],
-                  "flagged": [True, True]}).to_csv(relabel, index=False)  # fmt: skip
+    pd.DataFrame({"image_id": [train_ids[1], valid_ids[1]], "label": [old[train_ids[1]], 0],  # the given labels,
+                  "suggested_label": [new_label, 0], "flagged": [True, True]}).to_csv(relabel, index=False)  # fmt: skip
     _, train2, valid2 = train.fold_tables(_cfg(c, relabel_file=str(relabel)))
     got = dict(zip(train2["image_id"], train2["label"], strict=True))
     assert got[train_ids[1]] == new_label and {k: v for k, v in got.items() if k != train_ids[1]} == {
