@@ -29,6 +29,20 @@ def check_probs_dtype(probs: np.ndarray, name: str = "probs") -> None:
         raise TypeError(f"{name} must be float in [0, 1] or uint8 0..255 (p = v / 255), got dtype {probs.dtype}")
 
 
+def as_float_probs(probs: Any, dtype: Any = np.float32) -> np.ndarray:
+    """Probabilities as floats of ``dtype``: uint8 v -> v / 255 (the kit's prediction files; float64 gives exactly
+    ``U8_VALUES[v]``, what the threshold comparisons use), float arrays cast as they are.
+
+    Raises:
+        TypeError: neither uint8 nor float.
+    """
+    p = np.asarray(probs)
+    check_probs_dtype(p)
+    if p.dtype == np.uint8:
+        return p.astype(dtype) / np.asarray(255.0, dtype=dtype)
+    return p.astype(dtype)
+
+
 def cutoff(threshold: float, dtype: np.dtype) -> Any:
     """The value c of ``dtype`` such that ``p > c`` (compared in ``dtype``) is exactly ``float64(p) > threshold``.
 

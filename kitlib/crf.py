@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from kitlib._pixels import as_float_probs
+
 __all__ = ["CRF_DEFAULTS", "check_crf_params", "dense_crf", "dense_crf_binary"]
 
 #: Parameters and their defaults: pydensecrf's README example (DeepLab's bilateral 80 / 13 / 10, Gaussian 3 / 3).
@@ -67,15 +69,6 @@ def _densecrf():
     return dcrf, unary_from_softmax
 
 
-def _as_float_probs(probs: Any) -> np.ndarray:
-    p = np.asarray(probs)
-    if p.dtype == np.uint8:
-        return p.astype(np.float32) / np.float32(255.0)
-    if p.dtype.kind != "f":
-        raise TypeError(f"probs must be float in [0, 1] or uint8 0..255, got {p.dtype}")
-    return p.astype(np.float32)
-
-
 def _check_image(image: Any, hw: tuple[int, ...]) -> np.ndarray:
     img = np.asarray(image)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != tuple(hw):
@@ -98,7 +91,7 @@ def dense_crf(probs: Any, image: Any, **params: float) -> np.ndarray:
         ValueError: probs not (C, H, W) with C >= 2; an image of another size or type; bad parameters.
         TypeError: probs neither float nor uint8.
     """
-    p = _as_float_probs(probs)
+    p = as_float_probs(probs)
     if p.ndim != 3 or p.shape[0] < 2:
         raise ValueError(f"probs must be (C, H, W) with C >= 2, got shape {p.shape}")
     img = _check_image(image, p.shape[1:])
@@ -126,7 +119,7 @@ def dense_crf_binary(probs: Any, image: Any, **params: float) -> np.ndarray:
     Raises:
         As ``dense_crf``.
     """
-    p = _as_float_probs(probs)
+    p = as_float_probs(probs)
     if p.ndim != 3:
         raise ValueError(f"probs must be (K, H, W), got shape {p.shape}")
     return np.stack([dense_crf(np.stack([1.0 - pk, pk]), image, **params)[1] for pk in p])

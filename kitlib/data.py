@@ -205,10 +205,11 @@ def _soft_rows(df: pd.DataFrame, labels: np.ndarray, preset: Preset) -> np.ndarr
     Raises:
         ValueError: a soft row that is not C finite non-negative values (the message names the image_id).
     """
-    if SOFT_LABEL_COLUMN not in df.columns or not df[SOFT_LABEL_COLUMN].map(_is_row).any():
+    soft = df[SOFT_LABEL_COLUMN].map(_is_row).to_numpy() if SOFT_LABEL_COLUMN in df.columns else None
+    if soft is None or not soft.any():
         return None
     out = np.eye(preset.num_classes, dtype=np.float32)[labels]
-    for i in np.flatnonzero(df[SOFT_LABEL_COLUMN].map(_is_row).to_numpy()):
+    for i in np.flatnonzero(soft):
         row = np.asarray(df[SOFT_LABEL_COLUMN].iat[i], dtype=np.float32)
         if row.shape != (preset.num_classes,) or not np.isfinite(row).all() or (row < 0).any():
             raise ValueError(f"image {df['image_id'].iat[i]!r}: soft label {row.tolist()} is not "

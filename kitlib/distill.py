@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kitlib._pixels import as_float_probs
 from kitlib._private import listing
 from kitlib.data import PresenceDataset
 from kitlib.folds import load_folds
@@ -208,8 +209,7 @@ class TeacherProbs:
         """
         if image_id not in self.row:
             raise KeyError(f"{self.path}: no teacher row for image {image_id!r}")
-        row = np.asarray(self.probs[self.row[image_id]])
-        return row.astype(np.float32) / 255.0 if row.dtype == np.uint8 else row.astype(np.float32)
+        return as_float_probs(self.probs[self.row[image_id]])
 
     def vector(self, image_id: str) -> np.ndarray:
         """(C,) float32: a classification or presence teacher's row."""

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kitlib._pixels import as_float_probs
 from kitlib._private import chunk_rows, listing, progress, row_slices, to_numpy
 from kitlib.io import project_path, write_csv
 from kitlib.metrics import dice_per_image_class
@@ -111,8 +112,7 @@ def find_label_issues(
 
 def _image_scores(p: np.ndarray, t: np.ndarray, preset: Preset) -> tuple[np.ndarray, np.ndarray]:
     """(n,) Dice at 0.5 (mean over classes) and (n,) mean per-pixel cross-entropy of one chunk of rows."""
-    probs = p.astype(np.float32) / 255.0 if p.dtype == np.uint8 else p.astype(np.float32)
-    probs = np.clip(probs, EPS, 1.0 - EPS)
+    probs = np.clip(as_float_probs(p), EPS, 1.0 - EPS)
     if preset.task == "multiclass":  # (n, C, H, W) probs, (n, H, W) class indices; background excluded from Dice
         labels = t.astype(np.int64)
         loss = -np.log(np.take_along_axis(probs, labels[:, None], axis=1)[:, 0]).mean(axis=(1, 2))

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from kitlib._pixels import as_float_probs
 from kitlib.formats import class_presence, load_masks, target_columns
 from kitlib.images import read_image
 from kitlib.presets import Preset
@@ -398,8 +399,7 @@ def plot_predictions(
         scale = min(1.0, max_side / max(image.shape[:2]))
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
         small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        p = np.asarray(probs[i])
-        p = p.astype(np.float32) / 255.0 if p.dtype == np.uint8 else p.astype(np.float32)
+        p = as_float_probs(probs[i])
         if preset.task == "multiclass":
             labels = p.argmax(0)
             pred = np.stack([labels == k + 1 for k in range(len(preset.target_classes))], axis=-1)

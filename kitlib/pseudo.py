@@ -20,16 +20,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kitlib._pixels import as_float_probs
 from kitlib.presets import IGNORE_INDEX
 
 __all__ = ["ignore_pixels", "pseudo_labels", "pseudo_masks"]
-
-
-def _as_probs(probs: np.ndarray) -> np.ndarray:
-    """uint8 p x 255 (the kit's prediction files) or float in [0, 1] -> float64 probabilities (float64, so a threshold
-    compares with v / 255 exactly as elsewhere in the kit)."""
-    probs = np.asarray(probs)
-    return probs.astype(np.float64) / 255.0 if probs.dtype == np.uint8 else probs.astype(np.float64)
 
 
 def pseudo_labels(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -44,7 +38,7 @@ def pseudo_labels(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.n
     Raises:
         ValueError: probs not 2-D, a threshold outside [0, 1].
     """
-    p = _as_probs(probs)
+    p = as_float_probs(probs, np.float64)  # float64: a threshold compares with v / 255 as elsewhere
     if p.ndim != 2:
         raise ValueError(f"classification probabilities must be (n, C), got shape {p.shape}")
     if not 0.0 <= threshold <= 1.0:
@@ -71,7 +65,7 @@ def pseudo_masks(probs: np.ndarray, threshold: float, multiclass: bool) -> np.nd
     Raises:
         ValueError: probs not 3-D, a threshold outside [0, 1], more than 255 classes.
     """
-    p = _as_probs(probs)
+    p = as_float_probs(probs, np.float64)  # float64: a threshold compares with v / 255 as elsewhere
     if p.ndim != 3:
         raise ValueError(f"one image's probabilities must be (K, H, W), got shape {p.shape}")
     if not 0.0 <= threshold <= 1.0:
