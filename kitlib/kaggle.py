@@ -151,9 +151,9 @@ def bundle_artifacts(slug: str, root: str | os.PathLike | None = None) -> Path:
     return mirror
 
 
-if __name__ == "__main__":  # the build tool's command line (python -m kitlib.kaggle bundle|kernel|push)
+if __name__ == "__main__":  # the command line: python -m kitlib.kaggle bundle|kernel|estimate|push|logs|submit|...
     import sys
 
-    from kitlib.kaggle_push import main
+    from kitlib.kaggle_loop import main
 
     sys.exit(main())

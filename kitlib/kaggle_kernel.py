@@ -11,7 +11,9 @@ parameters that finds the data with ``kitlib.kaggle.find_input`` / ``bundle_arti
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kitlib import kaggle_install_cell
-from kitlib.io import project_path, write_json
+from kitlib.io import project_path, read_json, write_json
 from kitlib.kaggle import input_patterns
 from kitlib.kaggle_bundle import (
     Bundle,
@@ -39,7 +41,10 @@ from kitlib.offline import OFFLINE_VARS
 from kitlib.params import check_value, coerce_text, read_declaration
 from kitlib.presets import is_preset_file
 
-__all__ = ["COMPETITIONS", "KERNEL_METADATA", "MACHINE_SHAPES", "Kernel", "kernel", "kernel_metadata"]
+__all__ = [
+    "COMPETITIONS", "KERNEL_METADATA", "MACHINE_SHAPES", "PINNING_TYPES", "RETIRED_SHAPES", "Kernel", "kernel",
+    "kernel_info", "kernel_metadata", "shape_kind", "KernelInfo",
+]  # fmt: skip
 
 # Kaggle competition slug of each preset that is a Kaggle competition (the others need --competition).
 COMPETITIONS = {
@@ -47,8 +52,39 @@ COMPETITIONS = {
     "severstal": "severstal-steel-defect-detection",
     "cassava": "cassava-leaf-disease-classification",
 }
-# kernel-metadata.json "machine_shape" values (kagglesdk ApiSaveKernelRequest.machine_shape) -> GPU (else TPU).
-MACHINE_SHAPES = {"NvidiaTeslaT4": "gpu", "NvidiaTeslaP100": "gpu", "Tpu1VmV38": "tpu"}
+# kernel-metadata.json "machine_shape" / ``kaggle kernels push --accelerator`` names -> "gpu" or "tpu". Sources: the
+# kaggle CLI 2.2.5 (cli.py ``Help.param_kernel_acc``: NvidiaTeslaT4 "GPU T4 x2", TpuV5E8 "TPU v5e-8";
+# api/kaggle_api_extended.py ``_RETIRED_ACCELERATORS``: NvidiaTeslaP100, TpuV38, Tpu1VmV38, TpuV232, TpuV2256),
+# kagglesdk 0.1.38 (``ApiSaveKernelRequest.machine_shape``: NvidiaTeslaT4, NvidiaTeslaP100, Tpu1VmV38) and Kaggle's
+# kernel-metadata documentation as issue 14 quotes it (NvidiaTeslaT4Highmem, NvidiaL4, NvidiaL4X1, NvidiaH100,
+# TpuV6E8). An unknown name warns and is written as given (Kaggle adds shapes faster than the CLI's docs).
+MACHINE_SHAPES = {
+    "NvidiaTeslaT4": "gpu",
+    "NvidiaTeslaT4Highmem": "gpu",
+    "NvidiaL4": "gpu",
+    "NvidiaL4X1": "gpu",
+    "NvidiaH100": "gpu",
+    "NvidiaTeslaP100": "gpu",
+    "TpuV5E8": "tpu",
+    "TpuV6E8": "tpu",
+    "Tpu1VmV38": "tpu",
+    "TpuV38": "tpu",
+    "TpuV232": "tpu",
+    "TpuV2256": "tpu",
+}
+# What Kaggle runs instead of a retired shape (kaggle_api_extended._RETIRED_ACCELERATORS, CLI 2.2.5).
+RETIRED_SHAPES = {
+    "NvidiaTeslaP100": "NvidiaTeslaT4",
+    "TpuV38": "TpuV5E8",
+    "Tpu1VmV38": "TpuV5E8",
+    "TpuV232": "CPU",
+    "TpuV2256": "CPU",
+}
+# kernel-metadata.json "docker_image_pinning_type": the image of the kernel's first version, or the newest one
+# (the values the CLI's kernels_push accepts: KaggleApi.valid_push_pinning_types).
+PINNING_TYPES = ("original", "latest")
+
+log = logging.getLogger(__name__)
 
 KERNEL_METADATA = "kernel-metadata.json"
 _RUNTIME_PARAMS = ("data_dir", "artifacts_root", "submission_path")  # resolved inside the kernel
@@ -66,6 +102,7 @@ def kernel_metadata(
     accelerator: str | None = None,
     model_sources: Sequence[str] = (),
     kernel_sources: Sequence[str] = (),
+    docker_image_pinning_type: str | None = None,
 ) -> dict:
     """Kaggle's ``kernel-metadata.json`` for a notebook with the internet off.
 
@@ -77,17 +114,20 @@ def kernel_metadata(
         title: default: the slug with spaces.
         is_private, enable_gpu: as Kaggle's fields.
         accelerator: a ``MACHINE_SHAPES`` name (``NvidiaTeslaT4``, ...) written as ``machine_shape``; a GPU shape sets
-            ``enable_gpu``, a TPU ``enable_tpu``.
+            ``enable_gpu``, a TPU ``enable_tpu`` (``shape_kind``). An unknown name or a retired one warns and is
+            written as given.
+        docker_image_pinning_type: "original" (the image of the kernel's first version, so a rerun sees the same
+            packages) or "latest"; None leaves Kaggle's default.
     Returns:
         The dict; ``enable_internet`` is False (explicit: Kaggle's default is True).
     Raises:
-        ValueError: a bad slug or title, or an unknown accelerator (the message lists the known ones).
+        ValueError: a bad slug or title, or a pinning type other than ``PINNING_TYPES``.
     """
     _check_slug(slug, "kernel")
     title = _check_title(title or slug.replace("-", " "), slug, "kernel")
-    if accelerator and accelerator not in MACHINE_SHAPES:
-        raise ValueError(f"unknown accelerator {accelerator!r}; options: {sorted(MACHINE_SHAPES)}")
-    kind = MACHINE_SHAPES.get(accelerator or "")
+    if docker_image_pinning_type is not None and docker_image_pinning_type not in PINNING_TYPES:
+        raise ValueError(f"docker_image_pinning_type must be one of {PINNING_TYPES}, got {docker_image_pinning_type!r}")
+    kind = shape_kind(accelerator) if accelerator else None
     meta = {
         "id": f"{kaggle_user(user)}/{slug}",
         "title": title,
@@ -105,7 +145,27 @@ def kernel_metadata(
     }
     if accelerator:
         meta["machine_shape"] = accelerator
+    if docker_image_pinning_type is not None:
+        meta["docker_image_pinning_type"] = docker_image_pinning_type
     return meta
+
+
+def shape_kind(accelerator: str) -> str | None:
+    """The kind, "gpu" or "tpu", of an accelerator name (``MACHINE_SHAPES``); an unknown name warns and is guessed
+    from its prefix (``Nvidia...``: gpu, ``Tpu...``: tpu, else None); a retired one warns with what Kaggle runs
+    instead."""
+    if accelerator in RETIRED_SHAPES:
+        log.warning("accelerator %s is retired: Kaggle runs the session on %s instead (kaggle CLI 2.2.5)", accelerator,
+                    RETIRED_SHAPES[accelerator])  # fmt: skip
+    if accelerator in MACHINE_SHAPES:
+        return MACHINE_SHAPES[accelerator]
+    guess = (
+        "gpu" if accelerator.lower().startswith("nvidia") else "tpu" if accelerator.lower().startswith("tpu") else None
+    )
+    taken = f"taken as a {guess.upper()}" if guess else "no GPU/TPU flag set"
+    log.warning("accelerator %r is not one the kaggle CLI documents (%s); written as given (%s)", accelerator,
+                ", ".join(sorted(MACHINE_SHAPES)), taken)  # fmt: skip
+    return guess
 
 
 @dataclass
@@ -177,6 +237,7 @@ def kernel(
     accelerator: str | None = None,
     datasets: Sequence[str] = (),
     models: Sequence[str] = (),
+    docker_image_pinning_type: str | None = None,
 ) -> Kernel:
     """Write the kernel folder that runs ``40_submit`` on Kaggle with the bundle's wheels and artifacts.
 
@@ -196,6 +257,7 @@ def kernel(
             parameter's annotated type.
         is_private, enable_gpu, accelerator: ``kernel-metadata.json`` (see ``kernel_metadata``).
         datasets: more dataset sources (``user/slug``, e.g. pretrained weights); models: Kaggle model sources.
+        docker_image_pinning_type: "original" or "latest" (``kernel_metadata``).
     Returns:
         ``Kernel``.
     Raises:
@@ -227,6 +289,7 @@ def kernel(
     meta = kernel_metadata(
         user, slug, code_file, [info.dataset_id, *datasets], [competition], title=title, is_private=is_private,
         enable_gpu=enable_gpu, accelerator=accelerator, model_sources=models,
+        docker_image_pinning_type=docker_image_pinning_type,
     )  # fmt: skip
     raw = json.loads(_run_tool("jupytext", ["--to", "ipynb", "--output", "-", str(notebook)]))
     declared = read_declaration(notebook)
@@ -249,7 +312,9 @@ def kernel(
     at = next(i for i, c in enumerate(cells) if "injected-parameters" in c.get("metadata", {}).get("tags", []))
     cells.insert(at + 1, _code_cell(_paths_cell(info.dataset_id, competition, info.preset), "kaggle-paths"))
     cells.insert(0, _code_cell(_install_cell(info.dataset_id, info.wheels), "kaggle-install"))
-    nb.setdefault("metadata", {})["kitlib"] = {"bundle": info.dataset_id, "competition": competition}
+    nb.setdefault("metadata", {})["kitlib"] = {"bundle": info.dataset_id, "competition": competition,
+                                               "exp": info.exp, "ensemble": info.ensemble, "preset": info.preset,
+                                               "parameters": values}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -260,3 +325,42 @@ def kernel(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Kernel(path=out, kernel_id=meta["id"], code_file=code_file, metadata=meta, parameters=values)
+
+
+@dataclass
+class KernelInfo:
+    """A kernel to follow and submit (``kernel_info``): its id and, from a ``kernel`` folder, the competition, the run
+    (``exp``, ``ensemble``, ``preset``), the notebook's injected parameters and the bundle's dataset id."""
+
+    kernel_id: str
+    folder: Path | None = None
+    competition: str = ""
+    exp: str = ""
+    ensemble: str = ""
+    preset: str = ""
+    parameters: dict = field(default_factory=dict)
+    bundle: str = ""
+
+    @property
+    def name(self) -> str:
+        """The experiment or ensemble whose ``cv.json`` the public score is set beside."""
+        return self.ensemble or self.exp
+
+
+def kernel_info(kernel: str | os.PathLike) -> KernelInfo:
+    """Read a kernel folder (written by ``kernel``: ``kernel-metadata.json`` and the notebook's ``kitlib`` metadata),
+    or take a ``user/slug`` kernel id as it is.
+
+    Raises:
+        ValueError: neither a folder with ``kernel-metadata.json`` nor ``user/slug``.
+    """
+    folder = Path(kernel)
+    if (folder / KERNEL_METADATA).is_file():
+        meta = read_json(folder / KERNEL_METADATA)
+        notebook = folder / meta.get("code_file", "")
+        kit = read_json(notebook).get("metadata", {}).get("kitlib", {}) if notebook.is_file() else {}
+        return KernelInfo(meta["id"], folder, kit.get("competition", ""), kit.get("exp", ""), kit.get("ensemble", ""),
+                          kit.get("preset", ""), kit.get("parameters", {}), kit.get("bundle", ""))  # fmt: skip
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(kernel)) and not folder.exists():
+        return KernelInfo(str(kernel))
+    raise ValueError(f"{kernel}: not a kernel folder (no {KERNEL_METADATA}) nor a user/slug kernel id")

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from kitlib.io import read_json
 from kitlib.kaggle_bundle import DATASET_METADATA, DEFAULT_PACKAGES, _last_line, bundle, kaggle_credentials
-from kitlib.kaggle_kernel import COMPETITIONS, KERNEL_METADATA, MACHINE_SHAPES, kernel
+from kitlib.kaggle_estimate import add_estimate_args, print_estimate
+from kitlib.kaggle_kernel import COMPETITIONS, KERNEL_METADATA, MACHINE_SHAPES, PINNING_TYPES, kernel
 from kitlib.params import ParameterError
 
 __all__ = ["KaggleError", "PushResult", "main", "push"]
@@ -180,7 +181,8 @@ def _read_package_file(path: str) -> list[str]:
     return Path(path).read_text(encoding="utf-8").splitlines()
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(extra=None) -> argparse.ArgumentParser:
+    """The command line; ``extra(subparsers)`` adds more commands (``kitlib.kaggle_loop``'s)."""
     p = argparse.ArgumentParser(
         prog="python -m kitlib.kaggle",
         description="Kaggle code competitions: bundle a run as a dataset, write the submission kernel, push both.",
@@ -209,7 +211,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="a notebook parameter, e.g. -p tta flips -p batch_size 16")  # fmt: skip
     k.add_argument("--public", action="store_true", help="make the kernel public (default: private)")
     k.add_argument("--gpu", action="store_true", help="enable a GPU (Kaggle's default GPU)")
-    k.add_argument("--accelerator", choices=sorted(MACHINE_SHAPES), help="machine_shape; implies --gpu for GPUs")
+    k.add_argument("--accelerator", help=f"machine_shape ({', '.join(MACHINE_SHAPES)}; another name warns and is "
+                   "written as given); implies --gpu for GPUs")  # fmt: skip
+    k.add_argument("--pin-image", choices=PINNING_TYPES,
+                   help="docker_image_pinning_type: original (the kernel's first image) or latest")  # fmt: skip
     k.add_argument("--dataset", action="append", default=[], help="another dataset source user/slug (repeatable)")
     k.add_argument("--model", action="append", default=[], help="a Kaggle model source (repeatable)")
     for q in (b, k):
@@ -225,6 +230,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="create a new dataset or a new version (auto: ask Kaggle)")  # fmt: skip
     s.add_argument("--public", action="store_true", help="create the dataset public (default: private)")
     s.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the dataset to be ready (600)")
+    s.add_argument("--no-estimate", action="store_true", help="do not time the kernel's inference before pushing")
+    add_estimate_args(s)
+    if extra is not None:
+        extra(sub)
     return p
 
 
@@ -256,10 +265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.bundle, args.competition, out_dir=args.out, user=args.user, slug=args.slug, title=args.title,
                 notebook=args.notebook, params=dict(args.param), is_private=not args.public, enable_gpu=args.gpu,
                 accelerator=args.accelerator, datasets=args.dataset, models=args.model,
+                docker_image_pinning_type=args.pin_image,
             )  # fmt: skip
             print(f"kernel: {result.path} ({result.kernel_id}, {result.code_file})")
             print(f"next: python -m kitlib.kaggle push --bundle {args.bundle} --kernel {result.path}")
         else:
+            if args.kernel and not args.no_estimate:
+                print_estimate(args.kernel, args)
             result = push(
                 args.bundle, args.kernel, message=args.message, dataset_mode=args.dataset_mode, public=args.public,
                 wait=args.wait,
