@@ -1,5 +1,6 @@
-"""Upload a bundle and push a kernel with the ``kaggle`` CLI, and the command line of the whole build tool:
-``python -m kitlib.kaggle bundle|kernel|push`` (``kitlib.kaggle_bundle``, ``kitlib.kaggle_kernel``).
+"""Upload a bundle and push a kernel with the ``kaggle`` CLI, and the command line of the build tool:
+``python -m kitlib.kaggle bundle|kernel|push`` (``kitlib.kaggle_bundle``, ``kitlib.kaggle_kernel``; the loop's commands,
+estimate|logs|submit|score|loop, are added by ``kitlib.kaggle_loop``, which ``python -m kitlib.kaggle`` runs).
 
 Three commands take a run's artifacts to a Kaggle kernel::
 
@@ -185,7 +186,8 @@ def _parser(extra=None) -> argparse.ArgumentParser:
     """The command line; ``extra(subparsers)`` adds more commands (``kitlib.kaggle_loop``'s)."""
     p = argparse.ArgumentParser(
         prog="python -m kitlib.kaggle",
-        description="Kaggle code competitions: bundle a run as a dataset, write the submission kernel, push both.",
+        description="Kaggle code competitions: bundle a run as a dataset, write the submission kernel, estimate its "
+        "run time, push both, follow the kernel, submit it and record the score beside the CV.",
         epilog="Example: bundle --exp demo --user me; kernel --bundle runs/kaggle/kit-demo-bundle --competition SLUG; "
         "push --bundle runs/kaggle/kit-demo-bundle --kernel runs/kaggle/kit-demo-submit",
     )
