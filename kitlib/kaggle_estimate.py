@@ -21,12 +21,14 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
 from kitlib import inference
 from kitlib.formats import load_competition
-from kitlib.kaggle_kernel import kernel_info
+from kitlib.io import read_json
+from kitlib.kaggle_kernel import KERNEL_METADATA, kernel_info
 from kitlib.postprocess import load_postprocess
 from kitlib.stages import SubmitConfig
 from kitlib.tta import tta_names
@@ -223,7 +225,7 @@ def estimate_kernel(
     """``estimate_runtime`` of what a kernel folder (``kitlib.kaggle_kernel.kernel``) will run: its notebook's
     injected parameters (exp, ensemble, tta, batch_size, ...), the local ``artifacts_root`` (every local fold when
     the kernel takes every fold of the bundle) and local test images (``data_dir``; default ``data/<preset>``), and
-    its competition's test set.
+    its competition's test set. A kernel without GPU or TPU gets GPU factor 1 unless ``gpu_factor`` is given.
 
     Args:
         kwargs: ``estimate_runtime``'s (n_images, test_images, time_limit_h, gpu_factor).
@@ -236,6 +238,9 @@ def estimate_kernel(
     params = {k: v for k, v in info.parameters.items() if k != "device"}
     data_dir = data_dir or f"data/{info.preset}"
     cfg = SubmitConfig.from_notebook(**params, artifacts_root=str(artifacts_root), data_dir=data_dir, device=device)
+    meta = read_json(Path(kernel_dir) / KERNEL_METADATA)
+    if kwargs.get("gpu_factor") is None and not (meta.get("enable_gpu") or meta.get("enable_tpu")):
+        kwargs["gpu_factor"] = 1.0  # a CPU kernel (4 cores on Kaggle) runs about as fast as a local CPU
     return estimate_runtime(cfg, competition=info.competition, **kwargs)
 
 

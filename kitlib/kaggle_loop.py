@@ -87,7 +87,7 @@ def submit_and_record(
         ref = submit(competition, info.kernel_id, version, file_name=args.file, message=message)
         print(f"submitted {info.kernel_id} v{version} to {competition}" + (f" (ref {ref})" if ref else ""))
     ref = ref if ref is not None else getattr(args, "ref", None)
-    if args.no_wait:
+    if getattr(args, "no_wait", False):
         return f"not waiting for the score: python -m kitlib.kaggle score --kernel {args.kernel} --ref {ref}"
     row = wait_for_score(competition, ref=ref, message=None if ref else message, poll=args.poll,
                          timeout=args.score_timeout)  # fmt: skip
@@ -139,7 +139,8 @@ def _add_commands(sub) -> None:
         q.add_argument("--competition", help="competition slug (default: the kernel's)")
         q.add_argument("-m", "--message", help="submission description (default: kitlib <run> v<version>)")
         q.add_argument("--file", default="submission.csv", help="the kernel's output file to submit")
-        q.add_argument("--no-wait", action="store_true", help="do not wait for the score")
+        if q is not c:
+            q.add_argument("--no-wait", action="store_true", help="do not wait for the score")
         q.add_argument("--poll", type=float, default=60.0, help="seconds between score polls (60)")
         q.add_argument("--score-timeout", type=float, default=3 * 3600.0, help="give up waiting after seconds (3 h)")
         q.add_argument("--record", help="the record of submissions (default: <artifacts-root>/submissions.csv)")

@@ -111,9 +111,17 @@ def log_lines(text: str) -> list[str]:
     return "".join(str(e.get("data", "")) for e in events if isinstance(e, dict)).splitlines()
 
 
+def _answer(code: int, out: str, args: list[str], data: str) -> str:
+    """``_check`` on what the CLI printed before its data (the first line matching ``data``): a kernel's log or a
+    submission's description may say "error:" without the call having failed."""
+    m = re.search(data, out, re.M) if code == 0 else None
+    _check(code, out[: m.start()] if m else out, args)
+    return out
+
+
 def _log(kernel_id: str, result: PushResult) -> list[str]:
     args = ["kernels", "logs", kernel_id]
-    return log_lines(_check(*_call(_kaggle_cli(), args, result), args))
+    return log_lines(_answer(*_call(_kaggle_cli(), args, result), args, r"^\["))
 
 
 def follow(
@@ -203,7 +211,7 @@ def read_submissions(competition: str, result: PushResult | None = None) -> pd.D
         KaggleError: the call failed, or its answer has no CSV header.
     """
     args = ["competitions", "submissions", competition, "--csv"]
-    out = _check(*_call(_kaggle_cli(), args, result if result is not None else PushResult()), args)
+    out = _answer(*_call(_kaggle_cli(), args, result if result is not None else PushResult()), args, r"^ref,")
     lines = out.splitlines()
     if any(line.strip() == "No submissions found" for line in lines):
         return pd.DataFrame(columns=["ref", "fileName", "date", "description", "status", "publicScore"])

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from kitlib import kaggle_estimate, kaggle_kernel, kaggle_loop, kaggle_push, kaggle_submit
-from kitlib.io import write_json
-from tests.test_kaggle import check_with_kaggle_cli, demo_run, kaggle_api  # noqa: F401  (fixtures)
+from kitlib.io import read_json, write_json
+from tests.test_kaggle import _fake_bundle, check_with_kaggle_cli, demo_run, kaggle_api  # noqa: F401  (fixtures)
 
 # The real kaggle CLI (kaggle.cli.main) with KaggleApi.build_kaggle_client replaced: a scripted Kaggle whose answers
 # are kagglesdk's own response types, read from $FAKE_KAGGLE_STATE; each request is appended to $FAKE_KAGGLE_LOG.
@@ -145,7 +145,12 @@ def _events(*lines: str) -> list[dict]:
     return [{"stream_name": "stdout", "time": i * 0.5, "data": f"{line}\n"} for i, line in enumerate(lines)]
 
 
-LOG = _events("kitlib 0.1.0 from /kaggle/...", "loading 2 folds", "test: 100%", "submission: submission.csv")
+LOG = _events(
+    "kitlib 0.1.0 from /kaggle/...",
+    "error: a kernel's own line, not the CLI's",
+    "test: 100%",
+    "submission: submission.csv",
+)
 
 
 # ------------------------------------------------------------------------------------------------ follow
@@ -176,7 +181,7 @@ def test_a_failed_kernel_ends_the_loop_with_its_failure_message(real_cli, tmp_pa
     assert kaggle_loop.main(["logs", "--kernel", str(kdir), "--follow", "--poll", "0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: kernel tester/kit-x-submit ended ERROR: Your notebook tried to allocate")
-    assert f"log {kdir / 'kernel.log'}" in err and "loading 2 folds" in err and err.count("\n") == 1
+    assert f"log {kdir / 'kernel.log'}" in err and "a kernel's own line" in err and err.count("\n") == 1
     assert (kdir / "kernel.log").read_text().splitlines() == [e["data"].strip() for e in LOG[:2]]
 
 
@@ -235,11 +240,11 @@ def test_submit_sends_a_code_submission_and_the_score_is_recorded_beside_the_cv(
 
 
 def test_read_submissions_parses_the_clis_csv(real_cli):
-    real_cli.script(submissions=[{"ref": 9, "description": "x, with a comma", "status": "COMPLETE", "public": "0.7"},
+    real_cli.script(submissions=[{"ref": 9, "description": "fix error: x, y", "status": "COMPLETE", "public": "0.7"},
                                  {"ref": 8, "description": "pending", "status": "PENDING"}])  # fmt: skip
     df = kaggle_submit.read_submissions("kit-demo-competition")
     assert df["ref"].tolist() == ["9", "8"] and df["status"].tolist() == ["COMPLETE", "PENDING"]
-    assert df["publicScore"].tolist() == ["0.7", ""] and df["description"][0] == "x, with a comma"
+    assert df["publicScore"].tolist() == ["0.7", ""] and df["description"][0] == "fix error: x, y"
     real_cli.script(submissions=[{"ref": 9, "description": "d", "status": "ERROR"}])
     with pytest.raises(kaggle_push.KaggleError, match="submission 9 failed to score"):
         kaggle_submit.wait_for_score("kit-demo-competition", ref=9, poll=0)
@@ -305,6 +310,27 @@ def test_every_documented_accelerator_reaches_the_cli_and_unknown_ones_pass_with
         kaggle_kernel.kernel_metadata("tester", "kit-demo-submit", "a.ipynb", [], [], docker_image_pinning_type="new")
 
 
+def test_the_kernel_command_pins_the_image_and_records_what_the_loop_reads(tmp_path, capsys):
+    bundle_dir = _fake_bundle(tmp_path / "b")
+    argv = ["kernel", "--bundle", str(bundle_dir), "--competition", "kit-demo-competition", "--user", "tester",
+            "--out", str(tmp_path / "k"), "--accelerator", "NvidiaL4", "--pin-image", "latest",
+            "-p", "tta", "flips"]  # fmt: skip
+    assert kaggle_loop.main(argv) == 0
+    meta = read_json(tmp_path / "k" / "kernel-metadata.json")
+    assert (meta["machine_shape"], meta["enable_gpu"], meta["docker_image_pinning_type"]) == (
+        "NvidiaL4",
+        True,
+        "latest",
+    )
+    info = kaggle_kernel.kernel_info(tmp_path / "k")
+    assert (info.kernel_id, info.competition, info.name, info.preset) == ("tester/kit-x-submit", "kit-demo-competition",
+                                                                          "x", "demo")  # fmt: skip
+    assert info.parameters["tta"] == "flips" and info.parameters["n_folds"] == 0
+    assert kaggle_kernel.kernel_info("tester/kit-x-submit").kernel_id == "tester/kit-x-submit"
+    with pytest.raises(ValueError, match="not a kernel folder"):
+        kaggle_kernel.kernel_info(tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------ estimate
 
 
@@ -343,6 +369,7 @@ def test_push_prints_the_estimate_of_the_kernel_before_pushing(demo_run, tmp_pat
     first, second = out.splitlines()[:2]
     assert first.startswith("estimate: ") and "2 models x 2 TTA views" in first and "3698 test images" in first
     assert "OVER THE LIMIT" in first and second.startswith("warning: the projection passes the 0.0001 h limit")
+    assert "GPU factor 1 " in first  # a kernel without GPU: Kaggle's CPU is taken as fast as this one
     assert out.index("estimate: ") < out.index("kernels push")
     assert kaggle_loop.main(["estimate", "--kernel", str(kdir), "--artifacts-root", str(demo_run.root), "--data-dir",
                              str(demo_run.data), "--images", "2"]) == 0  # fmt: skip
