@@ -18,9 +18,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from kitlib import kaggle_push
+from kitlib.io import project_path
 from kitlib.kaggle_bundle import _last_line
 from kitlib.kaggle_estimate import add_estimate_args, estimate_from_args, estimate_runtime, print_estimate
 from kitlib.kaggle_kernel import COMPETITIONS, KernelInfo, kernel_info
@@ -76,23 +76,24 @@ def submit_and_record(
     ref: int | None = None,
 ) -> str:
     """Submit ``version`` (unless ``ref`` names a submission already made), wait for its public score and append it
-    to the record beside the run's CV; returns the line to print.
+    to the record (``args.record``, default ``<artifacts_root>/submissions.csv``) beside the run's CV; returns the
+    line to print. ``args``: the ``submit`` / ``score`` / ``loop`` command's options.
 
     Raises:
         KaggleError: as ``submit`` and ``wait_for_score``; ValueError: no competition known.
     """
     competition = _competition(info, args.competition)
     message = args.message or f"kitlib {info.name or info.kernel_id} v{version}"
-    if ref is None and not getattr(args, "ref", None):
+    if ref is None:
         ref = submit(competition, info.kernel_id, version, file_name=args.file, message=message)
         print(f"submitted {info.kernel_id} v{version} to {competition}" + (f" (ref {ref})" if ref else ""))
-    ref = ref if ref is not None else getattr(args, "ref", None)
     if getattr(args, "no_wait", False):
         return f"not waiting for the score: python -m kitlib.kaggle score --kernel {args.kernel} --ref {ref}"
     row = wait_for_score(competition, ref=ref, message=None if ref else message, poll=args.poll,
                          timeout=args.score_timeout)  # fmt: skip
-    cv = read_cv(args.artifacts_root, info.name)
-    record = Path(args.record or Path(args.artifacts_root) / "submissions.csv")
+    root = project_path(args.artifacts_root)  # relative: from the repository root, as the stages take it
+    cv = read_cv(root, info.name)
+    record = project_path(args.record) if args.record else root / "submissions.csv"
     table = record_submission(record, name=info.name, competition=competition, kernel=info.kernel_id, version=version,
                               row=row, cv=cv, abs_tol=args.abs_tol, rel_tol=args.rel_tol)  # fmt: skip
     last = table.iloc[-1]

@@ -239,6 +239,20 @@ def test_submit_sends_a_code_submission_and_the_score_is_recorded_beside_the_cv(
     assert list(record.columns) == list(kaggle_submit.SUBMISSION_COLUMNS)
 
 
+def test_submit_without_waiting_then_score_later(real_cli, tmp_path, capsys):
+    kdir, record = _kernel_dir(tmp_path), tmp_path / "record.csv"
+    real_cli.script(submissions=[{"ref": 4242, "description": "mine", "status": "COMPLETE", "public": "0.7"}])
+    assert kaggle_loop.main(["submit", "--kernel", str(kdir), "-v", "2", "-m", "mine", "--no-wait"]) == 0
+    assert f"score --kernel {kdir} --ref 4242" in capsys.readouterr().out
+    assert [m for m, _ in real_cli.requests()] == ["create_code_submission"] and not record.exists()
+    argv = ["score", "--kernel", str(kdir), "-v", "2", "--ref", "4242", "--record", str(record), "--poll", "0"]
+    assert kaggle_loop.main(argv) == 0
+    assert "public score 0.7 (no cv.json)" in capsys.readouterr().out
+    assert [m for m, _ in real_cli.requests()].count("create_code_submission") == 1  # score submits nothing
+    row = pd.read_csv(record).iloc[0]
+    assert (row["ref"], row["version"], row["public_score"], row["flagged"]) == (4242, 2, 0.7, False)
+
+
 def test_read_submissions_parses_the_clis_csv(real_cli):
     real_cli.script(submissions=[{"ref": 9, "description": "fix error: x, y", "status": "COMPLETE", "public": "0.7"},
                                  {"ref": 8, "description": "pending", "status": "PENDING"}])  # fmt: skip
