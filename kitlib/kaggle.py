@@ -9,9 +9,11 @@ years (``input/<slug>``, ``input/competitions/<slug>``, ``input/datasets/<user>/
 ``KIT_KAGGLE_ROOT`` replaces ``/kaggle`` (tests, a local dry run). kitlib writes into ``working_dir()`` only; ``input``
 is read-only there.
 
-The tool that builds and sends all this, ``python -m kitlib.kaggle bundle|kernel|push``, is the build side:
-``kitlib.kaggle_bundle`` (the dataset), ``kitlib.kaggle_kernel`` (the notebook and its metadata) and
-``kitlib.kaggle_push`` (the kaggle CLI and the command line).
+The tool that builds and sends all this, ``python -m kitlib.kaggle bundle|kernel|estimate|push|logs|submit|score|loop``,
+is the build side: ``kitlib.kaggle_bundle`` (the dataset), ``kitlib.kaggle_kernel`` (the notebook and its metadata),
+``kitlib.kaggle_estimate`` (will it fit the time limit), ``kitlib.kaggle_push`` (the kaggle CLI),
+``kitlib.kaggle_submit`` (following the kernel, submitting, the score and its record) and ``kitlib.kaggle_loop`` (the
+command line).
 """
 
 from __future__ import annotations
