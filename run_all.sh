@@ -100,7 +100,8 @@ if [ -z "$data" ]; then
     exit 2
   fi
   data="data/$preset$noise_tag"
-  python -m kitlib.demo "$data" --preset "$preset" ${label_noise:+--label-noise "$label_noise"} >/dev/null
+  quiet_demo=(--quiet); [ "$verbose" = 0 ] || quiet_demo=()  # its INFO lines (written, or already there): --verbose
+  python -m kitlib.demo "$data" --preset "$preset" ${label_noise:+--label-noise "$label_noise"} "${quiet_demo[@]}" >/dev/null
 fi
 [ -d "$data" ] || { echo "error: data folder not found: $data" >&2; exit 2; }
 data="$(cd "$data" && pwd)"
