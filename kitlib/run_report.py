@@ -106,9 +106,10 @@ def _shown(path: Path) -> str:
 
 
 def _cv(cv: dict[str, Any]) -> str:
-    """``dice 0.5896, post-processed 0.8415 (threshold)`` from a ``cv.json`` (``kitlib.oof.save_cv``)."""
+    """``dice 0.5896, post-processed 0.8415 (threshold)`` from a ``cv.json`` (``kitlib.oof.save_cv``); a classifier's
+    ``postprocess`` "none" gives ``accuracy 0.8750``."""
     text = f"{cv.get('metric', 'score')} {_score(cv.get('cv'))}"
-    if cv.get("cv_postprocessed") is not None:
+    if cv.get("cv_postprocessed") is not None and cv.get("postprocess") != "none":  # "none": the raw CV again
         text += f", post-processed {_score(cv['cv_postprocessed'])}"
         if cv.get("postprocess"):
             text += f" ({cv['postprocess']})"

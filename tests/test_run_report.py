@@ -51,7 +51,7 @@ def test_headlines_from_hand_written_artifacts(tmp_path):
 
     write_json(exp / "cv.json", {"metric": "dice", "cv": 0.5, "cv_postprocessed": 0.75, "postprocess": "threshold"})
     assert headline("20_oof", Artifacts(exp)) == "CV dice 0.5000, post-processed 0.7500 (threshold)"
-    write_json(exp / "cv.json", {"metric": "accuracy", "cv": 0.875})  # a classifier: no post-processing
+    write_json(exp / "cv.json", {"metric": "accuracy", "cv": 0.875, "cv_postprocessed": 0.875, "postprocess": "none"})
     assert headline("20_oof", Artifacts(exp)) == "CV accuracy 0.8750"
 
     blend = tmp_path / "blend"
