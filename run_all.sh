@@ -36,6 +36,12 @@
 #                     --label-noise; the hidden list in noisy_ids.csv), written into data/<preset>_noise<F x 100>
 #                     (the clean demo stays), experiment name <preset>_noise<F x 100> unless --exp
 #   --force           rerun notebooks that already completed
+#   --verbose         show everything each notebook prints (papermill, its progress bar, the cells' output) as it runs
+#
+# Output: one line per notebook as it ends, its time and headline read from what it wrote (kitlib.run_report), e.g.
+#   [run_all] 10_train_fold0:  done in 41s; fold 0 dice 0.5469 on 40 held-out images (best valid_dice 0.4786 at epoch 8)
+# then the summary. Each notebook's whole output (cells, papermill, the kernel's stderr) is in runs/NAME/logs/<nb>.log;
+# a failure prints the failing cell's exception, the executed notebook and that log, and exits 1.
 #
 # Resumable: each notebook that completes writes runs/NAME/.done/<notebook> last, holding a hash of the notebook
 # and its parameters; a rerun skips those and reruns the one that failed or was killed. Fails fast with the failing
@@ -47,7 +53,7 @@ source scripts/bootstrap.sh
 
 preset=demo data="" exp="" folds=5 label_file="" params_file="" force=0 gpus="" ensemble="" gate_exp="" until=""
 pseudo_from=""
-label_noise=""
+label_noise="" verbose=0
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -64,6 +70,7 @@ while [ $# -gt 0 ]; do
     --pseudo-from) pseudo_from="$2"; shift 2 ;;
     --label-noise) label_noise="$2"; shift 2 ;;
     --force) force=1; shift ;;
+    --verbose) verbose=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -93,7 +100,8 @@ if [ -z "$data" ]; then
     exit 2
   fi
   data="data/$preset$noise_tag"
-  python -m kitlib.demo "$data" --preset "$preset" ${label_noise:+--label-noise "$label_noise"} >/dev/null
+  quiet_demo=(--quiet); [ "$verbose" = 0 ] || quiet_demo=()  # its INFO lines (written, or already there): --verbose
+  python -m kitlib.demo "$data" --preset "$preset" ${label_noise:+--label-noise "$label_noise"} "${quiet_demo[@]}" >/dev/null
 fi
 [ -d "$data" ] || { echo "error: data folder not found: $data" >&2; exit 2; }
 data="$(cd "$data" && pwd)"
@@ -106,7 +114,8 @@ mkdir -p "$runs/.done" "artifacts/$exp"
 common=(--set exp "$exp" --set preset "$preset" --set data_dir "$data" --set n_folds "$folds"
         --set label_file "$label_file" --set artifacts_root "$PWD/artifacts")
 [ -z "$params_file" ] || common=(--file "$params_file" "${common[@]}")
-progress=(--no-progress-bar); [ -t 2 ] && progress=(--progress-bar)
+progress=(); [ "$verbose" = 1 ] && [ -t 2 ] && progress=(--progress-bar)  # papermill's bar: --verbose only
+transient=0; [ "$verbose" = 0 ] && [ -t 1 ] && [ -z "$gpus" ] && transient=1  # "running ..." until the line is in
 device=(); [ -z "$gpus" ] || device=(--set device cuda)
 gate=(); [ -z "$gate_exp" ] || gate=(--set gate_exp "$gate_exp")
 pseudo=(); [ -z "$pseudo_from" ] || pseudo=(--set pseudo_from "$pseudo_from")
@@ -115,11 +124,13 @@ if [ -n "$pseudo_from" ] && [ "$pseudo_from" = "$exp" ]; then
 fi
 mkdir -p "$runs/.params"
 
-# run_notebook NAME OUTPUT_STEM [--set NAME VALUE ...]
+# run_notebook NAME OUTPUT_STEM [--set NAME VALUE ...]: one line when it ends (kitlib.run_report reads the headline from
+# the artifacts); everything the notebook and its kernel print goes to runs/<exp>/logs/<stem>.log (and, with
+# --verbose, to stderr too).
 run_notebook() {
   local name="$1" stem="$2"; shift 2
   local src="notebooks/$name.py" out="$runs/$stem.ipynb" marker="$runs/.done/$stem" params="$runs/.params/$stem.yaml"
-  local key
+  local log="$runs/logs/$stem.log" key start rc=0
   if ! python -m kitlib.params params "$src" "${common[@]}" "$@" > "$params.tmp"; then
     echo "[run_all] FAILED: the parameters of $stem (above)" >&2
     exit 1
@@ -127,17 +138,54 @@ run_notebook() {
   mv "$params.tmp" "$params"
   key="$(cat "$src" "$params" | sha256sum | cut -d' ' -f1)"
   if [ "$force" = 0 ] && [ "$(cat "$marker" 2>/dev/null || true)" = "$key" ]; then
-    echo "[run_all] $stem: done already, skipped ($out)"
+    report_line "$stem" "done already, skipped" "$params"
     return 0
   fi
   rm -f "$marker"
-  echo "[run_all] $stem: running -> $out"
-  if ! jupytext --to ipynb --output - "$src" \
-      | papermill - "$out" -k python3 --cwd "$PWD" "${progress[@]}" -f "$params"; then
-    echo "[run_all] FAILED: $stem; the executed notebook with the error is $out" >&2
+  mkdir -p "$runs/logs"
+  start=$SECONDS
+  local runner=(python scripts/run_notebook.py "$src" "$out" "$params" --cwd "$PWD" "${progress[@]}")
+  if [ "$verbose" = 1 ]; then
+    echo "[run_all] $stem: running -> $out (log $log)"
+    "${runner[@]}" 2>&1 | tee "$log" >&2 || rc=$?
+  else
+    [ "$transient" = 0 ] || printf '[run_all] %-16s running ...' "$stem:"
+    "${runner[@]}" > "$log" 2>&1 || rc=$?
+    [ "$transient" = 0 ] || printf '\r\033[K'
+  fi
+  if [ "$rc" != 0 ]; then
+    report_failure "$stem" "$out" "$log" "$((SECONDS - start))"
     exit 1
   fi
   echo "$key" > "$marker.tmp" && mv "$marker.tmp" "$marker"
+  report_line "$stem" "done in $(duration $((SECONDS - start)))" "$params"
+}
+
+# duration SECONDS: 42s, 3m05s, 1h02m
+duration() {
+  local s="$1"
+  if [ "$s" -ge 3600 ]; then printf '%dh%02dm' $((s / 3600)) $((s % 3600 / 60))
+  elif [ "$s" -ge 60 ]; then printf '%dm%02ds' $((s / 60)) $((s % 60))
+  else printf '%ds' "$s"; fi
+}
+
+# report_line STEM STATUS PARAMS: "[run_all] 20_oof:          done in 14s; CV dice 0.5896, post-processed 0.8415"
+report_line() {
+  local result
+  result="$(python -m kitlib.run_report headline "$1" "$3")" || result="(no headline, above)"
+  printf '[run_all] %-16s %s; %s\n' "$1:" "$2" "$result"
+}
+
+# report_failure STEM NOTEBOOK LOG SECONDS: the notebook's exception (or the log's last lines) and where to look.
+report_failure() {
+  local stem="$1" out="$2" log="$3" error
+  {
+    echo "[run_all] FAILED: $stem; the executed notebook with the error is $out (after $(duration "$4"))"
+    error="$(python -m kitlib.run_report error "$out" 2>/dev/null || true)"
+    [ -n "$error" ] || error="$(tail -n 5 "$log")"
+    sed 's/^/[run_all]   /' <<< "$error"
+    echo "[run_all]   full log: $log"
+  } >&2
 }
 
 # kill_tree PID: SIGTERM a process and all its descendants (a fold's papermill and its kernel), the tree listed first.
@@ -221,7 +269,7 @@ for name in 00_eda 10_train 20_oof 30_ensemble 40_submit; do
   fi
   [ "$name" != "$until" ] || { echo "[run_all] stopped after $name (--until)"; break; }
 done
-echo "[run_all] finished: executed notebooks in $runs/, artifacts in artifacts/$exp/"
+echo "[run_all] finished: executed notebooks in $runs/ (logs in $runs/logs/), artifacts in artifacts/$exp/"
 for cv in "artifacts/$exp/cv.json" ${ensemble:+"artifacts/$ensemble/cv.json"}; do
   [ -f "$cv" ] || continue
   python - "$cv" <<'PY' || true

@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         help="corrupt this fraction of the train labels on purpose (listed in noisy_ids.csv)",
     )
     parser.add_argument("--score", metavar="SUBMISSION", help="score this submission on the hidden test truth")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only (run_all.sh without --verbose)")
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(DEMOS))
@@ -346,7 +347,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.score:
         print(score_demo(args.score, args.data_dir)[0])
         return
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     sizes = {k: getattr(args, k) for k in ("n_train", "n_test", "height", "width") if getattr(args, k) is not None}
     try:
         noise = {"label_noise": args.label_noise} if args.label_noise else {}

@@ -21,7 +21,13 @@ if [ "$(cat "$_stamp" 2>/dev/null || true)" != "$_want" ]; then
   echo "[bootstrap] installing requirements into $KIT_VENV (first time: torch and friends, a few minutes)" >&2
   "$KIT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
   "$KIT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$KIT_ROOT/requirements.txt"
-  "$KIT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$KIT_ROOT"
+  # setuptools' editable build emits InformationOnly("Editable installation.", "Please be careful with folders in
+  # your working directory ...") on every install (setuptools/command/editable_wheel.py, _TopLevelFinder.__exit__) and
+  # pip shows a backend's warnings even with --quiet (pyproject_hooks re-raises them as BuildBackendWarning): the one
+  # message ignored in the build's interpreter, by its exact text and base category (UserWarning, so that no
+  # setuptools import is needed to parse the filter)
+  PYTHONWARNINGS="ignore:Editable installation.:UserWarning" \
+    "$KIT_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$KIT_ROOT"
   "$KIT_VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
   echo "$_want" > "$_stamp"
 fi

@@ -208,6 +208,9 @@ def test_cli(tmp_path):
     assert result.stdout.strip() == str(out)
     assert len(pd.read_csv(out / "train.csv")) == 16
     assert json.loads((out / MARKER).read_text())["seed"] == 3
+    assert "wrote demo" in result.stderr
+    again = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, timeout=120)  # run_all.sh's call
+    assert again.returncode == 0 and again.stderr == "" and again.stdout.strip() == str(out)
 
 
 @pytest.mark.skipif(not HAS_FORMATS, reason="kitlib.formats is not written yet")

@@ -27,6 +27,16 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           timeout=900)  # fmt: skip
 
 
+def _line(stem: str) -> str:
+    """The start of run_all's one line for a notebook: ``[run_all] 10_train_fold0:  `` (the stem padded to a column)."""
+    return f"[run_all] {stem + ':':<16} "
+
+
+# What papermill, ipykernel and setuptools printed for every notebook before run_all.sh was quiet (issue 14).
+NOISE = ("the file is not specified with any extension", "running over TCP without encryption", "Editable installation",
+         "Warning:", "Traceback")  # fmt: skip
+
+
 def _cleanup(name: str) -> None:
     for root in ("runs", "artifacts"):
         shutil.rmtree(REPO / root / name, ignore_errors=True)
@@ -75,10 +85,10 @@ def test_run_all_demo_then_resume(exp):
     assert (REPO / "runs" / exp / "00_eda.ipynb").is_file()
     assert (REPO / "artifacts" / exp / "folds.csv").is_file()
     second = _run("--exp", exp, "--folds", "3")
-    assert second.returncode == 0 and "00_eda: done already, skipped" in second.stdout
+    assert second.returncode == 0 and _line("00_eda") + "done already, skipped; 80 images, 3 folds" in second.stdout
     # a changed parameter invalidates the marker: the notebook runs again
     third = _run("--exp", exp, "--folds", "4")
-    assert third.returncode == 0 and "00_eda: running" in third.stdout
+    assert third.returncode == 0 and _line("00_eda") + "done in" in third.stdout
 
 
 def test_run_all_fails_fast_with_the_notebook_path(exp, tmp_path):
@@ -89,6 +99,11 @@ def test_run_all_fails_fast_with_the_notebook_path(exp, tmp_path):
     assert result.returncode == 1
     assert f"FAILED: 00_eda; the executed notebook with the error is runs/{exp}/00_eda.ipynb" in result.stderr
     assert not (REPO / "runs" / exp / ".done" / "00_eda").exists()
+    # the failing cell's exception, read from the executed notebook, and the log that holds the whole traceback
+    assert "CompetitionDataError: 1 of 1 images listed in" in result.stderr and "x.jpg" in result.stderr
+    log = REPO / "runs" / exp / "logs" / "00_eda.log"
+    assert f"full log: runs/{exp}/logs/00_eda.log" in result.stderr and "Traceback" in log.read_text()
+    assert result.stdout == ""  # no line for a notebook that did not finish
 
 
 @pytest.mark.parametrize(
@@ -122,7 +137,21 @@ def test_run_all_tiny_end_to_end_and_killed_mid_fold(tiny, exp, exp2):
     args = ("--data", str(data), "--folds", "2", "--params", str(params))
     reference = _run("--exp", exp, *args)
     assert reference.returncode == 0, reference.stderr[-3000:]
-    assert "unknown parameter" not in reference.stderr  # each notebook gets the parameters it declares
+    assert reference.stderr == ""  # quiet: no papermill banner, kernel warning or unknown parameter (each notebook
+    # gets the parameters it declares); what the notebooks printed is in their logs, without the known noise
+    stems = ["00_eda", "10_train_fold0", "10_train_fold1", "20_oof", "30_ensemble", "40_submit"]
+    lines = reference.stdout.splitlines()
+    assert [line.split(":")[0].removeprefix("[run_all] ") for line in lines[: len(stems)]] == stems
+    assert all(line.startswith(_line(stem) + "done in ") for line, stem in zip(lines, stems, strict=False))
+    assert "; 12 images, 2 folds (6, 6)" in lines[0] and "; fold 1 dice 0." in lines[2] and "CV dice 0." in lines[3]
+    assert lines[5].endswith(f"; 16 rows written to runs/{exp}/submission.csv")  # 4 test images x 4 classes
+    summary = ["[run_all] finished:", f"[run_all] CV (artifacts/{exp}/cv.json):", "[run_all] submission:",
+               "[run_all] demo test Dice "]  # fmt: skip
+    assert len(lines) == len(stems) + len(summary)
+    assert all(line.startswith(start) for line, start in zip(lines[len(stems) :], summary, strict=True)), lines
+    for stem in stems:
+        log = (REPO / "runs" / exp / "logs" / f"{stem}.log").read_text()
+        assert "Executing notebook with kernel" in log and not [n for n in NOISE if n in log], (stem, log[-3000:])
     submission = REPO / "runs" / exp / "submission.csv"
     assert f"[run_all] submission: runs/{exp}/submission.csv" in reference.stdout
     assert validate_submission(submission, data / "sample_submission.csv", PRESETS["demo"])["images"] == 4
@@ -146,7 +175,8 @@ def test_run_all_tiny_end_to_end_and_killed_mid_fold(tiny, exp, exp2):
 
     rerun = _run("--exp", exp2, *args)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "10_train_fold0: done already, skipped" in rerun.stdout and "10_train_fold1: running" in rerun.stdout
+    assert _line("10_train_fold0") + "done already, skipped" in rerun.stdout
+    assert _line("10_train_fold1") + "done in" in rerun.stdout
     assert (REPO / "runs" / exp2 / "submission.csv").read_bytes() == submission.read_bytes()
 
 
@@ -315,7 +345,7 @@ def test_run_all_pseudo_from_writes_the_test_probs_then_trains_on_them(tiny, exp
     assert not (REPO / "artifacts" / exp / "test_probs.npy").exists()
     second = _run("--exp", exp2, *args, "--pseudo-from", exp, "--until", "10_train")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "40_submit_probs: running" in second.stdout
+    assert _line("40_submit_probs") + "done in" in second.stdout and "; test probabilities artifacts/" in second.stdout
     probs = np.load(REPO / "artifacts" / exp / "test_probs.npy")
     assert probs.shape == (4, 4, 64, 96) and probs.dtype == np.uint8
     for fold in (0, 1):
