@@ -130,6 +130,11 @@ tta_weight: Optional[float] = None  # weight of the plain view against the mean 
 oof_dtype: Optional[str] = None  # segmentation OOF: uint8 (p x 255), float16, float32
 gpus: int = 1  # > 1: run this fold with torchrun on that many GPUs (DDP)
 smoke: bool = False  # 2 epochs on 2 batches: check the whole path quickly
+tracker: Optional[str] = None  # experiment tracking (kitlib.tracking): wandb (offline run files), mlflow (a local
+# store); None: off. Params, per-epoch metrics and scores are logged; not part of run_id
+tracker_project: str = "kitlib"  # W&B project of the runs (grouped by exp); MLflow's experiment is exp
+tracker_uri: str = ""  # W&B: the folder the runs go under; MLflow: a tracking URI or a folder; "": artifacts/<exp>/
+# (wandb/ or mlruns/), or WANDB_DIR / MLFLOW_TRACKING_URI when set
 
 # %%
 # %matplotlib inline

@@ -75,6 +75,11 @@ n_issues_shown: int = 8  # the worst images drawn with their label (or truth mas
 issue_fraction: float = 0.05  # segmentation: the worst fraction of the images by OOF Dice is flagged
 issue_max_dice: float = 0.0  # segmentation: also flag every image whose OOF Dice is below this; 0: none
 seed: int = 42  # which images are drawn (also the CRF search's subset)
+tracker: Optional[str] = None  # experiment tracking (kitlib.tracking): wandb (offline run files), mlflow (a local
+# store); None: off. Params, per-epoch metrics and scores are logged; not part of run_id
+tracker_project: str = "kitlib"  # W&B project of the runs (grouped by exp); MLflow's experiment is exp
+tracker_uri: str = ""  # W&B: the folder the runs go under; MLflow: a tracking URI or a folder; "": artifacts/<exp>/
+# (wandb/ or mlruns/), or WANDB_DIR / MLFLOW_TRACKING_URI when set
 
 # %%
 # %matplotlib inline
