@@ -18,7 +18,8 @@
 # (`kitlib.recipes.TRAIN_RECIPES`) or the parameters below, then predicts the held-out images. Writes
 # `artifacts/<exp>/fold<k>/`: `best.pt`, `last.pt`, `history.csv`, `config.json`, `oof_probs.npy` + `oof_ids.csv`
 # (probabilities at the competition's scoring resolution, rows in folds.csv order), `scores.json`, `done.json`.
-# A killed run resumes from `last.pt` when rerun with the same parameters.
+# A killed run resumes from `last.pt` when rerun with the same parameters. With `tracker` (wandb offline, mlflow),
+# the config, every epoch's history row and the fold's scores also go to a tracker run `<exp>/fold<k>`.
 #
 # Headless: `jupytext --to ipynb --output - notebooks/10_train.py | papermill - out.ipynb -p fold 0`
 # (`./run_all.sh` loops over the folds). Several GPUs: `gpus: 2` runs this fold with `torchrun` (DDP).
@@ -133,8 +134,8 @@ smoke: bool = False  # 2 epochs on 2 batches: check the whole path quickly
 tracker: Optional[str] = None  # experiment tracking (kitlib.tracking): wandb (offline run files), mlflow (a local
 # store); None: off. Params, per-epoch metrics and scores are logged; not part of run_id
 tracker_project: str = "kitlib"  # W&B project of the runs (grouped by exp); MLflow's experiment is exp
-tracker_uri: str = ""  # W&B: the folder the runs go under; MLflow: a tracking URI or a folder; "": artifacts/<exp>/
-# (wandb/ or mlruns/), or WANDB_DIR / MLFLOW_TRACKING_URI when set
+tracker_uri: str = ""  # W&B: the folder the runs go under; MLflow: a tracking URI or a folder (not under a folder
+# named artifacts); "": WANDB_DIR / MLFLOW_TRACKING_URI when set, else runs/<exp>/ (wandb/ or mlruns/)
 
 # %%
 # %matplotlib inline

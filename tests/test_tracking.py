@@ -259,3 +259,30 @@ def test_the_oof_stage_logs_its_cv_and_post_processing(tmp_path, tracker):
             summary_logged.update(r["summary"].get("update", {}))
     assert summary_logged["cv"] == 0.65
     assert (next((tmp_path / "tracking").glob("wandb/offline-run-*")) / "files" / "postprocess.json").is_file()
+
+
+@pytest.mark.slow
+def test_an_experiment_tracked_end_to_end_with_the_20_oof_notebook(tmp_path):
+    """Two tiny folds trained with tracker mlflow, then 20_oof under papermill: one MLflow experiment holding the
+    folds' runs and the OOF run, whose CV and post-processing are cv.json's and postprocess.json's."""
+    from kitlib.demo import make_demo
+    from tests.test_notebooks import run_notebook
+    from tests.test_train import train_tiny
+
+    data = make_demo(tmp_path / "data", n_train=16, n_test=2, height=64, width=96)
+    common = dict(tracker="mlflow", tracker_uri=str(tmp_path / "mlruns"))
+    train_tiny(data, tmp_path / "artifacts", "e2e", n_folds=2, epochs=1, **common)
+    run_notebook("20_oof", tmp_path / "oof.ipynb", preset="demo", exp="e2e", data_dir=str(data),
+                 artifacts_root=str(tmp_path / "artifacts"), thresholds="0.3,0.5", min_areas="0,20", label_issues=False,
+                 n_samples=1, **common)  # fmt: skip
+    cfg = OofConfig.from_notebook(preset="demo", exp="e2e", artifacts_root=str(tmp_path / "artifacts"), **common)
+    client, runs = _mlflow_runs(cfg)
+    assert sorted(r.info.run_name for r in runs) == ["e2e/fold0", "e2e/fold1", "e2e/oof"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    oof_run = next(r for r in runs if r.info.run_name == "e2e/oof")
+    cv = json.loads((cfg.exp_dir / "cv.json").read_text())
+    post = json.loads((cfg.exp_dir / "postprocess.json").read_text())
+    assert oof_run.data.metrics["cv"] == pytest.approx(cv["cv"], rel=1e-12)
+    assert oof_run.data.metrics["cv_postprocessed"] == pytest.approx(cv["cv_postprocessed"], rel=1e-12)
+    assert json.loads(oof_run.data.params["postprocess.threshold"]) == post["threshold"]
+    assert oof_run.data.params["thresholds"] == "0.3,0.5"
