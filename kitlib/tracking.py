@@ -133,6 +133,7 @@ class Tracker:
 
     def __init__(self) -> None:
         self.active = type(self) is not Tracker
+        self._open = self.active  # the run still needs ending (also after a failure: what was logged is flushed)
         self._epochs: set[int] = set()
 
     def _guard(self, what: str, fn, *args: Any) -> None:
@@ -169,8 +170,12 @@ class Tracker:
             self._guard(f"attaching {path}", self._file, Path(path))
 
     def finish(self, failed: bool = False) -> None:
-        """End the run (failed: W&B exit code 1, MLflow status FAILED)."""
-        self._guard("finishing the run", self._end, failed)
+        """End the run (failed: W&B exit code 1, MLflow status FAILED); also after an error turned logging off, so
+        that what was logged before it is kept (W&B writes a step's history when the run ends or the next step
+        begins)."""
+        if self._open:
+            self._open, self.active = False, True
+            self._guard("finishing the run", self._end, failed)
         self.active = False
 
     def __enter__(self) -> Tracker:
@@ -189,7 +194,8 @@ class Tracker:
 
 class WandbTracker(Tracker):
     """A W&B run (``wandb.init``), offline unless ``WANDB_MODE`` says otherwise; a new run per call (``reinit
-    "create_new"``), so folds trained in one process get a run each."""
+    "create_new"``), so folds trained in one process get a run each. Its one tag is the job ("train", "oof"; W&B
+    tags are at most 64 characters, so the run's key is not one: the config's ``run_id`` identifies it)."""
 
     name = "wandb"
 
@@ -203,7 +209,7 @@ class WandbTracker(Tracker):
         settings = wandb.Settings(silent=silent, console="off", save_code=False, disable_git=True)
         self.run = wandb.init(
             project=project, group=group, name=name, job_type=job_type, dir=folder, config=dict(config),
-            tags=[f"{k}:{v}" for k, v in tags.items()], mode=os.environ.get("WANDB_MODE") or "offline",
+            tags=[tags["kit_job"]], mode=os.environ.get("WANDB_MODE") or "offline",
             reinit="create_new", settings=settings,
         )  # fmt: skip
 

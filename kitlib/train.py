@@ -344,6 +344,7 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
             extra={"fold": cfg.fold, "preset": cfg.preset.name, "exp": cfg.exp}, stop_after_epoch=stop_after_epoch,
             on_epoch=tracker.log_history,
         )  # fmt: skip
+        tracker.log_history(result.history.to_dict("records"))  # what it lacks: a run killed after its last epoch
         out = {
             "fold_dir": str(fold_dir), "best_epoch": result.best_epoch, "best_score": result.best_score,
             "monitor": result.monitor, "history": str(result.paths["history"]), "scores": None,

@@ -195,22 +195,44 @@ def test_a_resumed_fold_opens_a_new_run_that_holds_the_whole_history(demo_exp): 
                                   check_dtype=False, check_exact=True)  # fmt: skip
 
 
-def test_a_tracker_error_mid_run_warns_and_training_goes_on(demo_exp, monkeypatch, caplog):  # noqa: F811
-    real = tracking.MlflowTracker._metrics
+@pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
+def test_a_tracker_error_mid_run_warns_and_training_goes_on(demo_exp, monkeypatch, caplog, tracker):  # noqa: F811
+    backend = tracking.MlflowTracker if tracker == "mlflow" else tracking.WandbTracker
+    real = backend._metrics
 
     def fail_on_epoch_1(self, values, step):
         if step == 1:
             raise OSError("No space left on device")
         real(self, values, step)
 
-    monkeypatch.setattr(tracking.MlflowTracker, "_metrics", fail_on_epoch_1)
-    cfg = _cfg(demo_exp, "track_error", tracker="mlflow")
+    monkeypatch.setattr(backend, "_metrics", fail_on_epoch_1)
+    cfg = _cfg(demo_exp, f"track_error_{tracker}", tracker=tracker)
     with caplog.at_level(logging.WARNING, logger="kitlib.tracking"):
         out = train.train_fold(cfg)
-    assert (cfg.fold_dir / "done.json").is_file() and out["scores"] is not None
-    assert "mlflow tracker: logging epoch 1 failed (OSError: No space left on device)" in caplog.text
-    client, runs = _mlflow_runs(cfg)
-    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")] == [0]
+    assert (cfg.fold_dir / "done.json").is_file() and out["scores"] is not None and len(_history(cfg)) == EPOCHS
+    assert f"{tracker} tracker: logging epoch 1 failed (OSError: No space left on device)" in caplog.text
+    if tracker == "mlflow":
+        client, runs = _mlflow_runs(cfg)
+        assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")] == [0]
+    else:
+        records = _wandb_records(Path(cfg.tracker_uri), f"{cfg.exp}/fold0")
+        assert [r["history"]["step"].get("num", 0) for r in records if r["type"] == "history"] == [0]
+
+
+def test_a_tracker_that_cannot_start_leaves_the_stage_untracked(monkeypatch, caplog, tmp_path):
+    import wandb
+
+    def refuse(**kwargs):
+        raise wandb.errors.CommError("wandb-core did not start")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    cfg = OofConfig.from_notebook(preset="demo", exp="x", tracker="wandb", tracker_uri=str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="kitlib.tracking"):
+        tracker = tracking.start_run(cfg, "x/oof", "oof", {}, "x/oof")
+    assert type(tracker) is tracking.Tracker and not tracker.active
+    assert "wandb tracker: starting run x/oof" in caplog.text and "CommError: wandb-core did not start" in caplog.text
+    tracker.log_history([{"epoch": 0, "loss": 1.0}])  # a no-op, no error
+    tracker.finish()
 
 
 # ------------------------------------------------------------------------------------------------ 20_oof
