@@ -378,6 +378,7 @@ def fit(
     extra: Mapping[str, Any] | None = None,
     stop_after_epoch: int | None = None,
     resume: bool = True,
+    on_epoch: Callable[[list[dict[str, float]]], None] | None = None,
 ) -> FitResult:
     """Train for ``cfg.n_epochs``, validating every epoch, with atomic ``last.pt`` / ``best.pt`` and ``history.csv``.
 
@@ -415,6 +416,8 @@ def fit(
         extra: more entries saved in both checkpoints (``fold``, ``preset`` ...).
         stop_after_epoch: end the process's training after this epoch as if killed (tests of resuming).
         resume: continue from ``last.pt`` when there is one.
+        on_epoch: called on rank 0 after each epoch's ``history.csv`` is written, with the history so far (its rows;
+            after a resume the restored ones first): ``kitlib.tracking.Tracker.log_history``.
     Returns:
         ``FitResult``.
     Raises:
@@ -460,6 +463,8 @@ def fit(
                                  extra=saved["extra"])  # fmt: skip
             write_csv(paths["history"], pd.DataFrame(state.history), index=False)
             _epoch_line(row, monitor, improved)
+            if on_epoch is not None:
+                on_epoch(state.history)
         barrier()
         if stop:
             stopped_early = True

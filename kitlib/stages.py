@@ -54,6 +54,7 @@ from kitlib.recipes import (
     fill_recipe,
     recipe_for,
 )
+from kitlib.tracking import check_tracker
 
 __all__ = ["EdaConfig", "TrainConfig", "OofConfig", "EnsembleConfig", "SubmitConfig"]
 
@@ -170,7 +171,7 @@ class TrainConfig(_ExperimentStage):
 
     #: Parameters that do not change the trained weights (left out of ``run_id``).
     #: Parameters whose None is a value ("scratch", "equal weights"), not a gap for the recipe to fill.
-    OPTIONAL = ("encoder_weights", "tta_weight", "init_from", "extra_class_map")
+    OPTIONAL = ("encoder_weights", "tta_weight", "init_from", "extra_class_map", "tracker")
     RUN_ID_IGNORES = (
         "num_workers",
         "device",
@@ -182,6 +183,9 @@ class TrainConfig(_ExperimentStage):
         "gpus",
         "exclude_ids_file",
         "relabel_file",
+        "tracker",
+        "tracker_project",
+        "tracker_uri",
     )  # the lists' content counts: kitlib.train.fold_run_id
 
     def _resolve(self) -> None:
@@ -234,6 +238,7 @@ class TrainConfig(_ExperimentStage):
         self._check_distill()
         self._check_train_rows()
         self._check_coteach()
+        check_tracker(self.stage, v)
         from kitlib.tta import check_tta  # torch: only when a training run is configured
 
         check_tta(v["tta"], v["tta_weight"], segmentation=self.model_preset.is_segmentation)
@@ -470,6 +475,10 @@ class OofConfig(_ExperimentStage):
 
     stage = "20_oof"
     notebook = "notebooks/20_oof.py"
+
+    def _resolve(self) -> None:
+        super()._resolve()
+        check_tracker(self.stage, self._values)
 
     @property
     def config_path(self) -> Path:

@@ -52,6 +52,7 @@ from kitlib.runtime import barrier, init_distributed, make_loader, resolve_amp, 
 from kitlib.scoring import score_oof
 from kitlib.stages import TrainConfig
 from kitlib.targets import TargetMasks, scoring_size
+from kitlib.tracking import fold_tracker
 from kitlib.train_rows import add_train_rows, sources_stamp
 from kitlib.train_rows import cache_dir as train_cache_dir
 
@@ -336,19 +337,23 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         restart_mult=cfg.restart_mult, restart_gamma=cfg.restart_gamma, plateau_mode="min" if cfg.minimise else "max",
         plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
     )  # fmt: skip
-    result = engine.fit(
-        model, train_loader, valid_loader, distill_loss(cfg, build_loss(cfg, unwrap(model))), optimizer, cfg, fold_dir,
-        model_config,
-        device, scheduler=scheduler, run_id=run_id, extra={"fold": cfg.fold, "preset": cfg.preset.name, "exp": cfg.exp},
-        stop_after_epoch=stop_after_epoch,
-    )  # fmt: skip
-    out = {
-        "fold_dir": str(fold_dir), "best_epoch": result.best_epoch, "best_score": result.best_score,
-        "monitor": result.monitor, "history": str(result.paths["history"]), "scores": None,
-    }  # fmt: skip
-    if stop_after_epoch is not None and len(result.history) < cfg.n_epochs and not result.stopped_early:
-        return out
-    out["scores"] = _write_oof(cfg, model, valid_loader, valid_df, device, info)
+    with fold_tracker(cfg, run_id, enabled=info.is_main) as tracker:  # tracker None: a no-op (kitlib.tracking)
+        result = engine.fit(
+            model, train_loader, valid_loader, distill_loss(cfg, build_loss(cfg, unwrap(model))), optimizer, cfg,
+            fold_dir, model_config, device, scheduler=scheduler, run_id=run_id,
+            extra={"fold": cfg.fold, "preset": cfg.preset.name, "exp": cfg.exp}, stop_after_epoch=stop_after_epoch,
+            on_epoch=tracker.log_history,
+        )  # fmt: skip
+        tracker.log_history(result.history.to_dict("records"))  # what it lacks: a run killed after its last epoch
+        out = {
+            "fold_dir": str(fold_dir), "best_epoch": result.best_epoch, "best_score": result.best_score,
+            "monitor": result.monitor, "history": str(result.paths["history"]), "scores": None,
+        }  # fmt: skip
+        if stop_after_epoch is not None and len(result.history) < cfg.n_epochs and not result.stopped_early:
+            return out
+        out["scores"] = _write_oof(cfg, model, valid_loader, valid_df, device, info)
+        tracker.log_summary({"oof": out["scores"] or {}, "best_epoch": result.best_epoch,
+                             "best_score": result.best_score, "averaged": result.averaged or {}})  # fmt: skip
     if info.is_main:
         write_json(done_path, {**out, "run_id": run_id})
     barrier()

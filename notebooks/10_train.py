@@ -18,7 +18,8 @@
 # (`kitlib.recipes.TRAIN_RECIPES`) or the parameters below, then predicts the held-out images. Writes
 # `artifacts/<exp>/fold<k>/`: `best.pt`, `last.pt`, `history.csv`, `config.json`, `oof_probs.npy` + `oof_ids.csv`
 # (probabilities at the competition's scoring resolution, rows in folds.csv order), `scores.json`, `done.json`.
-# A killed run resumes from `last.pt` when rerun with the same parameters.
+# A killed run resumes from `last.pt` when rerun with the same parameters. With `tracker` (wandb offline, mlflow),
+# the config, every epoch's history row and the fold's scores also go to a tracker run `<exp>/fold<k>`.
 #
 # Headless: `jupytext --to ipynb --output - notebooks/10_train.py | papermill - out.ipynb -p fold 0`
 # (`./run_all.sh` loops over the folds). Several GPUs: `gpus: 2` runs this fold with `torchrun` (DDP).
@@ -130,6 +131,11 @@ tta_weight: Optional[float] = None  # weight of the plain view against the mean 
 oof_dtype: Optional[str] = None  # segmentation OOF: uint8 (p x 255), float16, float32
 gpus: int = 1  # > 1: run this fold with torchrun on that many GPUs (DDP)
 smoke: bool = False  # 2 epochs on 2 batches: check the whole path quickly
+tracker: Optional[str] = None  # experiment tracking (kitlib.tracking): wandb (offline run files), mlflow (a local
+# store); None: off. Params, per-epoch metrics and scores are logged; not part of run_id
+tracker_project: str = "kitlib"  # W&B project of the runs (grouped by exp); MLflow's experiment is exp
+tracker_uri: str = ""  # W&B: the folder the runs go under; MLflow: a tracking URI or a folder (not under a folder
+# named artifacts); "": WANDB_DIR / MLFLOW_TRACKING_URI when set, else runs/<exp>/ (wandb/ or mlruns/)
 
 # %%
 # %matplotlib inline

@@ -36,7 +36,7 @@
 #
 # Writes `artifacts/<exp>/`: `oof_probs.npy`, `oof_ids.csv` (+ `oof_cls_probs.npy`), `oof_masks.npy` (the truth at the
 # scoring resolution), `postprocess.json` (read by `40_submit`), `cv.json`, `class_report.csv` (classification),
-# `label_issues.csv`, `oof_config.json`.
+# `label_issues.csv`, `oof_config.json`. With `tracker`, the CV and the post-processing go to the experiment's tracker.
 #
 # Headless: `jupytext --to ipynb --output - notebooks/20_oof.py | papermill - out.ipynb -p exp demo`
 
@@ -75,6 +75,11 @@ n_issues_shown: int = 8  # the worst images drawn with their label (or truth mas
 issue_fraction: float = 0.05  # segmentation: the worst fraction of the images by OOF Dice is flagged
 issue_max_dice: float = 0.0  # segmentation: also flag every image whose OOF Dice is below this; 0: none
 seed: int = 42  # which images are drawn (also the CRF search's subset)
+tracker: Optional[str] = None  # experiment tracking (kitlib.tracking): wandb (offline run files), mlflow (a local
+# store); None: off. Params, per-epoch metrics and scores are logged; not part of run_id
+tracker_project: str = "kitlib"  # W&B project of the runs (grouped by exp); MLflow's experiment is exp
+tracker_uri: str = ""  # W&B: the folder the runs go under; MLflow: a tracking URI or a folder (not under a folder
+# named artifacts); "": WANDB_DIR / MLFLOW_TRACKING_URI when set, else runs/<exp>/ (wandb/ or mlruns/)
 
 # %%
 # %matplotlib inline
@@ -83,7 +88,7 @@ import logging
 from IPython.display import display
 
 from kitlib import gate as class_gate
-from kitlib import label_noise, oof, plots, predictions, search
+from kitlib import label_noise, oof, plots, predictions, search, tracking
 from kitlib.experiment import load_experiment
 from kitlib.scoring import score_oof
 from kitlib.stages import OofConfig
@@ -215,6 +220,14 @@ if task.task != "presence":
                           extra={"exp": cfg.exp, "n_images": len(oof_ids), "n_folds": experiment.n_folds})  # fmt: skip
     print(f"CV {summary['metric']}: {summary['cv']} raw, {summary['cv_postprocessed']} post-processed")
     display(raw.merge(post if post is not None else raw, on=["class", "n"], suffixes=("_raw", "_post")))
+
+# %% [markdown]
+# ## Experiment tracking
+# With `tracker` (wandb, mlflow): a run `<exp>/oof` beside the folds' runs, holding this stage's parameters, the CV
+# (`cv.json`) and the post-processing chosen (`postprocess.json`; `kitlib.tracking.log_oof_stage`). Off by default.
+
+# %%
+tracking.log_oof_stage(cfg, summary)
 
 # %% [markdown]
 # ## Score surface
