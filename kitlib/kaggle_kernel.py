@@ -177,6 +177,7 @@ def kernel(
     accelerator: str | None = None,
     datasets: Sequence[str] = (),
     models: Sequence[str] = (),
+    model_version: int | None = None,
 ) -> Kernel:
     """Write the kernel folder that runs ``40_submit`` on Kaggle with the bundle's wheels and artifacts.
 
@@ -196,6 +197,8 @@ def kernel(
             parameter's annotated type.
         is_private, enable_gpu, accelerator: ``kernel-metadata.json`` (see ``kernel_metadata``).
         datasets: more dataset sources (``user/slug``, e.g. pretrained weights); models: Kaggle model sources.
+        model_version: a model-channel bundle's version to pin in ``model_sources`` (default the one ``push``
+            recorded; unversioned until then: ``push`` pins it after the upload, ``kitlib.kaggle_models``).
     Returns:
         ``Kernel``.
     Raises:
@@ -226,7 +229,8 @@ def kernel(
     out = _check_out(Path(out_dir) if out_dir is not None else project_path("runs/kaggle") / slug, KERNEL_METADATA)
     meta = kernel_metadata(
         user, slug, code_file, [info.dataset_id, *datasets], [competition], title=title, is_private=is_private,
-        enable_gpu=enable_gpu, accelerator=accelerator, model_sources=models,
+        enable_gpu=enable_gpu, accelerator=accelerator,
+        model_sources=[*([info.model_source(model_version)] if info.model else []), *models],
     )  # fmt: skip
     raw = json.loads(_run_tool("jupytext", ["--to", "ipynb", "--output", "-", str(notebook)]))
     declared = read_declaration(notebook)
@@ -247,7 +251,7 @@ def kernel(
     nb = json.loads(prepared)
     cells = nb["cells"]
     at = next(i for i, c in enumerate(cells) if "injected-parameters" in c.get("metadata", {}).get("tags", []))
-    cells.insert(at + 1, _code_cell(_paths_cell(info.dataset_id, competition, info.preset), "kaggle-paths"))
+    cells.insert(at + 1, _code_cell(_paths_cell(info.artifacts_source, competition, info.preset), "kaggle-paths"))
     cells.insert(0, _code_cell(_install_cell(info.dataset_id, info.wheels), "kaggle-install"))
     nb.setdefault("metadata", {})["kitlib"] = {"bundle": info.dataset_id, "competition": competition}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -266,13 +266,18 @@ def _fake_kitlib_wheel(repo: Path, dest: Path) -> Path:
 
 def test_bundle_stores_each_file_once(tmp_path, demo_run, monkeypatch):
     """An ensemble that lists ``e`` twice, a byte-identical copy ``e2`` and a gate experiment: inference's files
-    only (no last.pt, no OOF), each stored once; the kernel-side mirror restores every path."""
+    only (no last.pt, no OOF), each stored once (the float16 copies too); the kernel-side mirror restores every
+    path."""
+    import torch
+
     monkeypatch.setattr(kaggle_bundle, "_build_kitlib_wheel", _fake_kitlib_wheel)
     root = tmp_path / "artifacts"
     shutil.copytree(demo_run.root / "e", root / "e")
     shutil.copytree(demo_run.root / "e", root / "e2")
     shutil.copytree(demo_run.root / "e", root / "gate")
-    (root / "gate" / "fold1" / "best.pt").write_bytes(b"a different classifier")
+    other = torch.load(root / "gate" / "fold1" / "best.pt", weights_only=True)  # a different classifier
+    other["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in other["state_dict"].items()}
+    torch.save(other, root / "gate" / "fold1" / "best.pt")
     write_json(root / "ens" / "weights.json", {"exps": ["e", "e", "e2", "unused"], "weights": [1, 1, 2, 0]})
     post = {"threshold": [0.5] * 4, "min_area": [0] * 4, "classifier_threshold": [0.5] * 4, "gate_exp": "gate"}
     write_json(root / "ens" / "postprocess.json", post)
@@ -311,7 +316,7 @@ def test_bundle_stores_each_file_once(tmp_path, demo_run, monkeypatch):
     for rel in [*b.files, *b.links]:
         if rel.startswith("artifacts/"):
             assert (mirror / rel.removeprefix("artifacts/")).is_file(), rel
-    assert (mirror / "e2/fold1/best.pt").read_bytes() == (root / "e2/fold1/best.pt").read_bytes()
+    assert (mirror / "e2/fold1/best.pt").read_bytes() == (b.path / "artifacts/e/fold1/best.pt").read_bytes()
     shutil.rmtree(mirror)
 
 
