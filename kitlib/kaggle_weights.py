@@ -247,7 +247,6 @@ def check_half(
             a, b = (a, b) if isinstance(a, list) else ([a], [b])
             worst = max([worst, *(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))])
     result = HalfCheck(str(fold_dir / "best.pt"), rows["image_id"].astype(str).tolist(), worst, tolerance)
-    log.info("%s", result.summary())
     if not result.passed:
         raise ValueError(
             f"{result.summary()}: the float16 weights change the probabilities more than the tolerance; bundle "
