@@ -8,11 +8,15 @@ folds of its ``gate_exp``), ``dataset-metadata.json`` and the manifest ``kit-bun
 file whose bytes are already in the bundle is stored once and listed under ``links``). Also here: the Kaggle user and
 the credentials the kaggle CLI would use (where they are, never their values), and the slug and title rules Kaggle
 enforces.
+
+The model channel (``channel="model"``, ``kitlib.kaggle_models``) splits the same files in two: the dataset keeps
+``wheels/`` and the metadata, the artifacts go to a second folder ``<out>-model/`` (with its own ``kit-bundle.json``)
+that ``kagglehub.model_upload`` sends as a Kaggle Model version. In either channel each ``best.pt`` is stored with
+float16 parameters unless ``weights="fp32"`` (``kitlib.kaggle_weights``), checked against the float32 one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import os
@@ -29,10 +33,12 @@ import yaml
 
 from kitlib._private import listing
 from kitlib.io import project_path, project_root, read_json, replace_dir, run_info, write_json
-from kitlib.kaggle import _SLUG_PART, MANIFEST
+from kitlib.kaggle import _SLUG_PART, MANIFEST, model_handle
+from kitlib.kaggle_weights import HALF_CHECK_IMAGES, WEIGHTS, _sha256, store_artifacts
 from kitlib.presets import PRESETS, Preset, preset_fields
 
 __all__ = [
+    "CHANNELS",
     "DATASET_METADATA",
     "DEFAULT_PACKAGES",
     "KAGGLE_IMAGE_PACKAGES",
@@ -57,6 +63,8 @@ KAGGLE_IMAGE_PACKAGES = frozenset({
     "opencv-python", "opencv-python-headless", "opencv-contrib-python", "tensorflow", "keras", "jax", "jaxlib",
 })  # fmt: skip
 DATASET_METADATA = "dataset-metadata.json"
+#: Where a bundle's artifacts go: in the dataset with the wheels, or in a Kaggle Model (``kitlib.kaggle_models``).
+CHANNELS = ("dataset", "model")
 #: A user's own preset (a preset file) as the bundle carries it, beside the experiments under ``artifacts/``: the
 #: resolved fields (``kitlib.presets.preset_fields``), so the kernel needs neither the file nor the train labels.
 PRESET_FILE = "preset.yaml"
@@ -283,6 +291,9 @@ class Bundle:
         files: the stored files, relative POSIX paths -> bytes (the metadata files excluded).
         links: duplicate path -> stored path with the same bytes (stored once).
         wheels: the wheel file names, kitlib's first.
+        model: the model channel's ``{"handle", "version", "path", "files", "links"}`` (``handle`` without version;
+            ``version`` once known), None for the dataset channel.
+        weights: ``{"dtype", "bytes_fp32", "bytes", "check"}`` of the stored ``best.pt`` files.
     """
 
     path: Path
@@ -293,15 +304,39 @@ class Bundle:
     files: dict[str, int] = field(repr=False)
     links: dict[str, str] = field(default_factory=dict, repr=False)
     wheels: list[str] = field(default_factory=list)
+    model: dict | None = field(default=None, repr=False)
+    weights: dict = field(default_factory=dict, repr=False)
 
     @property
     def total_bytes(self) -> int:
         """Bytes of the stored files (each once)."""
         return sum(self.files.values())
 
+    @property
+    def artifacts_source(self) -> str:
+        """What the kernel's ``kitlib.kaggle.bundle_artifacts`` looks for: the model handle or the dataset id."""
+        return self.model["handle"] if self.model else self.dataset_id
+
+    def model_source(self, version: int | None = None) -> str | None:
+        """``kernel-metadata.json``'s ``model_sources`` entry: the handle pinned to ``version`` (default the recorded
+        one; unversioned when none is known yet), None for the dataset channel."""
+        if not self.model:
+            return None
+        version = version if version is not None else self.model.get("version")
+        return f"{self.model['handle']}/{int(version)}" if version else self.model["handle"]
+
     def summary(self) -> str:
         dup = f", {len(self.links)} duplicates stored once" if self.links else ""
-        return f"{self.path}: {len(self.files)} files, {_human(self.total_bytes)}{dup} (dataset {self.dataset_id})"
+        text = f"{self.path}: {len(self.files)} files, {_human(self.total_bytes)}{dup} (dataset {self.dataset_id})"
+        if self.model:
+            n = sum(self.model["files"].values())
+            text += (
+                f"; {self.model['path']}: {len(self.model['files'])} files, {_human(n)} (model {self.model['handle']})"
+            )
+        w = self.weights
+        if w.get("bytes_fp32"):
+            text += f"; weights {w['dtype']}: {_human(w['bytes_fp32'])} as float32 -> {_human(w['bytes'])} stored"
+        return text
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Bundle:
@@ -314,10 +349,14 @@ class Bundle:
         if not (path / MANIFEST).is_file():
             raise FileNotFoundError(f"{path}: no {MANIFEST}; write the bundle first (python -m kitlib.kaggle bundle)")
         m = read_json(path / MANIFEST)
+        model = m.get("model")
+        if model:
+            model = {**model, "path": path.parent / model["path"],
+                     "files": {f["path"]: int(f["bytes"]) for f in model["files"]}}  # fmt: skip
         return cls(
             path=path, dataset_id=m["dataset_id"], preset=m["preset"], exp=m["exp"], ensemble=m["ensemble"],
             files={f["path"]: int(f["bytes"]) for f in m["files"]}, links=dict(m.get("links", {})),
-            wheels=list(m["wheels"]),
+            wheels=list(m["wheels"]), model=model or None, weights=dict(m.get("weights") or {}),
         )  # fmt: skip
 
 
@@ -327,11 +366,6 @@ def _human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _artifact_sources(
@@ -378,6 +412,11 @@ def _artifact_sources(
     return sources, preset, gate
 
 
+def _listed(files: Mapping[str, tuple[Path, str]]) -> list[dict]:
+    """The manifest's ``files`` entries: path, bytes, sha256."""
+    return [{"path": rel, "bytes": p.stat().st_size, "sha256": h} for rel, (p, h) in files.items()]
+
+
 def _check_out(out: Path, marker: str) -> Path:
     """``out``, unless it exists and is not a folder this tool wrote (one holding ``marker``)."""
     if out.exists() and not (out / marker).is_file():
@@ -405,8 +444,14 @@ def bundle(
     packages: Iterable[str] = DEFAULT_PACKAGES,
     wheel_cache: str | os.PathLike | None = None,
     repo: str | os.PathLike | None = None,
+    weights: str = "fp16",
+    channel: str = "dataset",
+    model_slug: str | None = None,
+    variation: str | None = None,
+    check_images: int = HALF_CHECK_IMAGES,
 ) -> Bundle:
-    """Write the dataset folder a Kaggle kernel needs to run ``40_submit`` offline.
+    """Write the dataset folder a Kaggle kernel needs to run ``40_submit`` offline (and, for the model channel, the
+    model folder beside it).
 
     Holds: ``wheels/`` (kitlib built from ``repo``, and each of ``packages`` at its installed version), the
     artifacts inference reads (per fold ``best.pt`` + ``config.json`` of ``exp`` or of every experiment with a
@@ -427,16 +472,27 @@ def bundle(
         packages: extra wheels (``name`` or ``name==version``); default ``DEFAULT_PACKAGES``.
         wheel_cache: where downloaded wheels are kept (default ``$KIT_WHEEL_CACHE`` or ``~/.cache/kitlib/wheels``).
         repo: the kitlib checkout to build the wheel from (default: the repository root).
+        weights: "fp16" (each ``best.pt`` stored with float16 parameters, ``kitlib.kaggle_weights.half_checkpoint``,
+            and checked: ``check_half`` on ``check_images`` OOF images of the first fold) or "fp32" (as trained).
+        channel: "dataset" (the artifacts in the dataset) or "model" (the artifacts in ``<out>-model/``, uploaded by
+            ``kitlib.kaggle_models.upload_model`` as the Kaggle Model ``<user>/<model_slug>/pyTorch/<variation>``).
+        model_slug: default ``kit-<preset>``; variation: default the experiment's (ensemble's) name as a slug.
+        check_images: OOF images the fp16 check predicts (0: no check).
     Returns:
         ``Bundle`` (``summary()`` gives the size).
     Raises:
         FileNotFoundError: a missing experiment, fold file or weights.json (the message names it).
-        ValueError: no exp/ensemble, a refused package, bad slug/title, no user, folds of several presets.
+        ValueError: no exp/ensemble, a refused package, bad slug/title, no user, folds of several presets, an unknown
+            ``weights`` or ``channel``, float16 probabilities beyond ``kitlib.kaggle_weights.HALF_TOLERANCE``.
         RuntimeError: a wheel that cannot be built or downloaded (the message names the package).
         FileExistsError: ``out_dir`` exists and is not a bundle.
     """
     if not exp and not ensemble:
         raise ValueError("bundle needs an experiment (--exp) or an ensemble (--ensemble)")
+    if weights not in WEIGHTS or channel not in CHANNELS:
+        raise ValueError(
+            f"weights must be one of {WEIGHTS} and channel one of {CHANNELS}, got {weights!r}, {channel!r}"
+        )
     name = ensemble or exp
     exp = exp or name
     slug = slug or f"kit-{_slugify(name)}-bundle"
@@ -445,46 +501,48 @@ def bundle(
     root = project_path(artifacts_root)
     sources, preset, gate = _artifact_sources(root, exp, ensemble, folds)
     out = _check_out(Path(out_dir) if out_dir is not None else project_path("runs/kaggle") / slug, MANIFEST)
+    handle = None
+    if channel == "model":
+        handle = model_handle(meta["id"].split("/")[0], model_slug or f"kit-{_slugify(preset.name)}",
+                              variation or _slugify(name))  # fmt: skip
+    model_out = _check_out(out.parent / f"{out.name}-model", MANIFEST) if handle else out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    store = Path(tempfile.mkdtemp(prefix=f".{model_out.name}.", dir=out.parent)) if handle else tmp
     try:
         wheels = [_build_kitlib_wheel(_checkout(repo), tmp / "wheels")]
         for wheel in _fetch_wheels(pins, Path(wheel_cache) if wheel_cache else _default_cache()):
             wheels.append(Path(shutil.copy2(wheel, tmp / "wheels" / wheel.name)))
         files = {f"wheels/{w.name}": (w, _sha256(w)) for w in wheels}
-        by_hash = {h: rel for rel, (_, h) in files.items()}
         links: dict[str, str] = {}
-        for rel, src in sources:
-            if rel in files or rel in links:
-                continue  # the same file twice (an experiment listed twice)
-            digest = _sha256(src)
-            if digest in by_hash:
-                links[rel] = by_hash[digest]
-                continue
-            dst = tmp / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(src, dst)  # kitlib writes artifacts by atomic replace, so a hard link never changes
-            except OSError:
-                shutil.copy2(src, dst)
-            files[rel] = (dst, digest)
-            by_hash[digest] = rel
+        art, art_links = (files, links) if not handle else ({}, {})  # the artifacts' files: the dataset's or model's
+        sizes = store_artifacts(sources, store, art, art_links, weights, check_in=root, check_images=check_images)
         preset_param = preset.name
         if preset.name not in PRESETS:  # a user's preset file: the resolved fields travel as artifacts/preset.yaml
             preset_param = PRESET_FILE
-            path = tmp / "artifacts" / PRESET_FILE
+            path = store / "artifacts" / PRESET_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(preset_fields(preset), sort_keys=False), encoding="utf-8")
-            files[f"artifacts/{PRESET_FILE}"] = (path, _sha256(path))
+            art[f"artifacts/{PRESET_FILE}"] = (path, _sha256(path))
+
+        model = None
+        if handle:  # the model folder: the artifacts and their own manifest, which bundle_artifacts reads in the kernel
+            model = {"handle": handle, "version": None, "path": model_out.name, "files": _listed(art),
+                     "links": art_links}  # fmt: skip
+            write_json(store / MANIFEST, {"kind": "kitlib-model", "model": handle, "dataset_id": meta["id"],
+                                          "files": model["files"], "links": art_links, "weights": sizes,
+                                          "run": run_info()})  # fmt: skip
         write_json(tmp / DATASET_METADATA, meta)
         write_json(tmp / MANIFEST, {
             "kind": "kitlib-bundle", "dataset_id": meta["id"], "preset": preset_param, "exp": exp, "ensemble": ensemble,
-            "gate_exp": gate, "wheels": [w.name for w in wheels], "packages": pins,
-            "files": [{"path": rel, "bytes": p.stat().st_size, "sha256": h} for rel, (p, h) in files.items()],
-            "links": links, "run": run_info(),
+            "gate_exp": gate, "wheels": [w.name for w in wheels], "packages": pins, "files": _listed(files),
+            "links": links, "channel": channel, "model": model, "weights": sizes, "run": run_info(),
         })  # fmt: skip
+        if handle:
+            _replace_dir(store, model_out, MANIFEST)
         _replace_dir(tmp, out, MANIFEST)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(store, ignore_errors=True)
         raise
     return Bundle.read(out)

@@ -238,6 +238,7 @@ def kernel(
     datasets: Sequence[str] = (),
     models: Sequence[str] = (),
     docker_image_pinning_type: str | None = None,
+    model_version: int | None = None,
 ) -> Kernel:
     """Write the kernel folder that runs ``40_submit`` on Kaggle with the bundle's wheels and artifacts.
 
@@ -258,6 +259,8 @@ def kernel(
         is_private, enable_gpu, accelerator: ``kernel-metadata.json`` (see ``kernel_metadata``).
         datasets: more dataset sources (``user/slug``, e.g. pretrained weights); models: Kaggle model sources.
         docker_image_pinning_type: "original" or "latest" (``kernel_metadata``).
+        model_version: a model-channel bundle's version to pin in ``model_sources`` (default the one ``push``
+            recorded; unversioned until then: ``push`` pins it after the upload, ``kitlib.kaggle_models``).
     Returns:
         ``Kernel``.
     Raises:
@@ -288,7 +291,8 @@ def kernel(
     out = _check_out(Path(out_dir) if out_dir is not None else project_path("runs/kaggle") / slug, KERNEL_METADATA)
     meta = kernel_metadata(
         user, slug, code_file, [info.dataset_id, *datasets], [competition], title=title, is_private=is_private,
-        enable_gpu=enable_gpu, accelerator=accelerator, model_sources=models,
+        enable_gpu=enable_gpu, accelerator=accelerator,
+        model_sources=[*([info.model_source(model_version)] if info.model else []), *models],
         docker_image_pinning_type=docker_image_pinning_type,
     )  # fmt: skip
     raw = json.loads(_run_tool("jupytext", ["--to", "ipynb", "--output", "-", str(notebook)]))
@@ -310,7 +314,7 @@ def kernel(
     nb = json.loads(prepared)
     cells = nb["cells"]
     at = next(i for i, c in enumerate(cells) if "injected-parameters" in c.get("metadata", {}).get("tags", []))
-    cells.insert(at + 1, _code_cell(_paths_cell(info.dataset_id, competition, info.preset), "kaggle-paths"))
+    cells.insert(at + 1, _code_cell(_paths_cell(info.artifacts_source, competition, info.preset), "kaggle-paths"))
     cells.insert(0, _code_cell(_install_cell(info.dataset_id, info.wheels), "kaggle-install"))
     nb.setdefault("metadata", {})["kitlib"] = {"bundle": info.dataset_id, "competition": competition,
                                                "exp": info.exp, "ensemble": info.ensemble, "preset": info.preset,

@@ -27,9 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kitlib.io import read_json
-from kitlib.kaggle_bundle import DATASET_METADATA, DEFAULT_PACKAGES, _last_line, bundle, kaggle_credentials
+from kitlib.kaggle import MANIFEST
+from kitlib.kaggle_bundle import (
+    CHANNELS,
+    DATASET_METADATA,
+    DEFAULT_PACKAGES,
+    Bundle,
+    _last_line,
+    bundle,
+    kaggle_credentials,
+)
 from kitlib.kaggle_estimate import add_estimate_args, print_estimate
 from kitlib.kaggle_kernel import COMPETITIONS, KERNEL_METADATA, MACHINE_SHAPES, PINNING_TYPES, kernel
+from kitlib.kaggle_models import DEFAULT_MODEL_LICENSE, ModelUploadError, pin_kernel, unpinned, upload_model
+from kitlib.kaggle_weights import HALF_CHECK_IMAGES, WEIGHTS, HalfCheck
 from kitlib.params import ParameterError
 
 __all__ = ["KaggleError", "PushResult", "main", "push"]
@@ -110,12 +121,15 @@ def push(
     public: bool = False,
     wait: float = 600.0,
     poll: float = 10.0,
+    model_license: str = DEFAULT_MODEL_LICENSE,
 ) -> PushResult:
     """Upload the bundle as a Kaggle dataset and push the kernel, with the ``kaggle`` CLI.
 
     Runs ``kaggle datasets create -p BUNDLE -r zip`` (a new dataset) or ``kaggle datasets version -p BUNDLE -m
     MESSAGE -r zip`` (``-r zip``: the bundle's folders are uploaded as archives that Kaggle unpacks), waits until
-    ``kaggle datasets status`` says ready, then ``kaggle kernels push -p KERNEL``.
+    ``kaggle datasets status`` says ready, then ``kaggle kernels push -p KERNEL``. A model-channel bundle first
+    uploads its weights as a new model version (``kitlib.kaggle_models.upload_model``, kagglehub) and pins that
+    version in the kernel's ``model_sources``.
 
     Args:
         bundle_dir: a ``bundle`` folder; None: no dataset upload.
@@ -125,6 +139,7 @@ def push(
         public: create the dataset public (default private).
         wait: seconds to wait for the dataset to be ready before pushing the kernel (0: do not wait).
         poll: seconds between status checks.
+        model_license: the license of a model variation created by the upload (model channel).
     Returns:
         ``PushResult`` with each command and Kaggle's answer.
     Raises:
@@ -145,6 +160,7 @@ def push(
             "from https://www.kaggle.com/settings/api in ~/.kaggle/"
         )
     result = PushResult()
+    _push_model(bundle_dir, kernel_dir, message, model_license, result)
     if bundle_dir is not None:
         dataset_id = read_json(Path(bundle_dir) / DATASET_METADATA)["id"]
         status = ["datasets", "status", dataset_id]
@@ -178,6 +194,25 @@ def push(
     return result
 
 
+def _push_model(bundle_dir, kernel_dir, message: str, license_name: str, result: PushResult) -> None:
+    """The model channel's part of ``push``: upload the weights (kagglehub) and pin the version in the kernel;
+    refuse a kernel whose model sources have no version (the dataset channel: nothing)."""
+    bundle = Bundle.read(bundle_dir) if bundle_dir is not None and (Path(bundle_dir) / MANIFEST).is_file() else None
+    if bundle is not None and bundle.model:
+        try:
+            version = upload_model(bundle_dir, message, license_name)
+        except ModelUploadError as e:
+            if _NETWORK.search(str(e)):
+                raise KaggleError(f"cannot reach Kaggle ({e}); check the network or proxy") from e
+            raise KaggleError(str(e)) from e
+        result.calls.append((["kagglehub", "model_upload", bundle.model["handle"]], f"version {version}"))
+        if kernel_dir is not None:
+            pin_kernel(kernel_dir, bundle.model["handle"], version)
+    if kernel_dir is not None and unpinned(kernel_dir):
+        raise KaggleError(f"{kernel_dir}: model sources without a version {unpinned(kernel_dir)}; push the bundle with "
+                          "it (uploads and pins) or write the kernel with --model-version N")  # fmt: skip
+
+
 def _read_package_file(path: str) -> list[str]:
     return Path(path).read_text(encoding="utf-8").splitlines()
 
@@ -205,6 +240,21 @@ def _parser(extra=None) -> argparse.ArgumentParser:
     b.add_argument("--wheel-cache", help="downloaded wheels (default: $KIT_WHEEL_CACHE or ~/.cache/kitlib/wheels)")
     b.add_argument("--license", default="CC0-1.0", help="dataset license name (default: CC0-1.0)")
     b.add_argument("--repo", help="kitlib checkout to build the wheel from (default: this repository)")
+    b.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        default="dataset",
+        help="where the weights travel: in the dataset, or as a Kaggle Model (kagglehub; push uploads it)",
+    )
+    b.add_argument("--weights", choices=WEIGHTS, default="fp16", help="best.pt parameters stored as (default: fp16)")
+    b.add_argument(
+        "--check-images",
+        type=int,
+        default=HALF_CHECK_IMAGES,
+        help=f"OOF images predicted with fp32 and fp16 weights (default {HALF_CHECK_IMAGES}; 0: no check)",
+    )
+    b.add_argument("--model-slug", help="model channel: the Kaggle model (default: kit-<preset>)")
+    b.add_argument("--variation", help="model channel: the variation (default: the experiment or ensemble)")
     k = sub.add_parser("kernel", help="write the kernel folder: 40_submit.ipynb and kernel-metadata.json")
     k.add_argument("--bundle", required=True, help="the folder written by the bundle command")
     k.add_argument("--competition", help=f"competition slug (default per preset: {COMPETITIONS})")
@@ -219,6 +269,7 @@ def _parser(extra=None) -> argparse.ArgumentParser:
                    help="docker_image_pinning_type: original (the kernel's first image) or latest")  # fmt: skip
     k.add_argument("--dataset", action="append", default=[], help="another dataset source user/slug (repeatable)")
     k.add_argument("--model", action="append", default=[], help="a Kaggle model source (repeatable)")
+    k.add_argument("--model-version", type=int, help="model channel: the version to pin (default: push pins it)")
     for q in (b, k):
         q.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or ~/.kaggle/kaggle.json)")
         q.add_argument("--slug", help="dataset/kernel slug (default: kit-<name>-bundle / kit-<name>-submit)")
@@ -232,6 +283,11 @@ def _parser(extra=None) -> argparse.ArgumentParser:
                    help="create a new dataset or a new version (auto: ask Kaggle)")  # fmt: skip
     s.add_argument("--public", action="store_true", help="create the dataset public (default: private)")
     s.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the dataset to be ready (600)")
+    s.add_argument(
+        "--model-license",
+        default=DEFAULT_MODEL_LICENSE,
+        help=f"model channel: license of a new variation (default: {DEFAULT_MODEL_LICENSE})",
+    )
     s.add_argument("--no-estimate", action="store_true", help="do not time the kernel's inference before pushing")
     add_estimate_args(s)
     if extra is not None:
@@ -257,9 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = bundle(
                 args.exp, args.ensemble, artifacts_root=args.artifacts_root, folds=folds, out_dir=args.out,
                 user=args.user, slug=args.slug, title=args.title, license_name=args.license, packages=packages,
-                wheel_cache=args.wheel_cache, repo=args.repo,
+                wheel_cache=args.wheel_cache, repo=args.repo, weights=args.weights, channel=args.channel,
+                model_slug=args.model_slug, variation=args.variation, check_images=args.check_images,
             )  # fmt: skip
             print(f"bundle: {result.summary()}")
+            if result.weights.get("check"):
+                print(HalfCheck(**result.weights["check"]).summary())
             print(f"wheels: {', '.join(result.wheels)}")
             print(f"next: python -m kitlib.kaggle kernel --bundle {result.path} [--competition SLUG]")
         elif args.command == "kernel":
@@ -268,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 notebook=args.notebook, params=dict(args.param), is_private=not args.public, enable_gpu=args.gpu,
                 accelerator=args.accelerator, datasets=args.dataset, models=args.model,
                 docker_image_pinning_type=args.pin_image,
+                model_version=args.model_version,
             )  # fmt: skip
             print(f"kernel: {result.path} ({result.kernel_id}, {result.code_file})")
             print(f"next: python -m kitlib.kaggle push --bundle {args.bundle} --kernel {result.path}")
@@ -276,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print_estimate(args.kernel, args)
             result = push(
                 args.bundle, args.kernel, message=args.message, dataset_mode=args.dataset_mode, public=args.public,
-                wait=args.wait,
+                wait=args.wait, model_license=args.model_license,
             )  # fmt: skip
             for cmd, out in result.calls:
                 print(f"{' '.join(cmd[:3])}: {_last_line(out)}")

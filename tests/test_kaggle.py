@@ -267,13 +267,18 @@ def _fake_kitlib_wheel(repo: Path, dest: Path) -> Path:
 
 def test_bundle_stores_each_file_once(tmp_path, demo_run, monkeypatch):
     """An ensemble that lists ``e`` twice, a byte-identical copy ``e2`` and a gate experiment: inference's files
-    only (no last.pt, no OOF), each stored once; the kernel-side mirror restores every path."""
+    only (no last.pt, no OOF), each stored once (the float16 copies too); the kernel-side mirror restores every
+    path."""
+    import torch
+
     monkeypatch.setattr(kaggle_bundle, "_build_kitlib_wheel", _fake_kitlib_wheel)
     root = tmp_path / "artifacts"
     shutil.copytree(demo_run.root / "e", root / "e")
     shutil.copytree(demo_run.root / "e", root / "e2")
     shutil.copytree(demo_run.root / "e", root / "gate")
-    (root / "gate" / "fold1" / "best.pt").write_bytes(b"a different classifier")
+    other = torch.load(root / "gate" / "fold1" / "best.pt", weights_only=True)  # a different classifier
+    other["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in other["state_dict"].items()}
+    torch.save(other, root / "gate" / "fold1" / "best.pt")
     write_json(root / "ens" / "weights.json", {"exps": ["e", "e", "e2", "unused"], "weights": [1, 1, 2, 0]})
     post = {"threshold": [0.5] * 4, "min_area": [0] * 4, "classifier_threshold": [0.5] * 4, "gate_exp": "gate"}
     write_json(root / "ens" / "postprocess.json", post)
@@ -312,7 +317,7 @@ def test_bundle_stores_each_file_once(tmp_path, demo_run, monkeypatch):
     for rel in [*b.files, *b.links]:
         if rel.startswith("artifacts/"):
             assert (mirror / rel.removeprefix("artifacts/")).is_file(), rel
-    assert (mirror / "e2/fold1/best.pt").read_bytes() == (root / "e2/fold1/best.pt").read_bytes()
+    assert (mirror / "e2/fold1/best.pt").read_bytes() == (b.path / "artifacts/e/fold1/best.pt").read_bytes()
     shutil.rmtree(mirror)
 
 
@@ -565,7 +570,10 @@ def _read_only(folder: Path, on: bool = True) -> None:
 
 
 @pytest.mark.slow
-def test_bundle_and_kernel_run_offline_in_a_fresh_environment(tmp_path, demo_run, kaggle_api, capsys):
+@pytest.mark.parametrize("channel", ["dataset", "model"])
+def test_bundle_and_kernel_run_offline_in_a_fresh_environment(tmp_path, demo_run, kaggle_api, capsys, channel):
+    """The kernel runs with the bundle's float16 weights; with the model channel the artifacts are the Kaggle Model
+    mounted at ``input/<model>/pytorch/<variation>/<version>`` and the dataset carries the wheels only."""
     from kitlib.postprocess import PostProcess
     from tests.test_train import TINY_CLASSIFIER, train_tiny
 
@@ -580,19 +588,22 @@ def test_bundle_and_kernel_run_offline_in_a_fresh_environment(tmp_path, demo_run
     # bundle + kernel through the command line, as the README says
     out = tmp_path / "runs"
     assert kaggle_push.main(["bundle", "--exp", "eg", "--artifacts-root", str(root), "--user", "tester",
-                        "--out", str(out / "bundle"), "--wheel-cache", str(WHEEL_CACHE)]) == 0  # fmt: skip
+                        "--out", str(out / "bundle"), "--wheel-cache", str(WHEEL_CACHE),
+                        "--channel", channel]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     print(printed)  # the bundle's size, shown with pytest -s
     assert "bundle: " in printed and " MB" in printed and "(dataset tester/kit-eg-bundle)" in printed
     assert kaggle_push.main(["kernel", "--bundle", str(out / "bundle"), "--competition", COMPETITION, "--user",
                              "tester", "--out", str(out / "kernel"), "-p", "device", "cpu", "-p", "tta",
-                             "hflip"]) == 0  # fmt: skip
+                             "hflip", *(["--model-version", "3"] if channel == "model" else [])]) == 0  # fmt: skip
     b = kaggle_bundle.Bundle.read(out / "bundle")
+    assert "fp16 check: max |p16 - p32|" in printed and "weights float16" in printed
     assert not any(name.endswith(("last.pt", ".npy")) for name in b.files)
     assert b.wheels[0].startswith("kitlib-") and b.wheels[1].startswith("segmentation_models_pytorch-")
     sent = check_with_kaggle_cli(kaggle_api, out / "kernel", out / "bundle")
     assert sent["kernel"].enable_internet is False and list(sent["kernel"].dataset_data_sources) == [b.dataset_id]
     assert list(sent["kernel"].competition_data_sources) == [COMPETITION]
+    assert list(sent["kernel"].model_data_sources) == ([b.model_source(3)] if channel == "model" else [])
 
     # /kaggle: the competition's test images one level deep, the bundle two levels deep, both read-only
     kroot = tmp_path / "kaggle"
@@ -600,6 +611,9 @@ def test_bundle_and_kernel_run_offline_in_a_fresh_environment(tmp_path, demo_run
     shutil.copytree(demo_run.data / "test_images", comp / "test_images")
     shutil.copy2(demo_run.data / "sample_submission.csv", comp)
     shutil.copytree(out / "bundle", kroot / "input" / "datasets" / "tester" / "kit-eg-bundle")
+    if channel == "model":
+        assert not any(name.endswith("best.pt") for name in b.files)
+        shutil.copytree(b.model["path"], kroot / "input" / "kit-demo" / "pytorch" / "eg" / "3")
     _read_only(kroot / "input")
     (kroot / "working").mkdir()
 
@@ -635,6 +649,8 @@ def test_bundle_and_kernel_run_offline_in_a_fresh_environment(tmp_path, demo_run
     assert line == f"kitlib 0.1.0 from {site / 'kitlib' / '__init__.py'}" and str(REPO) not in line
     assert f"data_dir={comp}" in text and "eg/fold0/best.pt" in text and "eg/fold1/best.pt" in text
     assert "gate: ['g/fold0/best.pt', 'g/fold1/best.pt']" in text  # the classifier ran in the kernel
+    if channel == "model":  # the weights came from the mounted model version
+        assert f"artifacts_root={kroot / 'input/kit-demo/pytorch/eg/3/artifacts'}" in text
     assert (site / "segmentation_models_pytorch").is_dir()
     # kitlib.config from a wheel outside any git checkout: provenance without a commit, paths as injected
     config = read_json(kroot / "working" / "submission_config.json")
