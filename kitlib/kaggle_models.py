@@ -50,14 +50,15 @@ def _kagglehub():
     return kagglehub
 
 
-def model_version(handle: str) -> int:
+def model_version(handle: str, missing_ok: bool = False) -> int:
     """The latest version number of a model variation on Kaggle (kagglesdk's ``GetModelInstance``, through
     kagglehub's client and credentials).
 
     Args:
         handle: ``owner/model/framework/variation`` (a version in it is ignored).
+        missing_ok: answer 0 when the model or the variation does not exist yet (HTTP 404).
     Returns:
-        The version number (>= 1).
+        The version number (>= 1; 0 with ``missing_ok``).
     Raises:
         ModelUploadError: Kaggle could not be asked, or has no version of the variation.
     """
@@ -74,8 +75,10 @@ def model_version(handle: str) -> int:
         with build_kaggle_client() as client:
             instance = client.models.model_api_client.get_model_instance(request)
     except Exception as e:  # requests, kagglesdk and kagglehub errors of many types
+        if missing_ok and getattr(getattr(e, "response", None), "status_code", None) == 404:
+            return 0
         raise ModelUploadError(f"cannot read the version of {handle} ({_one_line(e)})") from e
-    if not instance.version_number:
+    if not instance.version_number and not missing_ok:
         raise ModelUploadError(f"Kaggle reports no version of {handle}; pin one with kernel --model-version N")
     return int(instance.version_number)
 
@@ -85,6 +88,9 @@ def upload_model(
 ) -> int:
     """Upload a model-channel bundle's model folder with ``kagglehub.model_upload`` as a new version, and record the
     version in the bundle's ``kit-bundle.json``.
+
+    ``model_upload`` returns nothing, so the version is asked of Kaggle before and after the upload: the one after,
+    unless Kaggle still reports the one before (the new version still processing), then the one before + 1.
 
     Args:
         bundle_dir: a folder written by ``bundle(..., channel="model")``.
@@ -102,12 +108,16 @@ def upload_model(
     if not (folder / MANIFEST).is_file():
         raise FileNotFoundError(f"{folder}: no {MANIFEST}; write the bundle again (bundle --channel model)")
     hub = _kagglehub()
+    before = model_version(handle, missing_ok=True)
     log.info("kagglehub.model_upload(%r, %s)", handle, folder)
     try:
         hub.model_upload(handle, str(folder), license_name=license_name, version_notes=version_notes)
     except Exception as e:  # requests, kagglesdk and kagglehub errors of many types
         raise ModelUploadError(f"kagglehub model_upload {handle} failed ({_one_line(e)})") from e
-    version = model_version(handle)
+    version = model_version(handle, missing_ok=True)
+    if version <= before:
+        log.warning("Kaggle still reports version %d of %s after the upload; pinning %d", version, handle, before + 1)
+        version = before + 1
     manifest = read_json(info.path / MANIFEST)
     manifest["model"]["version"] = version
     write_json(info.path / MANIFEST, manifest)

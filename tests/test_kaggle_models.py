@@ -159,10 +159,12 @@ class KaggleRecorder:
 
     def __init__(self, offline: bool = False):
         self.offline = offline
+        self.lag = False  # a new version is not reported yet (as while Kaggle processes it)
         self.calls: list[tuple[str, dict | None]] = []
         self.blobs: dict[str, dict] = {}  # token -> {"name", "sha256"}
         self.models: set[str] = set()
         self.versions: dict[str, int] = {}
+        self.reported: dict[str, int] = {}  # what GetModelInstance answers
         self.lock = threading.Lock()
 
     def send(self, session, request, **kwargs):
@@ -199,16 +201,18 @@ class KaggleRecorder:
             if key in self.versions:
                 return 200, {"error": "instance exists", "errorCode": 409}
             self.versions[key] = 1
+            self.reported.update({} if self.lag else {key: 1})
             return 200, {"id": 2, "url": f"/models/{key}"}
         if name == "CreateModelInstanceVersion":
             key = f"{model}/{body['instanceSlug']}"
             self.versions[key] += 1
+            self.reported.update({} if self.lag else {key: self.versions[key]})
             return 200, {"id": 3, "url": f"/models/{key}/{self.versions[key]}"}
         if name == "GetModelInstance":
-            return 200, {
-                "slug": body["instanceSlug"],
-                "versionNumber": self.versions[f"{model}/{body['instanceSlug']}"],
-            }
+            key = f"{model}/{body['instanceSlug']}"
+            if key not in self.reported:
+                return 404, {"code": 404, "message": "Not found"}
+            return 200, {"slug": body["instanceSlug"], "versionNumber": self.reported[key]}
         return 404, {"code": 404, "message": f"unexpected {name}"}
 
     @staticmethod
@@ -270,8 +274,9 @@ def test_model_channel_bundle_kernel_push_upload(tmp_path, demo_run, monkeypatch
 
     result = kaggle_push.push(b.path, k.path, poll=0)
     names = [name for name, _ in kaggle_net.calls if name != "PUT"]
-    assert names[:2] == ["GetModel", "CreateModel"] and names[-2:] == ["CreateModelInstance", "GetModelInstance"]
-    assert sorted(names[2:-2]) == ["StartBlobUpload"] * len(local)
+    assert names[:3] == ["GetModelInstance", "GetModel", "CreateModel"]  # the version before: none
+    assert names[-2:] == ["CreateModelInstance", "GetModelInstance"]
+    assert sorted(names[3:-2]) == ["StartBlobUpload"] * len(local)
     calls = dict(kaggle_net.calls)
     assert calls["CreateModel"]["ownerSlug"] == "tester" and calls["CreateModel"]["slug"] == "kit-demo"
     instance = calls["CreateModelInstance"]
@@ -288,16 +293,18 @@ def test_model_channel_bundle_kernel_push_upload(tmp_path, demo_run, monkeypatch
     kaggle_net.calls.clear()
     kaggle_push.push(b.path, k.path, message="fold weights, second try", wait=0)
     names = [name for name, _ in kaggle_net.calls if name != "PUT"]
-    assert names[0] == "GetModel" and "CreateModel" not in names
+    assert names[:2] == ["GetModelInstance", "GetModel"] and "CreateModel" not in names
     assert names[-3:] == ["CreateModelInstance", "CreateModelInstanceVersion", "GetModelInstance"]
     version = dict(kaggle_net.calls)["CreateModelInstanceVersion"]
     assert version["instanceSlug"] == "e" and version["framework"] == "MODEL_FRAMEWORK_PY_TORCH"
     assert version["body"]["versionNotes"] == "fold weights, second try"
     assert kaggle_net.uploaded(version["body"]) == local
     assert read_json(k.path / "kernel-metadata.json")["model_sources"] == [f"{HANDLE}/2"]
+    kaggle_net.lag = True  # Kaggle still answers version 2 after the third upload: version 3 is pinned all the same
+    assert kaggle_models.upload_model(b.path) == 3 and kaggle_net.versions[HANDLE.replace("/pyTorch", "")] == 3
     kaggle_net.calls.clear()
     pinned = kaggle_kernel.kernel(b.path, COMPETITION, out_dir=out / "kernel2", user="tester", models=["a/b/c/d/1"])
-    assert pinned.metadata["model_sources"] == [f"{HANDLE}/2", "a/b/c/d/1"]  # the version push recorded
+    assert pinned.metadata["model_sources"] == [f"{HANDLE}/3", "a/b/c/d/1"]  # the version upload recorded
 
 
 def test_model_channel_metadata_is_read_by_the_kaggle_cli(tmp_path, kaggle_api):
@@ -342,7 +349,8 @@ def test_model_upload_failures_are_one_line(tmp_path, demo_run, monkeypatch, kag
     kaggle_net.offline = True
     with pytest.raises(kaggle_push.KaggleError) as e:
         kaggle_push.push(b.path, wait=0)
-    assert str(e.value).startswith("cannot reach Kaggle (kagglehub model_upload tester/kit-demo/pyTorch/e failed")
+    # the first request (the variation's version before the upload) already fails, and nothing is uploaded
+    assert str(e.value).startswith("cannot reach Kaggle (cannot read the version of tester/kit-demo/pyTorch/e (")
     assert "\n" not in str(e.value) and not push_env.log.exists()  # nothing else was sent
     d = kaggle_bundle.bundle("e", artifacts_root=demo_run.root, out_dir=tmp_path / "d", user="tester", packages=(),
                              check_images=0)  # fmt: skip
