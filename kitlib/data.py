@@ -13,6 +13,7 @@ online version check switched off: Kaggle kernels run without internet.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ from kitlib.cache import (
     _target_columns,
 )
 from kitlib.formats import SOFT_LABEL_COLUMN
+from kitlib.io import read_json
 from kitlib.presets import IGNORE_INDEX, Preset
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "make_dataset",
     "build_transforms",
     "normalization_for",
+    "config_normalization",
 ]
 
 log = logging.getLogger(__name__)
@@ -364,24 +367,32 @@ def _steps(transform) -> list:
 
 
 def normalization_for(
-    encoder_name: str, encoder_weights: str | None = None
+    encoder_name: str, encoder_weights: str | os.PathLike | None = None
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std (0..1 units) that an encoder's pretrained weights expect.
 
-    Read from configuration only: no model is built and nothing is downloaded.
+    Read from configuration only: no model is built, and nothing is downloaded except the hub ``config.json`` of
+    named smp weights when it is not cached and downloads are on (smp fetches the same file with the weights).
 
-    - smp encoder names (``resnet34``, ``efficientnet-b0``, ``inceptionv4``): the encoder's pretrained settings
-      (``encoder_weights``, or its first setting when None). smp 0.5 moved mean/std out of
-      ``encoders[name]["pretrained_settings"]`` into the hub ``config.json`` and keeps a copy in
-      ``segmentation_models_pytorch.encoders.pretrained_settings``; both are read.
+    - smp encoder names (``resnet34``, ``efficientnet-b0``, ``inceptionv4``): the mean/std of ``encoder_weights``
+      (a name; its first setting when None or a local path). Sources, in order: a ``config.json`` with ``mean`` and
+      ``std`` beside a local weights file (``encoder_weights`` a path: the file's folder, as in a downloaded smp-hub
+      repo); the setting itself and smp 0.5's legacy copy (``encoders.pretrained_settings``); the hub
+      ``config.json`` (``smp-hub/<encoder>.<weights>``) in the Hugging Face cache (``kitlib.pretrained.
+      smp_hub_config``), the only place smp 0.6 keeps them. Never timm's defaults for an smp encoder.
     - ``tu-<timm name>`` and plain timm names (``tu-vit_base_patch16_224``, ``convnext_tiny.fb_in22k``): the
       timm pretrained config (``timm.models.get_pretrained_cfg``; the default tag when none is given).
-    - anything else: ImageNet mean/std, with a logged warning.
+    - anything else, and an smp encoder with ``encoder_weights`` None whose hub config is not cached: ImageNet
+      mean/std, with a logged warning (weights trained from scratch take any fixed normalisation; the training
+      run records the values it used in its ``config.json``, see ``config_normalization``).
 
     Returns:
         ``(mean, std)``, each a tuple of 3 floats.
     Raises:
-        ValueError: ``encoder_weights`` is not one of the smp encoder's pretrained settings (the message lists them).
+        ValueError: ``encoder_weights`` is not one of the smp encoder's pretrained settings (the message lists them);
+            a config that is not RGB in 0..1 (``input_space``, ``input_range``).
+        kitlib.pretrained.OfflineWeightsError: named or local weights of an smp encoder whose mean/std no file on
+            this machine gives (the message names the hub repository and where to put its ``config.json``).
     """
     if encoder_name.startswith("tu-"):
         found = _timm_normalization(encoder_name[3:])
@@ -395,23 +406,77 @@ def normalization_for(
     return found
 
 
-def _smp_normalization(name: str, weights: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+def config_normalization(cfg: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std of a training run's images: ``normalization`` saved in its ``config.json`` by ``kitlib.train``
+    (so a Kaggle kernel without the Hugging Face cache, where smp 0.6 keeps them, normalises as training did) when
+    it was saved for the same encoder and weights, else
+    ``normalization_for(cfg.normalization_name, cfg.encoder_weights)`` (configs saved before it was recorded).
+
+    Args:
+        cfg: a ``kitlib.stages.TrainConfig`` (built, or loaded from a fold's ``config.json``).
+    Returns:
+        ``(mean, std)``, each a tuple of 3 floats.
+    Raises:
+        as ``normalization_for``.
+    """
+    saved = cfg.extra.get("normalization")
+    same = saved and (saved.get("encoder"), saved.get("weights")) == (cfg.normalization_name, cfg.encoder_weights)
+    if same:  # (a config changed with replace() keeps the extras of the one it came from)
+        return tuple(map(float, saved["mean"])), tuple(map(float, saved["std"]))
+    return normalization_for(cfg.normalization_name, cfg.encoder_weights)
+
+
+def _smp_normalization(
+    name: str, weights: str | os.PathLike | None
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     from segmentation_models_pytorch import encoders as smp_encoders
+
+    from kitlib.pretrained import _as_weights_path, _legacy_smp_settings, smp_hub_config, smp_hub_config_missing
 
     if name not in smp_encoders.encoders:
         return None
     settings = smp_encoders.encoders[name].get("pretrained_settings") or {}
     if not settings:
         return None
-    if weights is None:
-        weights = next(iter(settings))
-    elif weights not in settings:
+    local = _as_weights_path(weights)
+    if local is not None:
+        config_file = (local if local.is_dir() else local.parent) / "config.json"
+        found = _mean_std(read_json(config_file), config_file) if config_file.is_file() else None
+        if found is not None:
+            return found
+        named = next(iter(settings))  # the mean/std of the encoder's first weights, as with None
+    elif weights is None:
+        named = next(iter(settings))
+    elif str(weights) not in settings:
         raise ValueError(f"encoder {name!r} has no weights {weights!r}; options: {sorted(settings)}")
-    legacy = getattr(smp_encoders, "pretrained_settings", {}).get(name, {})  # smp >= 0.5 keeps mean/std here
-    for source in (settings[weights], legacy.get(weights, {})):
-        if source.get("mean") is not None and source.get("std") is not None:
-            return tuple(map(float, source["mean"])), tuple(map(float, source["std"]))
-    return None
+    else:
+        named = str(weights)
+    for source in (settings[named], _legacy_smp_settings().get(name, {}).get(named, {})):  # smp <0.5, 0.5
+        found = _mean_std(source, f"smp's settings of {name!r} {named!r}")
+        if found is not None:
+            return found
+    hub = smp_hub_config(name, named, download=weights is not None and local is None)
+    found = None if hub is None else _mean_std(hub, f"the hub config.json of {name!r} {named!r}")
+    if found is not None:
+        return found
+    if weights is None:
+        log.warning("encoder %r from scratch: its hub config.json (mean/std of %r) is not cached: ImageNet mean/std",
+                    name, named)  # fmt: skip
+        return IMAGENET_MEAN, IMAGENET_STD
+    raise smp_hub_config_missing(name, named, local)
+
+
+def _mean_std(config: Mapping[str, Any], where: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` of a settings mapping or config.json, None when it has none; RGB in 0..1 is checked."""
+    if config.get("mean") is None or config.get("std") is None:
+        return None
+    space, value_range = config.get("input_space", "RGB"), list(config.get("input_range", [0, 1]))
+    if space != "RGB" or value_range not in ([0, 1], [0.0, 1.0]):
+        raise ValueError(f"{where}: input_space {space!r}, input_range {value_range}; the kit feeds RGB in [0, 1]")
+    mean, std = tuple(map(float, config["mean"])), tuple(map(float, config["std"]))
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"{where}: mean {mean} and std {std} must be 3 values each, std > 0")
+    return mean, std
 
 
 def _timm_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

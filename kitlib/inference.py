@@ -20,6 +20,7 @@ memory: only one batch of probabilities and the submission's strings.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,13 +38,13 @@ from torch.nn import functional as F
 
 from kitlib import engine
 from kitlib._private import progress, to_numpy
-from kitlib.data import build_transforms, make_dataset, normalization_for
+from kitlib.data import build_transforms, config_normalization, make_dataset
 from kitlib.images import read_image_at
 from kitlib.io import read_json
 from kitlib.models import load_model
 from kitlib.postprocess import PostProcess, decode, default_postprocess
 from kitlib.presets import Preset
-from kitlib.runtime import DistInfo, make_loader, resolve_amp, resolve_device
+from kitlib.runtime import DistInfo, compile_model, make_loader, resolve_amp, resolve_device
 from kitlib.stacking import LinearStacker, stacking_chosen
 from kitlib.stages import TrainConfig
 from kitlib.submit import encode_rows, order_like, read_sample_submission, validate_submission, write_submission
@@ -51,6 +52,7 @@ from kitlib.submit import encode_rows, order_like, read_sample_submission, valid
 __all__ = [
     "FoldModel",
     "SubmissionResult",
+    "compile_members",
     "ensemble_weights",
     "fold_dirs",
     "load_fold_models",
@@ -177,7 +179,7 @@ def load_fold_models(
     models = []
     for fold_dir in fold_dirs(exp_dir, folds):
         config = TrainConfig.load(fold_dir / "config.json")
-        mean, std = normalization_for(config.normalization_name)
+        mean, std = config_normalization(config)
         model, _ = load_model(fold_dir / "best.pt", map_location=device)
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -233,6 +235,19 @@ def load_members(
         for name, weight in ensemble_weights(artifacts_root, exp, ensemble)
         if weight > 0
     ]
+
+
+def compile_members(members: list[tuple[list[FoldModel], float]], cfg: Any) -> list[tuple[list[FoldModel], float]]:
+    """``load_members``' models through ``kitlib.runtime.compile_model`` (``cfg.compile``, ``compile_mode``,
+    ``compile_backend`` of a ``SubmitConfig``); the same list when ``cfg.compile`` is off. Each fold compiles at its
+    first batch (per input size and TTA view shape); the predictions equal the eager ones up to float rounding.
+
+    Raises:
+        RuntimeError: as ``compile_model`` (no C++ compiler / triton for inductor).
+    """
+    if not getattr(cfg, "compile", False):
+        return members
+    return [([dataclasses.replace(m, model=compile_model(m.model, cfg)) for m in models], w) for models, w in members]
 
 
 def load_gate_models(

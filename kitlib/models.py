@@ -58,7 +58,7 @@ __all__ = [
     "param_groups",
 ]
 
-#: smp's own registry (``smp.MODEL_ARCHITECTURES_MAPPING``): lower-case class name -> model class. In smp 0.5:
+#: smp's own registry (``smp.MODEL_ARCHITECTURES_MAPPING``): lower-case class name -> model class. In smp 0.5, 0.6:
 #: unet, unetplusplus, manet, linknet, fpn, pspnet, deeplabv3, deeplabv3plus, pan, upernet, segformer, dpt; plus the
 #: kit's ``hrnetocr`` (``kitlib.hrnet_ocr.HRNetOCR``, smp's constructor words; "hrnet_ocr" normalises to it).
 ARCHS: dict[str, type[nn.Module]] = {**smp.MODEL_ARCHITECTURES_MAPPING, "hrnetocr": HRNetOCR}
@@ -76,8 +76,10 @@ ARCH_ALIASES: dict[str, str] = {
 _CHECKPOINT_KIND = "kitlib.model"
 _RESERVED_KEYS = ("model_config", "state_dict", "kind")
 # Encoders whose features start at stride 4 (timm "transformer-style": ConvNeXt, Swin, ...) give smp a dummy
-# 0-channel stride-2 feature; these decoders build a convolution on it and fail at the first forward.
-_NEED_STRIDE2_FEATURE = ("unetplusplus", "linknet")
+# 0-channel stride-2 feature; before smp 0.6 these decoders built a convolution on it and failed at the first forward
+# (smp 0.6 skips the empty feature: its UnetPlusPlus and Linknet take them; both still refuse ``mit_b*``).
+_SMP_VERSION = tuple(int(part) for part in re.findall(r"\d+", smp.__version__)[:2])
+_NEED_STRIDE2_FEATURE = ("unetplusplus", "linknet") if _SMP_VERSION < (0, 6) else ()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -97,13 +99,14 @@ def create_model(
 ) -> nn.Module:
     """Build an smp segmentation model that returns logits.
 
-    Architectures and encoders that work together (checked with smp 0.5.0, timm 1.0):
+    Architectures and encoders that work together (checked with smp 0.5.0 and 0.6.0, timm 1.0.31):
 
     - Unet, MAnet, FPN, PSPNet, DeepLabV3, DeepLabV3Plus, UPerNet, Segformer: CNN encoders (smp's own or
       ``tu-`` ResNets, EfficientNets, ...), timm encoders whose features start at stride 4 (``tu-convnext_*``,
       ``tu-swin*``) and smp's ``mit_b*``.
-    - UnetPlusPlus, Linknet: only encoders with a stride-2 feature map (CNNs); ``mit_b*`` is refused by smp and
-      stride-4 timm encoders by this function (ValueError).
+    - UnetPlusPlus, Linknet: ``mit_b*`` is refused by smp (ValueError); with smp 0.6 every other encoder, stride-4
+      timm encoders included (smp skips their empty stride-2 feature); with smp 0.5 only encoders with a stride-2
+      feature map (CNNs): stride-4 timm encoders are refused by this function (ValueError).
     - PAN: CNN encoders; its pyramid attention pools the stride-16 map three times, so height and width must be
       at least 128 (64 and 96 fail at the first forward).
     - DPT: ``tu-`` encoders with ``forward_intermediates`` (ViTs such as ``tu-vit_small_patch16_224``; also
@@ -121,7 +124,8 @@ def create_model(
         classes: output channels of the mask logits (and of the classification head when ``aux_head``).
         encoder_weights: None (random init); a weights name loaded by the library: smp's names for its own
             encoders ("imagenet", "ssl", "swsl", ...), and for ``tu-`` encoders "imagenet" (timm's default tag,
-            or the tag in ``encoder_name``) or a timm tag ("fb_in22k"); or a local path (``os.PathLike``, or a
+            or the tag in ``encoder_name``) or a timm tag ("fb_in22k"; the tag goes into the encoder name and smp
+            gets ``encoder_weights=True``, as smp 0.6 asks of ``tu-`` encoders); or a local path (``os.PathLike``, or a
             string containing a path separator or ending in ``kitlib.pretrained.WEIGHT_SUFFIXES``) to a
             ``.pth``/``.pt``/``.bin``/``.safetensors`` file or a folder holding one (``save_pretrained``, a Hugging
             Face repo download).
@@ -169,6 +173,8 @@ def create_model(
     library_weights = None
     if encoder_weights is not None and weights_path is None:
         encoder_name, library_weights = _library_encoder_weights(encoder_name, str(encoder_weights))
+        if _timm_encoder_name(encoder_name) is not None:  # smp 0.6 wants True: the timm tag is in the name
+            library_weights = True
     if weights_path is not None and not weights_path.exists():
         raise FileNotFoundError(f"{weights_path}: no such encoder_weights file or folder")
 

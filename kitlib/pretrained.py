@@ -22,6 +22,7 @@ weights.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -41,6 +42,7 @@ __all__ = [
     "WEIGHT_SUFFIXES",
     "OfflineWeightsError",
     "WeightsReport",
+    "smp_hub_config",
     "read_state_dict",
     "load_encoder_weights",
     "load_classifier_weights",
@@ -222,7 +224,7 @@ def _require_cached_smp(encoder_name: str, weights: str, setting: Mapping[str, A
     if all(_hf_cached(repo_id, f, revision) for f in ("config.json", "model.safetensors")):
         return
     looked_in = [f"hf://{repo_id}@{revision}"]
-    legacy_url = smp.encoders.pretrained_settings.get(encoder_name, {}).get(weights, {}).get("url")
+    legacy_url = _legacy_smp_settings().get(encoder_name, {}).get(weights, {}).get("url")
     if legacy_url:
         if _torch_hub_file(legacy_url).is_file():
             return
@@ -232,6 +234,62 @@ def _require_cached_smp(encoder_name: str, weights: str, setting: Mapping[str, A
         f"model.safetensors of the Hugging Face repo {repo_id}: {_hf_url(repo_id, 'model.safetensors', revision)}",
         looked_in,
         "create_model(..., encoder_weights=",
+    )
+
+
+def _legacy_smp_settings() -> Mapping[str, Any]:
+    """smp 0.5's copy of the settings from before the hub (``encoders.pretrained_settings``: the original URLs,
+    mean/std); smp 0.6 removed it, and this is then empty."""
+    return getattr(smp.encoders, "pretrained_settings", None) or {}
+
+
+def smp_hub_config(encoder_name: str, weights: str, download: bool = False) -> dict[str, Any] | None:
+    """The hub ``config.json`` of an smp encoder's named weights (``smp-hub/<encoder>.<weights>`` at smp's pinned
+    revision), where smp 0.6 keeps their ``mean``, ``std``, ``input_space`` and ``input_range`` (and nowhere else;
+    ``smp.encoders.get_preprocessing_params`` reads the same file).
+
+    Read from the Hugging Face cache without the network (what ``HF_HUB_OFFLINE=1`` allows; smp puts the file there
+    when it downloads the weights). With ``download`` and downloads on, a file missing from the cache is fetched
+    (``hf_hub_download``, as smp does).
+
+    Args:
+        encoder_name: an smp encoder (``smp.encoders.encoders``), e.g. "resnet34".
+        weights: one of its ``pretrained_settings`` ("imagenet", "advprop", ...).
+        download: fetch the file when it is not cached and ``HF_HUB_OFFLINE`` is off.
+    Returns:
+        The parsed file, or None when it is not cached (and not downloaded).
+    Raises:
+        KeyError: an encoder or weights name smp does not know.
+        ValueError: the cached file is not JSON (the message names it).
+    """
+    setting = smp.encoders.encoders[encoder_name]["pretrained_settings"][weights]
+    repo_id, revision = setting["repo_id"], setting.get("revision")
+    path = _hf_cached(repo_id, "config.json", revision)
+    if path is None and download and not _offline():
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(repo_id, filename="config.json", revision=revision)
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path}: the hub config.json of {repo_id} is not JSON ({e})") from e
+
+
+def smp_hub_config_missing(encoder_name: str, weights: str, local: Path | None = None) -> OfflineWeightsError:
+    """The error for smp weights whose mean/std no file on this machine gives (smp 0.6: only the hub config.json
+    has them): names the repository, the file to attach and where ``kitlib.data.normalization_for`` looked."""
+    from huggingface_hub import constants
+
+    setting = smp.encoders.encoders[encoder_name]["pretrained_settings"][weights]
+    repo_id, revision = setting["repo_id"], setting.get("revision")
+    beside = f" nor beside the local weights ({local if local.is_dir() else local.parent}/config.json)" if local else ""
+    return OfflineWeightsError(
+        f"encoder {encoder_name!r} weights {weights!r}: their mean/std are only in the hub config.json of "
+        f"{repo_id} ({_hf_url(repo_id, 'config.json', revision)}), which is not in the Hugging Face cache "
+        f"{constants.HF_HUB_CACHE}{beside}. Download it where there is internet and put it beside the weights file "
+        "(a downloaded smp-hub folder holds it), or train online once (smp caches it with the weights)."
     )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "all_reduce",
     "autocast",
     "barrier",
+    "compile_model",
     "dist_info",
     "epoch_seed",
     "init_distributed",
@@ -149,6 +150,56 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
+
+
+def compile_model(model: nn.Module, cfg: Any) -> nn.Module:
+    """``torch.compile(model, mode=cfg.compile_mode, backend=cfg.compile_backend or "inductor")`` when
+    ``cfg.compile`` (``TrainConfig`` / ``SubmitConfig``), else ``model`` itself.
+
+    The compiled module runs the plain module's parameters (the same weights, so ``compile`` is not part of
+    ``run_id``); only its ``state_dict`` keys gain ``_orig_mod.``. The kit saves, averages (EMA, SWA) and loads
+    through ``unwrap(model)``, so checkpoints hold the plain keys and load into a compiled or a plain model alike
+    (``kitlib.pretrained.read_state_dict`` also strips ``_orig_mod.`` from files written elsewhere). Compiling
+    happens at the first batch of each input shape and train/eval mode (slow: tens of seconds on a GPU, minutes
+    for inductor on a CPU); the speed-up follows.
+
+    Args:
+        model: on its device (a DDP wrapper is compiled around, as PyTorch's DDP notes advise).
+        cfg: has ``compile`` (bool), ``compile_mode`` (None or a torch.compile mode; inductor only) and
+            ``compile_backend`` (None: "inductor"; "aot_eager" / "eager" trace without generating code: tests,
+            debugging); a config without ``compile`` (an older kit's) is not compiled.
+    Returns:
+        The compiled module (``torch._dynamo.OptimizedModule``) or ``model``.
+    Raises:
+        RuntimeError: the backend cannot run here: inductor on a CPU without a C++ compiler (``g++``, or ``CXX``),
+            inductor on CUDA without triton. The message names the parameter and the ways out.
+    """
+    if not getattr(cfg, "compile", False):
+        return model
+    backend = getattr(cfg, "compile_backend", None) or "inductor"
+    mode = getattr(cfg, "compile_mode", None)
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    if backend == "inductor":
+        problem = None
+        if device.type == "cpu":
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            try:
+                get_cpp_compiler()
+            except Exception as e:  # torch raises its InvalidCxxCompiler or an OSError
+                problem = f"no C++ compiler for inductor's CPU code ({type(e).__name__}: {e})"
+        elif device.type == "cuda":
+            from torch.utils._triton import has_triton
+
+            if not has_triton():
+                problem = "inductor's CUDA code needs triton, which is not installed"
+        if problem:
+            raise RuntimeError(
+                f"compile=True: torch.compile(backend='inductor') cannot run on {device}: {problem}. Install one "
+                "(apt-get install g++ / pip install triton), set -p compile_backend aot_eager, or -p compile false"
+            )
+    return torch.compile(model, mode=mode, backend=backend)
 
 
 def all_reduce(values: torch.Tensor) -> torch.Tensor:

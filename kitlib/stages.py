@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,15 @@ class TrainConfig(_ExperimentStage):
 
     #: Parameters that do not change the trained weights (left out of ``run_id``).
     #: Parameters whose None is a value ("scratch", "equal weights"), not a gap for the recipe to fill.
-    OPTIONAL = ("encoder_weights", "tta_weight", "init_from", "extra_class_map", "tracker")
+    OPTIONAL = (
+        "encoder_weights",
+        "tta_weight",
+        "init_from",
+        "extra_class_map",
+        "tracker",
+        "compile_mode",
+        "compile_backend",
+    )
     RUN_ID_IGNORES = (
         "num_workers",
         "device",
@@ -186,6 +195,9 @@ class TrainConfig(_ExperimentStage):
         "tracker",
         "tracker_project",
         "tracker_uri",
+        "compile",  # torch.compile trains the same weights as eager mode
+        "compile_mode",
+        "compile_backend",
     )  # the lists' content counts: kitlib.train.fold_run_id
 
     def _resolve(self) -> None:
@@ -239,6 +251,7 @@ class TrainConfig(_ExperimentStage):
         self._check_train_rows()
         self._check_coteach()
         check_tracker(self.stage, v)
+        _check_compile(self.stage, v)
         from kitlib.tta import check_tta  # torch: only when a training run is configured
 
         check_tta(v["tta"], v["tta_weight"], segmentation=self.model_preset.is_segmentation)
@@ -539,6 +552,7 @@ class SubmitConfig(_ExperimentStage):
         from kitlib.tta import check_tta  # torch: only when a submission is configured
 
         check_tta(self._values["tta"], self._values["tta_weight"], segmentation=self.preset.is_segmentation)
+        _check_compile(self.stage, self._values)
 
     @property
     def submission_file(self) -> Path:
@@ -559,3 +573,23 @@ class SubmitConfig(_ExperimentStage):
     def source_dir(self) -> Path:
         """Where ``postprocess.json`` is read: the ensemble's folder, else the experiment's."""
         return self.artifacts_dir / (self._values["ensemble"] or self._values["exp"])
+
+
+#: ``torch.compile``'s modes (inductor's); None is its default.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _check_compile(stage: str, v: Mapping[str, Any]) -> None:
+    """``compile_mode`` one of ``COMPILE_MODES`` (inductor only) and ``compile_backend`` a backend torch knows
+    (``torch._dynamo.list_backends``); a config without them (an older kit's) passes."""
+    mode, backend = v.get("compile_mode"), v.get("compile_backend")
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"{stage}: unknown compile_mode {mode!r}; options: None, {list(COMPILE_MODES)}")
+    if backend is not None:
+        import torch._dynamo  # torch: only when a backend is named
+
+        known = torch._dynamo.list_backends(exclude_tags=())
+        if backend not in known:
+            raise ValueError(f"{stage}: unknown compile_backend {backend!r}; options: None (inductor), {known}")
+        if mode is not None and backend != "inductor":
+            raise ValueError(f"{stage}: compile_mode {mode!r} is inductor's; compile_backend {backend!r} takes none")

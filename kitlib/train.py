@@ -4,7 +4,8 @@
 ``cfg`` is a ``kitlib.stages.TrainConfig`` (the notebook's parameters, resolved against the preset's recipe in
 ``kitlib.recipes``). ``train_fold(cfg)`` writes ``artifacts/<exp>/fold<k>/``:
 
-- ``config.json``: the whole config (``StageConfig.save``) with ``run_id``, ``recipe_source`` and the world size;
+- ``config.json``: the whole config (``StageConfig.save``) with ``run_id``, ``recipe_source``, the world size and
+  the images' ``normalization`` (mean/std, ``kitlib.data.config_normalization``);
   ``TrainConfig.load`` rebuilds it, and ``python -m kitlib.train fold<k>/config.json`` reruns the fold from it;
 - ``last.pt``, ``best.pt``, ``history.csv``: see ``kitlib.engine.fit`` and ``kitlib.checkpoint``;
 - ``oof_probs.npy``: probabilities of the held-out images at the competition's scoring resolution, rows in
@@ -37,7 +38,7 @@ import torch
 from kitlib import engine
 from kitlib.cache import build_cache
 from kitlib.coteach import CoTeachingLoss, CoTeachingModel
-from kitlib.data import build_transforms, make_dataset, normalization_for
+from kitlib.data import build_transforms, config_normalization, make_dataset
 from kitlib.distill import attach_teacher, distill_loss, load_teacher
 from kitlib.experiment import fold_split, load_table
 from kitlib.formats import class_presence
@@ -48,7 +49,15 @@ from kitlib.losses import RECIPES, SEGMENTATION_LOSSES, create_loss, create_reci
 from kitlib.models import create_classifier, create_model
 from kitlib.optim import make_optimizer, make_scheduler
 from kitlib.predictions import write_predictions
-from kitlib.runtime import barrier, init_distributed, make_loader, resolve_amp, seed_everything, unwrap
+from kitlib.runtime import (
+    barrier,
+    compile_model,
+    init_distributed,
+    make_loader,
+    resolve_amp,
+    seed_everything,
+    unwrap,
+)
 from kitlib.scoring import score_oof
 from kitlib.stages import TrainConfig
 from kitlib.targets import TargetMasks, scoring_size
@@ -218,6 +227,13 @@ def _set_aside_other_run(fold_dir: Path, run_id: str) -> None:
     log.warning("%s was written by another configuration (run_id %s); moved to %s", fold_dir, previous, aside)
 
 
+def _normalization(cfg: TrainConfig) -> dict[str, list[float]]:
+    """The images' mean/std, recorded in the fold's ``config.json`` (smp 0.6 keeps an smp encoder's only in the
+    Hugging Face cache, which a Kaggle kernel lacks: inference reads them here, ``config_normalization``)."""
+    mean, std = config_normalization(cfg)
+    return {"encoder": cfg.normalization_name, "weights": cfg.encoder_weights, "mean": list(mean), "std": list(std)}
+
+
 def _loaders(cfg: TrainConfig, full_df: pd.DataFrame, train_df: pd.DataFrame, valid_df: pd.DataFrame, info) -> tuple:
     """Training and validation loaders (from the on-disk cache when ``cfg.cache``; rank 0 builds it)."""
     cache = None
@@ -229,7 +245,7 @@ def _loaders(cfg: TrainConfig, full_df: pd.DataFrame, train_df: pd.DataFrame, va
             )
         barrier()
         cache = cache or build_cache(full_df, cfg.preset, cache_dir, cfg.height, cfg.width)
-    mean, std = normalization_for(cfg.normalization_name)
+    mean, std = config_normalization(cfg)
     if not cfg.resize:
         _check_native(full_df, cfg.height, cfg.width)
     size = (cfg.height, cfg.width, mean, std, cfg.augment_pipeline)
@@ -311,7 +327,7 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
     if info.is_main:
         _set_aside_other_run(fold_dir, run_id)
         cfg.save(fold_dir / "config.json", run_id=run_id, recipe_source=cfg.recipe_source,
-                 world_size=info.world_size)  # fmt: skip
+                 world_size=info.world_size, normalization=_normalization(cfg))  # fmt: skip
     barrier()
 
     full_df, train_df, valid_df = fold_tables(cfg)
@@ -329,6 +345,7 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    model = compile_model(model, cfg)  # after the optimizer's groups (named by the plain module's keys) and DDP
     steps_per_epoch = -(-len(train_loader) // cfg.accumulate)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = make_scheduler(

@@ -125,6 +125,9 @@ seed: int = 42
 num_workers: Optional[int] = None  # DataLoader processes
 cache: Optional[bool] = None  # read images from an on-disk cache at the training resolution
 device: str = "auto"  # auto, cpu, cuda
+compile: bool = False  # torch.compile the model for training and the OOF predictions (same weights: not in run_id)
+compile_mode: Optional[str] = None  # torch.compile mode (inductor): default, reduce-overhead, max-autotune
+compile_backend: Optional[str] = None  # None: inductor (a C++ compiler on CPU, triton on CUDA); aot_eager, eager
 tta: str = "none"  # test-time augmentation of the OOF predictions: none, hflip, vflip, flips, d4; classifiers
 # also center_crop, five_crop, plain_five_crop, multiscale, flips_multiscale
 tta_weight: Optional[float] = None  # weight of the plain view against the mean of the other TTA views; None: equal

@@ -42,6 +42,9 @@ tta_weight: Optional[float] = None  # weight of the plain view against the mean 
 batch_size: int = 8  # test images per batch
 num_workers: int = 0  # DataLoader processes
 device: str = "auto"  # auto, cpu, cuda
+compile: bool = False  # torch.compile the model for the test predictions (checkpoints load either way)
+compile_mode: Optional[str] = None  # torch.compile mode (inductor): default, reduce-overhead, max-autotune
+compile_backend: Optional[str] = None  # None: inductor (a C++ compiler on CPU, triton on CUDA); aot_eager, eager
 submission_path: str = ""  # submission CSV; empty: runs/<exp>/submission.csv (relative to the repo root)
 n_samples: int = 4  # test images shown with their predicted masks
 seed: int = 0  # which test images are shown
@@ -73,6 +76,7 @@ print(f"{cfg.preset.name}: {cfg.preset.description}")
 # %%
 root = cfg.artifacts_dir
 members = inference.load_members(root, cfg.exp, cfg.ensemble, folds=cfg.folds, device=cfg.device)
+members = inference.compile_members(members, cfg)  # -p compile true: torch.compile each fold's model
 for models, weight in members:
     print(f"weight {weight:.3f}: {[str(m.path.relative_to(root)) for m in models]} at {models[0].height}x"
           f"{models[0].width}")  # fmt: skip

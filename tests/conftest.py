@@ -38,3 +38,31 @@ def isbi_dir() -> Path:
 @pytest.fixture
 def cassava_dir() -> Path:
     return shared_sample("cassava_sample")
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face hub cache, offline (``HF_HUB_OFFLINE``, as in a Kaggle kernel): ``put(repo_id,
+    filename, data, revision=None)`` writes a file where ``huggingface_hub`` (``try_to_load_from_cache``,
+    ``hf_hub_download``) finds it; a 40-hex ``revision`` is the snapshot's commit, else ``refs/main`` points to it."""
+    import re
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf_hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def put(repo_id: str, filename: str, data: bytes, revision: str | None = None) -> Path:
+        repo = cache / ("models--" + repo_id.replace("/", "--"))
+        commit = revision if revision and re.fullmatch(r"[0-9a-f]{40}", revision) else "0" * 40
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        path = repo / "snapshots" / commit / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    put.cache = cache
+    return put

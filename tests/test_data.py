@@ -3,12 +3,14 @@ normalisation lookups, bad input, and the real clouds image."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import segmentation_models_pytorch.encoders as smp_encoders
 import torch
 
 from kitlib import formats
@@ -265,7 +267,11 @@ def test_light_augment_keeps_masks_binary_and_nearly_aligned():
         ("tu-test_resnet.r160_in1k", None, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # smp's tiny test encoder
     ],
 )
-def test_normalization_for(encoder_name, encoder_weights, mean, std):
+def test_normalization_for(encoder_name, encoder_weights, mean, std, hf_cache):
+    if encoder_name in smp_encoders.encoders:  # smp 0.6 keeps them only in the hub config.json (its content here)
+        setting = smp_encoders.encoders[encoder_name]["pretrained_settings"][encoder_weights or "imagenet"]
+        body = json.dumps({"mean": list(mean), "std": list(std), "input_space": "RGB", "input_range": [0, 1]})
+        hf_cache(setting["repo_id"], "config.json", body.encode(), revision=setting["revision"])
     got_mean, got_std = normalization_for(encoder_name, encoder_weights)
     np.testing.assert_allclose(got_mean, mean)
     np.testing.assert_allclose(got_std, std)

@@ -199,6 +199,23 @@ def test_offline_named_weights_fail_fast_with_instructions(tmp_path):
     assert issubclass(OfflineWeightsError, FileNotFoundError)
 
 
+def test_tu_weights_name_loads_the_cached_timm_file_without_smp_warning(hf_cache):
+    """smp 0.6 warns on string weights for ``tu-`` encoders: the kit passes True and the tag in the encoder name."""
+    import warnings
+
+    reference = timm.create_model(TINY_TIMM)
+    hf_cache("timm/" + TINY_TIMM, "model.safetensors", b"")  # replaced below by the real file
+    path = next(hf_cache.cache.rglob("model.safetensors"))
+    save_file(reference.state_dict(), str(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = create_model("unet", TINY, 1, encoder_weights="imagenet")
+    assert not [w for w in caught if "encoder_weights" in str(w.message)], [str(w.message) for w in caught]
+    want = reference.state_dict()
+    got = {k: v for k, v in model.encoder.model.state_dict().items() if k in want}
+    assert len(got) > 10 and all(torch.equal(v, want[k]) for k, v in got.items())  # the pretrained file, not init
+
+
 def test_module_exports():
     for name in pretrained.__all__:
         assert hasattr(pretrained, name)
