@@ -456,21 +456,29 @@ elif args[:2] == ["kernels", "push"]:
 """
 
 
-@pytest.fixture
-def push_env(tmp_path, monkeypatch) -> SimpleNamespace:
-    """Bundle and kernel folders, a fake ``kaggle`` first on PATH that logs its arguments, dummy credentials."""
+def kaggle_on_path(tmp_path: Path, monkeypatch, script: str) -> Path:
+    """Write ``script`` (formatted with ``python``) as ``tmp_path/bin/kaggle``, first on PATH; dummy credentials, a
+    HOME of its own, no token or XDG config from the machine. Returns the bin folder."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     cli = bin_dir / "kaggle"
-    cli.write_text(FAKE_KAGGLE.format(python=sys.executable))
+    cli.write_text(script.format(python=sys.executable))
     cli.chmod(cli.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_KAGGLE_LOG", str(tmp_path / "calls.log"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for var in ("KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR", "XDG_CONFIG_HOME"):
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_KERNEL_RUN_TYPE", "XDG_CONFIG_HOME"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KAGGLE_USERNAME", "tester")
     monkeypatch.setenv("KAGGLE_KEY", "not-a-real-key")
+    return bin_dir
+
+
+@pytest.fixture
+def push_env(tmp_path, monkeypatch) -> SimpleNamespace:
+    """Bundle and kernel folders, a fake ``kaggle`` first on PATH that logs its arguments, dummy credentials."""
+    bin_dir = kaggle_on_path(tmp_path, monkeypatch, FAKE_KAGGLE)
+    monkeypatch.setenv("FAKE_KAGGLE_LOG", str(tmp_path / "calls.log"))
+    monkeypatch.delenv("KAGGLE_CONFIG_DIR", raising=False)
     bundle_dir, kernel_dir = _mkdirs(tmp_path, "bundle", "kernel")
     write_json(bundle_dir / "dataset-metadata.json", kaggle_bundle.dataset_metadata("tester", "kit-x-bundle"))
     write_json(kernel_dir / "kernel-metadata.json", {"id": "tester/kit-x-submit"})

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import stat
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +16,7 @@ import pytest
 
 from kitlib import kaggle_estimate, kaggle_kernel, kaggle_loop, kaggle_push, kaggle_submit
 from kitlib.io import read_json, write_json
-from tests.test_kaggle import _fake_bundle, check_with_kaggle_cli, demo_run, kaggle_api  # noqa: F401  (fixtures)
+from tests.test_kaggle import _fake_bundle, check_with_kaggle_cli, demo_run, kaggle_api, kaggle_on_path  # noqa: F401  (fixtures)
 
 # The real kaggle CLI (kaggle.cli.main) with KaggleApi.build_kaggle_client replaced: a scripted Kaggle whose answers
 # are kagglesdk's own response types, read from $FAKE_KAGGLE_STATE; each request is appended to $FAKE_KAGGLE_LOG.
@@ -110,18 +108,8 @@ main()
 def real_cli(tmp_path, monkeypatch) -> SimpleNamespace:
     """``kaggle`` first on PATH is the real CLI with a scripted Kaggle; ``script(**state)`` sets its answers,
     ``requests()`` returns what it was sent, ``(method, request dict)``."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    cli = bin_dir / "kaggle"
-    cli.write_text(REAL_CLI.format(python=sys.executable))
-    cli.chmod(cli.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    for var in ("KAGGLE_API_TOKEN", "KAGGLE_KERNEL_RUN_TYPE", "XDG_CONFIG_HOME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    kaggle_on_path(tmp_path, monkeypatch, REAL_CLI)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle-config"))
-    monkeypatch.setenv("KAGGLE_USERNAME", "tester")
-    monkeypatch.setenv("KAGGLE_KEY", "not-a-real-key")
     state_file, log = tmp_path / "state.json", tmp_path / "requests.jsonl"
     monkeypatch.setenv("FAKE_KAGGLE_STATE", str(state_file))
     monkeypatch.setenv("FAKE_KAGGLE_LOG", str(log))
