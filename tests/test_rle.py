@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -128,6 +129,42 @@ def test_bad_input_raises(rle, message):
         rle_decode(rle, (3, 4))
     with pytest.raises(ValueError):
         rle_parse(rle, (3, 4))
+
+
+# Malformed tokens the numeric parser used to accept or misreport (issue 15, item 11): each error names the token
+# as written. (rle, shape, what the message must contain)
+BAD_TOKENS = [
+    ("1 99999999999999999999999", (3, 4), "token 1 (the length of run 0) is '99999999999999999999999'"),
+    ("1 99999999999999999999999", (3, 4), "too large for the image of 12 pixels"),
+    ("99999999999999999999 5", (3, 4), "token 0 (the start of run 0) is '99999999999999999999'"),
+    ("9223372036854775807 5", (3, 4), "too large for the image"),
+    ("18446744073709551617 2", (3, 4), "'18446744073709551617'"),
+    ("1 2 13 1", (3, 4), "token 2 (the start of run 1) is '13': too large for the image of 12 pixels"),
+    ("1 13", (3, 4), "token 1 (the length of run 0) is '13': too large"),
+    ("+1 2", (3, 4), "token 0 has a sign: '+1'"),
+    ("1 +2", (3, 4), "token 1 has a sign: '+2'"),
+    ("-1 2", (3, 4), "token 0 (the start of run 0) is '-1': start < 1"),
+    ("1 2 3 -1", (3, 4), "token 3 (the length of run 1) is '-1': length < 1"),
+    ("1.0 2", (3, 4), "token 0 is not an integer: '1.0'"),
+    ("0x1 2", (3, 4), "token 0 is not an integer: '0x1'"),
+    ("1e3 2", (3, 4), "token 0 is not an integer: '1e3'"),
+    ("1_0 2", (3, 4), "token 0 is not an integer: '1_0'"),
+    ("1 2 \u0661 2", (3, 4), "token 2 is not an integer"),  # an Arabic-Indic digit: int() would take it
+    ("1\xa02", (3, 4), "token 0 is not an integer: '1\\xa02'"),  # a no-break space: str.split() splits there
+    ("1 -", (3, 4), "token 1 is not an integer: '-'"),
+]
+
+
+@pytest.mark.parametrize(("rle", "shape", "message"), BAD_TOKENS)
+def test_bad_tokens_named_as_written(rle, shape, message):
+    for fn in (lambda: rle_decode(rle, shape), lambda: rle_parse(rle, shape), lambda: rle_area(rle, shape)):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            fn()
+
+
+@pytest.mark.parametrize("rle", [" 1 2", "1 2 ", "\t1  2\n", "1\t2\r\n", "\x0b1\x0c2 "])
+def test_ascii_whitespace_is_a_separator(rle):
+    np.testing.assert_array_equal(rle_decode(rle, (3, 4), order="C"), [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
 
 
 def test_bad_arguments():
