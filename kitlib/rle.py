@@ -6,8 +6,10 @@ column-major (``order="F"``: Understanding Clouds, Severstal) or row-major (``or
 This is the core of the kit, so it is written here rather than taken from a library: the canonical
 Kaggle-kernel ``mask2rle``/``rle2mask`` loop over runs in Python and never validate their input (a
 truncated string silently decodes into a partial mask). These functions are vectorised and strict:
-every malformed string raises ``ValueError`` saying what is wrong. ``benchmarks/bench_rle.py`` compares
-their speed with the canonical pair on real masks.
+every malformed string raises ``ValueError`` saying what is wrong. Tokens are unsigned decimal integers
+separated by ASCII whitespace: a sign, a point, an exponent or a value too large for the image is refused,
+naming the token as written. ``benchmarks/bench_rle.py`` compares their speed with the canonical pair on real
+masks of both orders.
 """
 
 from __future__ import annotations
@@ -243,7 +245,7 @@ def _run_boundaries(flat: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _digit_tables() -> tuple[np.ndarray, np.ndarray]:
-    """(10000,) uint32 each: the 4 ASCII bytes of 0..9999, zero-padded ("0042") and NUL-padded ("\\0\\0" "42")."""
+    """(10000,) uint32 each: the 4 ASCII bytes of 0..9999, zero-padded (b"0042") and NUL-padded (2 NULs, b"42")."""
     g = np.arange(10000)
     digits = np.stack([g // 1000, g // 100 % 10, g // 10 % 10, g % 10], axis=1).astype(np.uint8) + ord("0")
     lead = digits.copy()

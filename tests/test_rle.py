@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kitlib.rle import is_empty_rle, rle_area, rle_decode, rle_encode, rle_parse
+from kitlib.rle import _join_ints, is_empty_rle, rle_area, rle_decode, rle_encode, rle_parse
 
 
 def _reference_encode(mask: np.ndarray, order: str) -> str:
@@ -152,6 +152,7 @@ BAD_TOKENS = [
     ("1 2 \u0661 2", (3, 4), "token 2 is not an integer"),  # an Arabic-Indic digit: int() would take it
     ("1\xa02", (3, 4), "token 0 is not an integer: '1\\xa02'"),  # a no-break space: str.split() splits there
     ("1 -", (3, 4), "token 1 is not an integer: '-'"),
+    ("1 " + "9" * 5000, (3, 4), "'" + "9" * 40 + "'... (5000 characters): too large"),  # past int()'s 4,300 digits
 ]
 
 
@@ -165,6 +166,21 @@ def test_bad_tokens_named_as_written(rle, shape, message):
 @pytest.mark.parametrize("rle", [" 1 2", "1 2 ", "\t1  2\n", "1\t2\r\n", "\x0b1\x0c2 "])
 def test_ascii_whitespace_is_a_separator(rle):
     np.testing.assert_array_equal(rle_decode(rle, (3, 4), order="C"), [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+def test_leading_zeros_are_plain_digits():
+    """Leading zeros are digits (the canonical decoder reads them too), even past int64's 19 digits."""
+    assert rle_area("01 00000000000000000000000000002", (3, 4)) == 2
+
+
+def test_join_ints_matches_str_join():
+    """The vectorised formatter of rle_encode against Python's str, at every digit-group boundary."""
+    edges = [1, 9, 10, 99, 100, 999, 1000, 9999, 10000, 10001, 99999, 100000, 99999999, 10**8, 10**8 + 1]
+    edges += [10**12 + 7, 10**16, 2**62, 2**63 - 1]
+    rng = np.random.default_rng(0)
+    for values in (edges, edges[::-1], [1], rng.integers(1, 3_000_000, 5000), rng.integers(1, 10**15, 500)):
+        v = np.asarray(values, dtype=np.int64)
+        assert _join_ints(v) == " ".join(map(str, v.tolist()))
 
 
 def test_bad_arguments():
