@@ -49,6 +49,8 @@ def is_empty_rle(rle: object, empty_tokens: Sequence[str] = EMPTY_TOKENS) -> boo
 _DIGITS_AND_SPACE = b"0123456789 \t\n\r\x0b\x0c"
 _SEPARATOR = re.compile(r"[ \t\n\r\x0b\x0c]+")
 _SIGNED = re.compile(r"[+-]?[0-9]+")
+#: Tokens past this are refused as written before any arithmetic (a start + length stays inside int64).
+_HUGE = 2**62
 
 
 def _shown(token: str) -> str:
@@ -57,14 +59,13 @@ def _shown(token: str) -> str:
 
 
 def _tokens(rle: str, shape: tuple[int, int]) -> np.ndarray:
-    """The integers of a run-length string: an even number of them, each in [0, H*W].
+    """The integers of a run-length string: an even number of them, each in [0, 2**62].
 
     Fast path: a bytes check that only ASCII digits and whitespace occur, then ``np.fromstring``. Anything else
-    (a sign, a point, an exponent, a value past the image, which ``np.fromstring`` saturates at the int64
-    maximum) goes to ``_bad_token``, which raises naming the token as written. Zeros pass, for ``rle_parse``'s
-    "start < 1" / "length < 1" messages.
+    (a sign, a point, an exponent) and any value past 2**62 (``np.fromstring`` saturates at the int64 maximum,
+    and a start + length must not overflow) goes to ``_bad_token``, which raises naming the token as written.
+    Zeros and values past the image pass, for ``rle_parse``'s messages about runs.
     """
-    n = _n_pixels(shape)
     plain = rle.isascii() and not rle.encode("ascii").translate(None, _DIGITS_AND_SPACE)
     if plain:
         t = np.fromstring(rle, dtype=np.int64, sep=" ")  # digits and whitespace only: cannot fail
@@ -81,20 +82,20 @@ def _tokens(rle: str, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError(
             f"RLE has an odd number of tokens ({count}, {len(rle)} characters): truncated or malformed string"
         )
-    if plain and (count == 0 or t.max() <= n):
+    if plain and (count == 0 or t.max() <= _HUGE):
         return t
     _bad_token(rle.split() if plain else words, shape)
     raise AssertionError("unreachable: a string that fails the fast check has a bad token")  # pragma: no cover
 
 
 def _bad_token(words: list[str], shape: tuple[int, int]) -> None:
-    """Raise for the first token of ``words`` (signed decimal integers) that is < 1 or past the image."""
+    """Raise for the first token of ``words`` (signed decimal integers) that is < 1 or past 2**62."""
     n = _n_pixels(shape)
     for i, w in enumerate(words):
         what = f"RLE token {i} (the {'start' if i % 2 == 0 else 'length'} of run {i // 2}) is {_shown(w)}"
         if w[0] == "-" or not w.strip("0"):
             raise ValueError(f"{what}: {'start' if i % 2 == 0 else 'length'} < 1")
-        if len(w.lstrip("0")) > len(str(n)) or int(w) > n:  # compare lengths first: int() refuses 4,300+ digits
+        if len(w.lstrip("0")) > 19 or int(w) > _HUGE:  # compare lengths first: int() refuses 4,300+ digits
             raise ValueError(f"{what}: too large for the image of {n} pixels (shape {shape[0]}x{shape[1]})")
 
 

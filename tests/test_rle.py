@@ -139,8 +139,9 @@ BAD_TOKENS = [
     ("99999999999999999999 5", (3, 4), "token 0 (the start of run 0) is '99999999999999999999'"),
     ("9223372036854775807 5", (3, 4), "too large for the image"),
     ("18446744073709551617 2", (3, 4), "'18446744073709551617'"),
-    ("1 2 13 1", (3, 4), "token 2 (the start of run 1) is '13': too large for the image of 12 pixels"),
-    ("1 13", (3, 4), "token 1 (the length of run 0) is '13': too large"),
+    ("1 4611686018427387905", (3, 4), "is '4611686018427387905': too large"),  # 2**62 + 1
+    ("1 4611686018427387904", (3, 4), "RLE run 0 (start 1, length 4611686018427387904) ends past the image"),
+    ("1 2 13 1", (3, 4), "RLE run 1 (start 13, length 1) ends past the image of 12 pixels"),
     ("+1 2", (3, 4), "token 0 has a sign: '+1'"),
     ("1 +2", (3, 4), "token 1 has a sign: '+2'"),
     ("-1 2", (3, 4), "token 0 (the start of run 0) is '-1': start < 1"),
