@@ -91,15 +91,17 @@ def load_groups(data: Path) -> list[tuple[str, tuple[int, int], str, list[np.nda
     return groups
 
 
-def median_time(fn, repeat: int) -> float:
-    """Median seconds per call over ``repeat`` timed calls after one warm-up."""
-    fn()
-    times = []
+def paired_medians(canon, ours, repeat: int) -> tuple[float, float]:
+    """Median seconds per call of each over ``repeat`` timed calls after one warm-up, the two alternating (so a
+    burst of load on a shared machine falls on both)."""
+    canon(), ours()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, out in ((canon, times[0]), (ours, times[1])):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> int:
@@ -128,7 +130,7 @@ def main() -> int:
         }  # fmt: skip
         group_totals = totals.setdefault((order, shape), {"decode": [0.0, 0.0, 0], "encode": [0.0, 0.0, 0]})
         for op, (canon, ours) in ops.items():
-            t_canon, t_ours = median_time(canon, args.repeat), median_time(ours, args.repeat)
+            t_canon, t_ours = paired_medians(canon, ours, args.repeat)
             group_totals[op][0] += t_canon
             group_totals[op][1] += t_ours
             group_totals[op][2] += len(rles)

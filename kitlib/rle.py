@@ -110,8 +110,9 @@ def rle_parse(rle: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]
         ``starts`` (0-based) and ``lengths``, both (R,) int64, R >= 0 runs, sorted and non-overlapping.
     Raises:
         ValueError: an odd number of tokens (a truncated string), a token that is not an unsigned decimal integer
-            (a sign, a point, an exponent, hex; named as written), a token too large for the image (named as
-            written), a start < 1, a length < 1, a run past the end of the image, runs out of order or overlapping.
+            (a sign, a point, an exponent, hex; named as written), a token too large for any image (past 2**62,
+            beyond int64 included; named as written), a start < 1, a length < 1, a run past the end of the image,
+            runs out of order or overlapping.
     """
     return _parse(rle, shape)[:2]
 
