@@ -122,11 +122,11 @@ def main() -> int:
             assert np.array_equal(rle_decode(r, shape, order=order), m), f"{order} {shape} {source}: decoders disagree"
             assert np.array_equal(canonical_decode(r, shape, order), m)
         runs = sum(len(r.split()) // 2 for r in rles) / len(rles)
-        ops = {
-            "decode": (lambda: [canonical_decode(r, shape, order) for r in rles],
-                       lambda: [rle_decode(r, shape, order=order) for r in rles]),
-            "encode": (lambda: [canonical_encode(m, order) for m in masks],
-                       lambda: [rle_encode(m, order=order) for m in masks]),
+        ops = {  # the defaults bind this group's values (the lambdas run inside this iteration anyway)
+            "decode": (lambda r_=rles, s_=shape, o_=order: [canonical_decode(r, s_, o_) for r in r_],
+                       lambda r_=rles, s_=shape, o_=order: [rle_decode(r, s_, order=o_) for r in r_]),
+            "encode": (lambda m_=masks, o_=order: [canonical_encode(m, o_) for m in m_],
+                       lambda m_=masks, o_=order: [rle_encode(m, order=o_) for m in m_]),
         }  # fmt: skip
         group_totals = totals.setdefault((order, shape), {"decode": [0.0, 0.0, 0], "encode": [0.0, 0.0, 0]})
         for op, (canon, ours) in ops.items():
@@ -140,7 +140,7 @@ def main() -> int:
     met = 0
     for (order, shape), ops in totals.items():
         parts = []
-        for op, (t_canon, t_ours, n) in ops.items():
+        for op, (t_canon, t_ours, _n) in ops.items():
             ok = t_canon / t_ours >= TARGET
             met += ok
             parts.append(f"{op} {t_canon / t_ours:.1f}x ({'met' if ok else 'NOT MET'})")
