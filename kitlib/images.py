@@ -17,13 +17,11 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from kitlib._private import listing, progress
-from kitlib.io import write_csv
+from kitlib.io import FileKey, file_key, read_file_cache, write_file_cache
 from kitlib.label_checks import CompetitionDataError
 
 __all__ = ["DECODE_CACHE", "image_size", "read_image", "read_image_at", "read_mask_file", "verify_image",
@@ -33,7 +31,7 @@ log = logging.getLogger(__name__)
 
 #: The cache of the files ``verify_images`` passed, under ``artifacts_root/cache/`` (beside the pHash cache).
 DECODE_CACHE = "decoded.csv"
-_CACHE_COLUMNS = ["path", "size", "mtime_ns", "height", "width"]
+_CACHE_VALUES = {"height": int, "width": int}
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -168,25 +166,12 @@ def _check_pil_flag() -> None:
                            "back to False before checking images")  # fmt: skip
 
 
-def _file_key(path: str | os.PathLike) -> tuple[str, int, int]:
-    resolved = Path(path).resolve()
+def _check(key: FileKey) -> tuple[FileKey, tuple[int, int] | str]:
+    """``verify_image`` of one file: its (height, width), or the error's message."""
     try:
-        st = resolved.stat()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
-    return str(resolved), int(st.st_size), int(st.st_mtime_ns)
-
-
-def _read_decode_cache(cache_path: Path | None) -> dict[tuple[str, int, int], tuple[int, int]]:
-    if cache_path is None or not cache_path.is_file():
-        return {}
-    try:
-        cache = pd.read_csv(cache_path, dtype={"path": str})
-        rows = cache[_CACHE_COLUMNS].itertuples(index=False)
-        return {(str(p), int(s), int(m)): (int(h), int(w)) for p, s, m, h, w in rows}
-    except (ValueError, KeyError, pd.errors.ParserError) as e:  # a damaged cache only costs a new check
-        log.warning("%s: unreadable decode cache, every image is checked again (%s)", cache_path, e)
-        return {}
+        return key, verify_image(key[0])
+    except (ValueError, FileNotFoundError) as e:
+        return key, str(e)
 
 
 def verify_images(
@@ -196,8 +181,8 @@ def verify_images(
 
     Own code around Pillow's decoder: a thread pool (Pillow releases the GIL while decoding; ``num_workers`` None:
     ``min(8, os.cpu_count())``), a tqdm bar, and a cache keyed by the resolved path, the size in bytes and
-    ``st_mtime_ns`` (the pHash cache's keys, ``kitlib.near_duplicates.image_hashes``). A file that fails is never
-    cached, so it is checked again on the next run; every failure is reported, not only the first.
+    ``st_mtime_ns`` (``kitlib.io.file_key``, as the pHash cache of ``kitlib.near_duplicates``). A file that fails is
+    never cached, so it is checked again on the next run; every failure is reported, not only the first.
 
     Args:
         paths: image files (a table's ``image_path`` column).
@@ -211,33 +196,26 @@ def verify_images(
         RuntimeError: as ``verify_image``.
     """
     _check_pil_flag()
-    cache_file = Path(cache_path) if cache_path is not None else None
-    keys = [_file_key(p) for p in paths]
-    known = _read_decode_cache(cache_file)
+    keys = []
+    for p in paths:
+        try:
+            keys.append(file_key(p))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file not found: {p}") from None
+    known = read_file_cache(cache_path, _CACHE_VALUES)
     todo = sorted({k for k in keys if k not in known})
     bad: dict[str, str] = {}
     if todo:
         with ThreadPoolExecutor(max_workers=num_workers or min(8, os.cpu_count() or 1)) as pool:
-
-            def check(key: tuple[str, int, int]) -> tuple[tuple[str, int, int], tuple[int, int] | str]:
-                try:
-                    return key, verify_image(key[0])
-                except (ValueError, FileNotFoundError) as e:
-                    return key, str(e)
-
-            for key, result in progress(pool.map(check, todo), total=len(todo), desc="decode check", unit="img"):
+            for key, result in progress(pool.map(_check, todo), total=len(todo), desc="decode check", unit="img"):
                 if isinstance(result, str):
                     bad[key[0]] = result
                 else:
                     known[key] = result
     log.info("decode check: %d image(s), %d from the cache, %d decoded, %d failed", len(keys),
              len(keys) - len(todo), len(todo), len(bad))  # fmt: skip
-    if todo and cache_file is not None and len(todo) > len(bad):
-        checked = {k[0] for k in keys}
-        kept = {k[0]: k for k in known if k[0] not in checked}  # other files' rows, one per path
-        kept.update({k[0]: k for k in keys if k in known})  # this run's files: their current stat, if they passed
-        rows = [(*k, *known[k]) for k in sorted(kept.values())]
-        write_csv(cache_file, pd.DataFrame(rows, columns=_CACHE_COLUMNS))
+    if todo and cache_path is not None and len(todo) > len(bad):
+        write_file_cache(cache_path, known, keys, list(_CACHE_VALUES))
     if bad:
         raise CompetitionDataError(f"{len(bad)} of {len(keys)} image file(s) truncated or corrupt: "
                                    f"{listing(bad.values(), 3)}", list(bad))  # fmt: skip

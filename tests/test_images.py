@@ -138,7 +138,7 @@ def test_a_damaged_cache_only_costs_a_new_check(tmp_path, caplog):
     cache = d / DECODE_CACHE
     cache.write_text("not,a\ncache")
     verify_images([d / "train_images" / "a.jpg"], cache)
-    assert "unreadable decode cache" in caplog.text
+    assert "unreadable cache" in caplog.text
     assert len(pd.read_csv(cache)) == 1
 
 
