@@ -379,3 +379,28 @@ def test_a_coco_record_whose_size_is_not_its_files_fails_naming_it(tmp_path):
         load_competition(PRESETS["coco"], root)
     with pytest.raises(CompetitionDataError, match=r"test.json: .*0002.jpg is 30x20"):
         load_competition(PRESETS["coco"], root, split="test")
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_a_coco_rle_of_swapped_size_fails_naming_it(tmp_path, compressed):
+    """A COCO RLE segmentation (compressed: a string of counts; uncompressed: a list) carries its own [height, width]:
+    one that is not its image's is refused, naming the file and the annotation; one of the image's size paints."""
+    from pycocotools import mask as coco_mask
+
+    def rle_of(mask: np.ndarray) -> dict:
+        if not compressed:  # column-major runs, starting with the zeros
+            flat = mask.flatten(order="F")
+            edges = np.flatnonzero(np.diff(np.r_[0, flat, 1 - flat[-1]]))
+            return {"size": list(mask.shape), "counts": np.diff(np.r_[0, edges]).tolist()}
+        rle = coco_mask.encode(np.asfortranarray(mask))
+        return {"size": rle["size"], "counts": rle["counts"].decode()}
+
+    square = np.zeros((20, 30), np.uint8)
+    square[5:10, 5:15] = 1
+    extra = [{"id": 3, "image_id": 2, "category_id": 1, "segmentation": rle_of(square), "area": 50, "iscrowd": 1}]
+    df = load_competition(PRESETS["coco"], _coco(tmp_path, extra_ann=extra))
+    np.testing.assert_array_equal(load_masks(df.iloc[1], PRESETS["coco"])[:, :, 1], square)  # General trash
+    extra[0]["segmentation"] = rle_of(np.ones((30, 20), np.uint8))  # the 20 x 30 image's transpose
+    with pytest.raises(CompetitionDataError, match=r"1 unreadable segmentation\(s\): batch_01/0002.jpg annotation 3 "
+                       r"\(its RLE is 30x20, the image 20x30 \(H x W\) \(width and height swapped\?\)\)"):
+        load_competition(PRESETS["coco"], _coco(tmp_path, extra_ann=extra))
