@@ -14,8 +14,17 @@ targets           RLE presets (clouds, severstal, dacon_building, coco, demo): o
 ================  ===========================================================================================
 
 Bad input fails early, with the file and the offending ids or rows (the first few and a count): missing image
-files, duplicated ids, unknown class names, unreadable rows, malformed RLE. Two explicit options keep what is
-good instead: ``drop_missing`` (rows whose image file is absent) and ``drop_invalid`` (rows with a malformed label).
+files, duplicated ids, unknown class names, unreadable rows, malformed RLE, sizes that disagree (below). Two explicit
+options keep what is good instead: ``drop_missing`` (rows whose image file is absent) and ``drop_invalid`` (rows with
+a malformed label).
+
+Sizes are read from the file headers (``kitlib.images.image_size``; the pixels are decoded whole by
+``kitlib.images.verify_images`` in ``00_eda``) and checked where there is something to check them against, each file
+named with both sizes and "width and height swapped?" for a transpose: an image against its preset's ``image_size``
+(Clouds, Severstal, a preset file's), a mask file against its image, a COCO image record (whose size its polygons are
+rasterised at) against its file, a COCO RLE against its image (``kitlib.coco``). An RLE column is decoded at its
+image's header size and must fit it (runs past H x W fail); an RLE of a swapped size with the same pixel count cannot
+be told apart where the preset has no ``image_size``, and nothing guesses one (e.g. from the most common size).
 """
 
 from __future__ import annotations
@@ -373,7 +382,8 @@ def load_competition(
     Raises:
         FileNotFoundError: data_dir or the label file does not exist.
         CompetitionDataError (a ValueError): missing image files, duplicated ids, unknown class names, unreadable
-            rows, malformed RLE, unreadable images; the message names the file and the offending ids.
+            rows, malformed RLE, unreadable image headers, images not of ``preset.image_size``, mask files or COCO
+            records whose size is not their image's; the message names the file and the offending ids.
         KeyError: unknown preset name.
     """
     data_dir = Path(data_dir).expanduser().resolve()
