@@ -5,10 +5,10 @@ OpenCV decodes (fast); what it cannot (some GIF and TIFF variants) goes through 
 A truncated file must not train: OpenCV returns None for a truncated PNG, TIFF, BMP or GIF (then Pillow raises), but
 fills the missing rows of a truncated JPEG with grey and only warns on stderr. So ``read_image`` looks at the last two
 bytes of a JPEG (its end-of-image marker, FF D9: about 0.01 ms against 20-25 ms for OpenCV's decode of a 1400 x 2100
-Clouds JPEG, ``benchmarks/bench_verify_images.py``) and, where the marker is not there, decodes it again with Pillow, which raises "image file is truncated".
-``verify_images`` (``00_eda``) decodes every file whole with Pillow before anything trains, over a thread pool (Pillow
-releases the GIL while it decodes), and caches the files it passed by path, size and mtime, so each file is decoded
-once; a changed file is checked again.
+Clouds JPEG, ``benchmarks/bench_verify_images.py``) and, where the marker is not there, decodes it again with
+Pillow, which raises "image file is truncated". ``verify_images`` (``00_eda``) decodes every file whole with Pillow
+before anything trains, over a thread pool (Pillow releases the GIL while it decodes), and caches the files it passed
+by path, size and mtime, so each file is decoded once; a changed file is checked again.
 """
 
 from __future__ import annotations
