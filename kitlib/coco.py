@@ -73,10 +73,18 @@ def load_coco_json(preset: Preset, data_dir: Path, label_path: Path) -> pd.DataF
         for ann in anns:
             try:
                 segm = ann["segmentation"]
-                rles = coco_mask.frPyObjects(segm, h, w)
+                if isinstance(segm, dict) and isinstance(segm.get("counts"), (str, bytes)):
+                    rles = segm  # a compressed RLE is decoded as it is, as the COCO API's annToRLE does
+                else:
+                    rles = coco_mask.frPyObjects(segm, h, w)
                 m = coco_mask.decode(coco_mask.merge(rles) if isinstance(rles, list) else rles)
             except (KeyError, TypeError, ValueError, IndexError) as e:
                 bad.append(f"{file_name} annotation {ann.get('id')} ({type(e).__name__}: {e})")
+                continue
+            if m.shape[:2] != (h, w):  # an RLE segmentation carries its own size, which must be its image's
+                hint = " (width and height swapped?)" if m.shape[:2] == (w, h) else ""
+                bad.append(f"{file_name} annotation {ann.get('id')} (its RLE is {m.shape[0]}x{m.shape[1]}, the "
+                           f"image {h}x{w} (H x W){hint})")  # fmt: skip
                 continue
             label_map[m.astype(bool)] = class_index[ann["category_id"]]
         for k, cls in enumerate(preset.target_classes, start=1):

@@ -14,8 +14,17 @@ targets           RLE presets (clouds, severstal, dacon_building, coco, demo): o
 ================  ===========================================================================================
 
 Bad input fails early, with the file and the offending ids or rows (the first few and a count): missing image
-files, duplicated ids, unknown class names, unreadable rows, malformed RLE. Two explicit options keep what is
-good instead: ``drop_missing`` (rows whose image file is absent) and ``drop_invalid`` (rows with a malformed label).
+files, duplicated ids, unknown class names, unreadable rows, malformed RLE, sizes that disagree (below). Two explicit
+options keep what is good instead: ``drop_missing`` (rows whose image file is absent) and ``drop_invalid`` (rows with
+a malformed label).
+
+Sizes are read from the file headers (``kitlib.images.image_size``; the pixels are decoded whole by
+``kitlib.images.verify_images`` in ``00_eda``) and checked where there is something to check them against, each file
+named with both sizes and "width and height swapped?" for a transpose: an image against its preset's ``image_size``
+(Clouds, Severstal, a preset file's), a mask file against its image, a COCO image record (whose size its polygons are
+rasterised at) against its file, a COCO RLE against its image (``kitlib.coco``). An RLE column is decoded at its
+image's header size and must fit it (runs past H x W fail); an RLE of a swapped size with the same pixel count cannot
+be told apart where the preset has no ``image_size``, and nothing guesses one (e.g. from the most common size).
 """
 
 from __future__ import annotations
@@ -373,7 +382,8 @@ def load_competition(
     Raises:
         FileNotFoundError: data_dir or the label file does not exist.
         CompetitionDataError (a ValueError): missing image files, duplicated ids, unknown class names, unreadable
-            rows, malformed RLE, unreadable images; the message names the file and the offending ids.
+            rows, malformed RLE, unreadable image headers, images not of ``preset.image_size``, mask files or COCO
+            records whose size is not their image's; the message names the file and the offending ids.
         KeyError: unknown preset name.
     """
     data_dir = Path(data_dir).expanduser().resolve()
@@ -390,8 +400,16 @@ def load_competition(
     df = _check_files(df, source, drop_missing)
     if "height" not in df.columns:
         df["height"], df["width"] = _sizes(df)
+    else:  # COCO: its image records' sizes, at which its polygons are rasterised, against the files'
+        _check_sizes(df, "image_path", _sizes(df), (df["height"], df["width"]), f"{source}: {{n}} image file(s) "
+                     "whose size differs from their image record")  # fmt: skip
+    if preset.image_size is not None:
+        h, w = map(int, preset.image_size)
+        _check_sizes(df, "image_path", (df["height"], df["width"]), ([h] * len(df), [w] * len(df)),
+                     f"{source}: {{n}} image(s) not of preset {preset.name!r}'s image_size {h}x{w}")  # fmt: skip
     if preset.label_format == "mask_folder" and split == "train":
-        _check_mask_sizes(df)
+        _check_sizes(df, "mask_path", _sizes(df, "mask_path"), (df["height"], df["width"]),
+                     "{n} mask file(s) whose size differs from their image")  # fmt: skip
     targets = target_columns(preset) if split == "train" else []
     df = df[[*BASE_COLUMNS, *targets]].reset_index(drop=True)
     df["height"] = df["height"].astype(np.int64)
@@ -402,12 +420,22 @@ def load_competition(
     return df
 
 
-def _check_mask_sizes(df: pd.DataFrame) -> None:
-    h, w = _sizes(df, "mask_path")
-    wrong = df.index[(df["height"] != h) | (df["width"] != w)]
-    if len(wrong):
-        ids = df.loc[wrong, "image_id"].tolist()
-        raise CompetitionDataError(f"{len(ids)} mask(s) whose size differs from their image: {listing(ids)}", ids)
+def _check_sizes(
+    df: pd.DataFrame, path_column: str, found: tuple[Sequence[int], Sequence[int]],
+    expected: tuple[Sequence[int], Sequence[int]], message: str,
+) -> None:  # fmt: skip
+    """Raise CompetitionDataError where a file's (height, width) ``found`` differs from ``expected``: each named with
+    both sizes (H x W) and, when they are each other's transpose, "width and height swapped?". ``message`` is the
+    error's start, with ``{n}`` for the count."""
+    bad, ids = [], []
+    rows = zip(df["image_id"], df[path_column], *found, *expected, strict=True)
+    for image_id, path, fh, fw, eh, ew in rows:
+        if (int(fh), int(fw)) != (int(eh), int(ew)):
+            hint = " (width and height swapped?)" if (fh, fw) == (ew, eh) else ""
+            bad.append(f"{path} is {fh}x{fw}, expected {eh}x{ew} (H x W){hint}")
+            ids.append(image_id)
+    if bad:
+        raise CompetitionDataError(f"{message.format(n=len(bad))}: {listing(bad, 3)}", ids)
 
 
 # ---------------------------------------------------------------------------------------------------- targets

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,10 @@ __all__ = [
     "read_json",
     "save_npy",
     "write_csv",
+    "FileKey",
+    "file_key",
+    "read_file_cache",
+    "write_file_cache",
     "run_info",
     "json_default",
     "project_root",
@@ -154,6 +158,64 @@ def write_csv(path: str | os.PathLike, df, **to_csv_kwargs) -> Path:
     """``DataFrame.to_csv`` atomically; ``index=False`` unless given. Returns the path."""
     to_csv_kwargs.setdefault("index", False)
     return atomic_write_text(path, df.to_csv(**to_csv_kwargs))
+
+
+#: (resolved path, size in bytes, ``st_mtime_ns``): the key of a file's row in a per-file cache.
+FileKey = tuple[str, int, int]
+_FILE_KEY_COLUMNS = ["path", "size", "mtime_ns"]
+
+
+def file_key(path: str | os.PathLike) -> FileKey:
+    """The key of a file's row in a per-file cache (``read_file_cache``): a changed file (its size or mtime) has a new
+    key, so what was cached for it is not used.
+
+    Raises:
+        FileNotFoundError: no such file (the message names it).
+    """
+    resolved = Path(path).resolve()
+    try:
+        st = resolved.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    return str(resolved), int(st.st_size), int(st.st_mtime_ns)
+
+
+def read_file_cache(cache_path: str | os.PathLike | None, values: Mapping[str, Callable[[str], Any]]) -> dict:
+    """The rows of a per-file cache CSV, ``path,size,mtime_ns`` then ``values``' columns (the pHash cache of
+    ``kitlib.near_duplicates``, the decode check's of ``kitlib.images``).
+
+    Args:
+        cache_path: the CSV; None, or a file that does not exist: no rows.
+        values: column -> the conversion of its text (``int``, ``str``).
+    Returns:
+        ``{FileKey: (value, ...)}``; {} for an unreadable cache (logged: it only costs computing the values again).
+    """
+    import pandas as pd
+
+    if cache_path is None or not Path(cache_path).is_file():
+        return {}
+    try:
+        table = pd.read_csv(cache_path, dtype=str, keep_default_na=False)
+        rows = table[[*_FILE_KEY_COLUMNS, *values]].itertuples(index=False)
+        convert = list(values.values())
+        return {(p, int(s), int(m)): tuple(f(v) for f, v in zip(convert, vs, strict=True)) for p, s, m, *vs in rows}
+    except (ValueError, KeyError, pd.errors.ParserError) as e:
+        log.warning("%s: unreadable cache, its values are computed again (%s)", cache_path, e)
+        return {}
+
+
+def write_file_cache(cache_path: str | os.PathLike, known: Mapping[FileKey, tuple], keys: Sequence[FileKey],
+                     values: Sequence[str]) -> Path:  # fmt: skip
+    """Write a per-file cache CSV atomically: for the files of ``keys`` (this run's, at their current stat) their row
+    where ``known`` has one (a file that failed has none, so it is computed again next time), and the rows ``known``
+    holds of other files, one per path. Returns the path."""
+    import pandas as pd
+
+    checked = {k[0] for k in keys}
+    kept = {k[0]: k for k in known if k[0] not in checked}
+    kept.update({k[0]: k for k in keys if k in known})
+    rows = [(*k, *known[k]) for k in sorted(kept.values())]
+    return write_csv(cache_path, pd.DataFrame(rows, columns=[*_FILE_KEY_COLUMNS, *values]))
 
 
 def _git_commit(start: Path) -> str | None:

@@ -31,7 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from kitlib._private import listing, progress
-from kitlib.io import write_csv
+from kitlib.io import file_key, read_file_cache, write_csv, write_file_cache
 
 __all__ = [
     "DUPLICATES_FILE",
@@ -88,15 +88,11 @@ def image_hashes(paths: Sequence[str | os.PathLike], cache_path: str | os.PathLi
     """
     keys = []
     for p in paths:
-        path = Path(p).resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: image not found")
-        stat = path.stat()
-        keys.append((str(path), int(stat.st_size), int(stat.st_mtime_ns)))
-    cache = pd.DataFrame(columns=["path", "size", "mtime_ns", "phash"])
-    if cache_path is not None and Path(cache_path).is_file():
-        cache = pd.read_csv(cache_path, dtype={"path": str, "phash": str})
-    known = {(p, int(s), int(m)): h for p, s, m, h in cache[["path", "size", "mtime_ns", "phash"]].itertuples(False)}
+        try:
+            keys.append(file_key(p))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{Path(p).resolve()}: image not found") from None
+    known = {k: v[0] for k, v in read_file_cache(cache_path, {"phash": str}).items()}
     todo = sorted({k for k in keys if k not in known})
     for key in progress(todo, desc="perceptual hashes", total=len(todo)) if todo else ():
         try:
@@ -107,10 +103,7 @@ def image_hashes(paths: Sequence[str | os.PathLike], cache_path: str | os.PathLi
         "perceptual hashes: %d image(s), %d from the cache, %d hashed", len(keys), len(keys) - len(todo), len(todo)
     )
     if todo and cache_path is not None:
-        current = {k[0]: k for k in known}  # one row per path: the newest stat
-        current.update({k[0]: k for k in keys})
-        rows = [(*k, known[k]) for k in sorted(current.values()) if k in known]
-        write_csv(cache_path, pd.DataFrame(rows, columns=["path", "size", "mtime_ns", "phash"]), index=False)
+        write_file_cache(cache_path, {k: (v,) for k, v in known.items()}, keys, ["phash"])
     return np.array([int(known[k], 16) for k in keys], dtype=np.uint64)
 
 

@@ -94,6 +94,10 @@ class Preset:
         empty_token: what a submission writes for an empty mask ("" on Kaggle, "-1" on Dacon).
         submission_size: (height, width) in pixels at which the competition scores masks; None when
             every test image is scored at its own size.
+        image_size: (height, width) in pixels of every train and test image where the competition ships one size
+            (Understanding Clouds 1400 x 2100, Severstal 256 x 1600); ``kitlib.formats.load_competition`` refuses an
+            image of another size, naming the file (a swapped width and height decodes an RLE of the same pixel count
+            in the wrong shape, which nothing else can see). None: images of any size.
         submission_format: "rle" (one RLE per image and class), "class_ids" (a flattened map of class
             indices per image, trash contest) or "label" (one class label per image).
         submission_columns: header of the submission CSV, in the competition's order.
@@ -123,6 +127,7 @@ class Preset:
     rle_order: Literal["F", "C"] = "F"
     empty_token: str = ""
     submission_size: tuple[int, int] | None = None
+    image_size: tuple[int, int] | None = None
     submission_format: Literal["rle", "class_ids", "label"] = "rle"
     dice_empty_score: float | None = 1.0
     test_file: str | None = None
@@ -267,6 +272,7 @@ PRESETS: dict[str, Preset] = {
         rle_order="F",
         empty_token="",
         submission_size=(350, 525),
+        image_size=(1400, 2100),
         description="Kaggle Understanding Clouds from Satellite Images (2019): 4 cloud patterns, 1400x2100, "
         "scored at 350x525",
     ),
@@ -283,6 +289,7 @@ PRESETS: dict[str, Preset] = {
         metric="dice",
         rle_order="F",
         empty_token="",
+        image_size=(256, 1600),
         description="Kaggle Severstal Steel Defect Detection (2019): 4 defect classes, 256x1600",
     ),
     "dacon_building": Preset(
@@ -440,8 +447,8 @@ def _check_field(name: str, value: Any, annotation: str, source: str) -> Any:
     if options is not None and kept not in options:
         raise PresetFileError(f"{source}: field {name!r} = {kept!r} is not one of {list(options)}"
                               f"{_close(str(kept), options)}")  # fmt: skip
-    if name == "submission_size" and kept is not None and min(kept) < 1:
-        raise PresetFileError(f"{source}: field 'submission_size' = {kept} must be (height, width) >= 1 pixel")
+    if name in ("submission_size", "image_size") and kept is not None and (len(kept) != 2 or min(kept) < 1):
+        raise PresetFileError(f"{source}: field {name!r} = {kept} must be (height, width) >= 1 pixel")
     return tuple(kept) if isinstance(kept, list) else kept
 
 

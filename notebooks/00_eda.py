@@ -14,11 +14,11 @@
 # %% [markdown]
 # # 00 EDA: look at the data, then fix the folds
 #
-# Reads a competition folder with its preset (`kitlib.presets`), checks it (missing files, malformed RLE and
-# duplicated ids fail here, with the ids), shows what the labels look like, and writes the cross-validation folds
-# that every later notebook uses: `artifacts/<exp>/folds.csv`. Near-duplicate images (perceptual hashes,
-# `kitlib.near_duplicates`) are shown and kept in one fold, so that they do not leak across folds
-# (`artifacts/<exp>/duplicates.csv`).
+# Reads a competition folder with its preset (`kitlib.presets`), checks it (missing files, malformed RLE, duplicated
+# ids, images not of the preset's `image_size`, truncated or corrupt images fail here, naming them), shows what the
+# labels look like, and writes the cross-validation folds that every later notebook uses: `artifacts/<exp>/folds.csv`.
+# Near-duplicate images (perceptual hashes, `kitlib.near_duplicates`) are shown and kept in one fold, so that they do
+# not leak across folds (`artifacts/<exp>/duplicates.csv`).
 #
 # Headless: `jupytext --to ipynb --output - notebooks/00_eda.py | papermill - runs/demo/00_eda.ipynb -p exp demo`
 # (`./run_all.sh` does this for you).
@@ -48,7 +48,7 @@ import logging
 
 from IPython.display import display
 
-from kitlib import near_duplicates, plots, plots_review
+from kitlib import images, near_duplicates, plots, plots_review
 from kitlib.folds import fold_summary, make_folds, save_folds
 from kitlib.formats import load_competition
 from kitlib.stages import EdaConfig
@@ -73,6 +73,15 @@ display(train.head())
 test = load_competition(cfg.preset, cfg.data_path, split="test", drop_missing=True)
 print(f"{len(test)} test images present; dropped as missing: {test.attrs.get('dropped_missing', 0)}")
 plots.plot_image_sizes(train)
+
+# %% [markdown]
+# ## Every image decodes
+# Each train and test image decoded whole (a truncated or corrupt file fails here, naming it, before anything trains
+# on the rows its decoder filled in); the files that passed are cached in `artifacts/cache/decoded.csv` by path, size
+# and mtime, so a rerun decodes only new or changed files.
+
+# %%
+images.verify_images([*train["image_path"], *test["image_path"]], cfg.artifacts_dir / "cache" / images.DECODE_CACHE)
 
 # %% [markdown]
 # ## Labels

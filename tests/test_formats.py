@@ -24,6 +24,11 @@ from kitlib.presets import PRESETS, get_preset
 from kitlib.rle import rle_decode, rle_encode
 
 
+#: The Clouds and Severstal layouts on the small images made here: without the competitions' nominal image_size.
+CLOUDS = PRESETS["clouds"].replace(image_size=None)
+SEVERSTAL = PRESETS["severstal"].replace(image_size=None)
+
+
 def _write_image(path: Path, h: int, w: int, value: int = 128) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), np.full((h, w, 3), value, np.uint8))
@@ -116,7 +121,7 @@ def _clouds_folder(tmp_path: Path, rows: list[tuple[str, str]], images=("a.jpg",
 
 def test_image_label_missing_pair_is_empty(tmp_path):
     d = _clouds_folder(tmp_path, [("a.jpg_Fish", "1 3"), ("b.jpg_Sugar", "5 2"), ("b.jpg_Fish", "")])
-    df = load_competition(PRESETS["clouds"], d)
+    df = load_competition(CLOUDS, d)
     assert df["image_id"].tolist() == ["a.jpg", "b.jpg"]
     assert df[["Fish", "Flower", "Gravel", "Sugar"]].values.tolist() == [["1 3", "", "", ""], ["", "", "", "5 2"]]
 
@@ -134,23 +139,23 @@ def test_image_label_missing_pair_is_empty(tmp_path):
 )
 def test_image_label_bad_rows(tmp_path, rows, match):
     with pytest.raises(CompetitionDataError, match=match):
-        load_competition(PRESETS["clouds"], _clouds_folder(tmp_path, rows))
+        load_competition(CLOUDS, _clouds_folder(tmp_path, rows))
 
 
 def test_missing_column_and_bad_csv(tmp_path):
     pd.DataFrame({"Image": ["a.jpg_Fish"], "EncodedPixels": [""]}).to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(CompetitionDataError, match=r"missing column\(s\) \['Image_Label'\]"):
-        load_competition(PRESETS["clouds"], tmp_path)
+        load_competition(CLOUDS, tmp_path)
     (tmp_path / "train.csv").write_text('Image_Label,EncodedPixels\n"a.jpg_Fish,1 2\n')
     with pytest.raises(CompetitionDataError, match="unreadable CSV"):
-        load_competition(PRESETS["clouds"], tmp_path)
+        load_competition(CLOUDS, tmp_path)
 
 
 def test_unreadable_image(tmp_path):
     d = _clouds_folder(tmp_path, [("a.jpg_Fish", "1 3"), ("b.jpg_Fish", "")])
     (d / "train_images" / "b.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(CompetitionDataError, match="unreadable image file.*b.jpg"):
-        load_competition(PRESETS["clouds"], d)
+        load_competition(CLOUDS, d)
     with pytest.raises(ValueError, match="cannot decode image file"):
         read_image(d / "train_images" / "b.jpg")
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
@@ -168,16 +173,16 @@ def test_severstal(tmp_path, layout):
         rows = pd.DataFrame({"ImageId_ClassId": ["s1.jpg_1", "s1.jpg_3", "s3.jpg_4", "s3.jpg_2"],
                              "EncodedPixels": ["1 4", "9 2", "40 1", ""]})  # fmt: skip
     rows.to_csv(tmp_path / "train.csv", index=False)
-    df = load_competition(PRESETS["severstal"], tmp_path).set_index("image_id")
+    df = load_competition(SEVERSTAL, tmp_path).set_index("image_id")
     assert sorted(df.index) == ["s1.jpg", "s2.jpg", "s3.jpg"]  # s2 has no defect row: all empty
     assert df.loc["s1.jpg", ["1", "2", "3", "4"]].tolist() == ["1 4", "", "9 2", ""]
     assert df.loc["s2.jpg", ["1", "2", "3", "4"]].tolist() == ["", "", "", ""]
-    masks = load_masks(df.reset_index().iloc[0], PRESETS["severstal"])
+    masks = load_masks(df.reset_index().iloc[0], SEVERSTAL)
     np.testing.assert_array_equal(masks[:, :, 0], rle_decode("1 4", (4, 10), "F"))
     rows.iloc[:, 0] = rows.iloc[:, 0].str.replace("s3.jpg", "zz.jpg")
     rows.to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(CompetitionDataError, match="missing.*zz.jpg"):
-        load_competition(PRESETS["severstal"], tmp_path)
+        load_competition(SEVERSTAL, tmp_path)
 
 
 def test_dacon_path_rehoming_and_duplicates(tmp_path):
@@ -324,3 +329,78 @@ def test_load_masks_names_bad_row():
     with pytest.raises(ValueError, match="q.jpg / Fish: RLE run 0"):
         load_masks(row, PRESETS["clouds"])
     assert rle_encode(np.ones((2, 2))) == "1 4"
+
+
+# ------------------------------------------------------------------------------------------------- image sizes
+
+
+def test_the_competitions_nominal_sizes():
+    assert PRESETS["clouds"].image_size == (1400, 2100) and PRESETS["severstal"].image_size == (256, 1600)
+
+
+def test_a_swapped_image_under_a_preset_with_a_nominal_size_fails_naming_it(tmp_path):
+    """b.jpg is 12 x 8 (H x W) where the preset says 8 x 12: the same 96 pixels, so its RLE would decode in the
+    wrong shape without a word; the preset's image_size is the check."""
+    d = _clouds_folder(tmp_path, [("a.jpg_Fish", "1 3"), ("b.jpg_Sugar", "5 2")])
+    _write_image(d / "train_images" / "b.jpg", 12, 8)
+    assert len(load_competition(CLOUDS, d)) == 2  # without a nominal size: nothing to check against
+    preset = CLOUDS.replace(image_size=(8, 12))
+    with pytest.raises(CompetitionDataError, match=r"1 image\(s\) not of preset 'clouds''s image_size 8x12: "
+                       r".*b.jpg is 12x8, expected 8x12 \(H x W\) \(width and height swapped\?\)") as err:  # fmt: skip
+        load_competition(preset, d)
+    assert err.value.ids == ["b.jpg"]
+    _write_image(d / "train_images" / "b.jpg", 8, 13)  # another size: named, no hint
+    with pytest.raises(CompetitionDataError, match=r"b.jpg is 8x13, expected 8x12 \(H x W\)$"):
+        load_competition(preset, d)
+    # the test images too
+    _write_image(d / "test_images" / "t.jpg", 12, 8)
+    with pytest.raises(CompetitionDataError, match=r"t.jpg is 12x8, expected 8x12.*swapped"):
+        load_competition(preset.replace(sample_submission=None), d, split="test")
+
+
+def test_a_mask_png_of_swapped_size_fails_naming_it(tmp_path):
+    carvana = get_preset("masks").replace(mask_suffix="_mask", mask_ext=".png")
+    _write_image(tmp_path / "train" / "image" / "x.png", 5, 6)
+    (tmp_path / "train" / "label").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "train" / "label" / "x_mask.png"), np.zeros((6, 5), np.uint8))
+    with pytest.raises(CompetitionDataError, match=r"1 mask file\(s\) whose size differs from their image: .*"
+                       r"x_mask.png is 6x5, expected 5x6 \(H x W\) \(width and height swapped\?\)") as err:  # fmt: skip
+        load_competition(carvana, tmp_path)
+    assert err.value.ids == ["x.png"]
+
+
+def test_a_coco_record_whose_size_is_not_its_files_fails_naming_it(tmp_path):
+    """COCO's polygons are rasterised at the size of the image record: a record that swaps its file's width and
+    height would give masks of the wrong shape."""
+    root = _coco(tmp_path)
+    _write_image(root / "batch_01" / "0002.jpg", 30, 20)
+    with pytest.raises(CompetitionDataError, match=r"train.json: 1 image file\(s\) whose size differs from their "
+                       r"image record: .*0002.jpg is 30x20, expected 20x30 \(H x W\) \(width and height swapped\?\)"):
+        load_competition(PRESETS["coco"], root)
+    with pytest.raises(CompetitionDataError, match=r"test.json: .*0002.jpg is 30x20"):
+        load_competition(PRESETS["coco"], root, split="test")
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_a_coco_rle_of_swapped_size_fails_naming_it(tmp_path, compressed):
+    """A COCO RLE segmentation (compressed: a string of counts; uncompressed: a list) carries its own [height, width]:
+    one that is not its image's is refused, naming the file and the annotation; one of the image's size paints."""
+    from pycocotools import mask as coco_mask
+
+    def rle_of(mask: np.ndarray) -> dict:
+        if not compressed:  # column-major runs, starting with the zeros
+            flat = mask.flatten(order="F")
+            edges = np.flatnonzero(np.diff(np.r_[0, flat, 1 - flat[-1]]))
+            return {"size": list(mask.shape), "counts": np.diff(np.r_[0, edges]).tolist()}
+        rle = coco_mask.encode(np.asfortranarray(mask))
+        return {"size": rle["size"], "counts": rle["counts"].decode()}
+
+    square = np.zeros((20, 30), np.uint8)
+    square[5:10, 5:15] = 1
+    extra = [{"id": 3, "image_id": 2, "category_id": 1, "segmentation": rle_of(square), "area": 50, "iscrowd": 1}]
+    df = load_competition(PRESETS["coco"], _coco(tmp_path, extra_ann=extra))
+    np.testing.assert_array_equal(load_masks(df.iloc[1], PRESETS["coco"])[:, :, 1], square)  # General trash
+    extra[0]["segmentation"] = rle_of(np.ones((30, 20), np.uint8))  # the 20 x 30 image's transpose
+    with pytest.raises(CompetitionDataError, match=r"1 unreadable segmentation\(s\): batch_01/0002.jpg annotation 3 "
+                       r"\(its RLE is 30x20, the image 20x30 \(H x W\) \(width and height swapped\?\)\)"):
+        load_competition(PRESETS["coco"], _coco(tmp_path, extra_ann=extra))

@@ -49,6 +49,7 @@ def test_eda_demo(tmp_path):
     assert (tmp_path / "artifacts" / "t" / "eda_config.json").is_file()
     assert (tmp_path / "artifacts" / "t" / "duplicates.csv").is_file()  # near-duplicates (none in the demo)
     assert (tmp_path / "artifacts" / "cache" / "phash.csv").is_file()
+    assert len(pd.read_csv(tmp_path / "artifacts" / "cache" / "decoded.csv")) == 100  # 80 train + 20 test decoded
 
 
 @pytest.mark.parametrize(
@@ -80,6 +81,20 @@ def test_eda_fails_loudly_on_bad_data(tmp_path):
     with pytest.raises(AssertionError, match="TRAIN_0003"):
         run_notebook("00_eda", tmp_path / "eda.ipynb", preset="dacon_building", data_dir=data, n_folds=0,
                      artifacts_root=tmp_path / "a")  # fmt: skip
+
+
+def test_eda_fails_on_a_truncated_image_naming_it(tmp_path):
+    """The hostile probe of issue 15: the demo's d0001.jpg cut to a third of its bytes (its header intact, so the
+    table reads) fails 00_eda's decode check, naming the file, with the near-duplicate search (whose hashing decodes
+    the train images too) off."""
+    from kitlib.demo import make_demo
+
+    data = make_demo(tmp_path / "demo")
+    image = data / "train_images" / "d0001.jpg"
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 3])
+    with pytest.raises(AssertionError, match=r"1 of 100 image file\(s\) truncated or corrupt: .*d0001.jpg"):
+        run_notebook("00_eda", tmp_path / "eda.ipynb", preset="demo", data_dir=data, exp="t", dup_distance=-1,
+                     artifacts_root=tmp_path / "artifacts")  # fmt: skip
 
 
 def test_a_parameter_of_the_wrong_type_or_an_unknown_name_fails_the_notebook(tmp_path):

@@ -114,6 +114,8 @@ def test_a_relative_preset_file_is_read_from_the_repository_root(tmp_path, monke
      ({"submission_format": "csv"}, r"field 'submission_format' = 'csv' is not one of \['rle', 'class_ids', 'label'\]"),
      ({"submission_size": [32]}, r"field 'submission_size' = \[32\] \(list\) is not Optional\[tuple\[int, int\]\]"),
      ({"submission_size": [0, 32]}, r"field 'submission_size' = \[0, 32\] must be"),
+     ({"image_size": [64, 0]}, r"field 'image_size' = \[64, 0\] must be \(height, width\) >= 1 pixel"),
+     ({"image_size": [64]}, r"field 'image_size' = \[64\] \(list\) is not Optional\[tuple\[int, int\]\]"),
      ({"classes": "disc"}, r"field 'classes' = 'disc' \(str\) is not tuple\[str, \.\.\.\]"),
      ({"classes": ["Background", "disc", "disc"]}, r"class names repeat"),
      ({"task": "binary", "classes": ["a", "b"]}, r"a binary task has exactly one class"),
@@ -127,6 +129,20 @@ def test_a_wrong_field_or_value_fails_naming_it_and_the_file(tmp_path, changes, 
     with pytest.raises(PresetFileError, match=match) as err:
         get_preset(str(path))
     assert str(path) in str(err.value)
+
+
+def test_a_preset_files_image_size_refuses_images_of_another_size(tmp_path):
+    """A user's competition whose images all have one size says so in its preset file: ``image_size: [H, W]``."""
+    from kitlib.formats import CompetitionDataError, load_competition
+
+    data = write_tiny_coco(tmp_path / "data", n_train=2, n_test=1)
+    classes = ["Background", "disc", "square"]
+    preset = get_preset(str(write_preset(tmp_path / "shapes.yaml", classes=classes, image_size=[64, 64])))
+    assert preset.image_size == (64, 64) and len(load_competition(preset, data)) == 2
+    preset = get_preset(str(write_preset(tmp_path / "shapes.yaml", classes=classes, image_size=[64, 32])))
+    with pytest.raises(CompetitionDataError, match=r"2 image\(s\) not of preset 'shapes''s image_size 64x32: .*"
+                       r"img_00.png is 64x64, expected 64x32"):  # fmt: skip
+        load_competition(preset, data)
 
 
 def test_a_preset_file_that_is_not_a_mapping_of_fields(tmp_path):
