@@ -23,7 +23,6 @@ from kitlib.images import read_image
 from kitlib.presets import PRESETS, get_preset
 from kitlib.rle import rle_decode, rle_encode
 
-
 #: The Clouds and Severstal layouts on the small images made here: without the competitions' nominal image_size.
 CLOUDS = PRESETS["clouds"].replace(image_size=None)
 SEVERSTAL = PRESETS["severstal"].replace(image_size=None)
@@ -374,8 +373,11 @@ def test_a_coco_record_whose_size_is_not_its_files_fails_naming_it(tmp_path):
     height would give masks of the wrong shape."""
     root = _coco(tmp_path)
     _write_image(root / "batch_01" / "0002.jpg", 30, 20)
-    with pytest.raises(CompetitionDataError, match=r"train.json: 1 image file\(s\) whose size differs from their "
-                       r"image record: .*0002.jpg is 30x20, expected 20x30 \(H x W\) \(width and height swapped\?\)"):
+    with pytest.raises(
+        CompetitionDataError,
+        match=r"train.json: 1 image file\(s\) whose size differs from their "
+        r"image record: .*0002.jpg is 30x20, expected 20x30 \(H x W\) \(width and height swapped\?\)",
+    ):
         load_competition(PRESETS["coco"], root)
     with pytest.raises(CompetitionDataError, match=r"test.json: .*0002.jpg is 30x20"):
         load_competition(PRESETS["coco"], root, split="test")
@@ -401,6 +403,9 @@ def test_a_coco_rle_of_swapped_size_fails_naming_it(tmp_path, compressed):
     df = load_competition(PRESETS["coco"], _coco(tmp_path, extra_ann=extra))
     np.testing.assert_array_equal(load_masks(df.iloc[1], PRESETS["coco"])[:, :, 1], square)  # General trash
     extra[0]["segmentation"] = rle_of(np.ones((30, 20), np.uint8))  # the 20 x 30 image's transpose
-    with pytest.raises(CompetitionDataError, match=r"1 unreadable segmentation\(s\): batch_01/0002.jpg annotation 3 "
-                       r"\(its RLE is 30x20, the image 20x30 \(H x W\) \(width and height swapped\?\)\)"):
+    with pytest.raises(
+        CompetitionDataError,
+        match=r"1 unreadable segmentation\(s\): batch_01/0002.jpg annotation 3 "
+        r"\(its RLE is 30x20, the image 20x30 \(H x W\) \(width and height swapped\?\)\)",
+    ):
         load_competition(PRESETS["coco"], _coco(tmp_path, extra_ann=extra))
