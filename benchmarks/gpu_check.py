@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -98,7 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile-backend", default=None, help="the kit's compile_backend (None: inductor)")
     parser.add_argument("--compile-mode", default=None, help="the kit's compile_mode (None: torch's default)")
     parser.add_argument("--compile-timeout", type=float, default=300.0,
-                        help="seconds for the compiled warm-up and timing before it is skipped (default 300)")  # fmt: skip
+                        help="seconds for the compiled warm-up and timing, then skipped (default 300)")  # fmt: skip
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="set torch.backends.cudnn.benchmark (the kit leaves it off)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the figures as JSON here (atomic)")
     return parser.parse_args(argv)
 
@@ -180,9 +183,9 @@ def build_data(root: Path, s: dict, device: torch.device, figures: Figures):
 def loader_images_per_s(dataset, s: dict, device: torch.device) -> float:
     """Images/s of the kit's training loader, batches copied to the device, no model.
 
-    The first ``warmup + workers`` batches (at least one) are left out of the timing: the workers start together, so their first
-    batches arrive at once; the rest is the steady rate. The dataset is repeated (``ConcatDataset``) so that one
-    epoch holds every batch timed: the demo has fewer images than that, and a new epoch would restart the workers.
+    The first ``warmup + workers`` batches (at least one) are left out of the timing: the workers start together,
+    so their first batches arrive at once; the rest is the steady rate. The dataset is repeated (``ConcatDataset``)
+    so that one epoch holds every batch timed: the demo has fewer images, and a new epoch would restart the workers.
     """
     skip = max(1, s["warmup"] + s["workers"])  # the first batch also waits for the loader to start
     n_batches = skip + max(s["steps"], 8 * s["workers"])
@@ -282,8 +285,8 @@ def train_figure(s, device, batches, amp: str, channels_last: bool, compile_cfg=
 
 
 def kit_vs_plain(s, device, batches, rounds: int = 2) -> dict:
-    """b: the kit's loop and the plain loop, alternated ``rounds`` times, each from the same initial weights with a
-    new optimiser and schedule; the best round of each (the least disturbed by the machine)."""
+    """b: the kit's loop and the plain loop, ``rounds`` times each in alternating order, each from the same initial
+    weights with a new optimiser and schedule; the best round of each (the least disturbed by the machine)."""
     model = new_model(s, device, RECIPE["channels_last"])
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     loss_fn = create_recipe(RECIPE["loss"], mode=PRESET.mask_task)
@@ -291,21 +294,24 @@ def kit_vs_plain(s, device, batches, rounds: int = 2) -> dict:
     warm, timed_batches = batches[: s["warmup"]], batches[: s["steps"]]
 
     def kit(some, optimizer, scheduler, scaler) -> float:
-        return engine.train_one_epoch(model, some, loss_fn, optimizer, PRESET, device, scheduler=scheduler,
-                                      scaler=scaler, amp_dtype=amp_dtype, channels_last=channels_last)["loss"]  # fmt: skip
+        out = engine.train_one_epoch(model, some, loss_fn, optimizer, PRESET, device, scheduler=scheduler,
+                                     scaler=scaler, amp_dtype=amp_dtype, channels_last=channels_last)  # fmt: skip
+        return out["loss"]
 
     def plain(some, optimizer, scheduler, scaler) -> float:
         return plain_loop(model, some, loss_fn, optimizer, scheduler, device, amp_dtype, scaler, channels_last)
 
     best, losses = {"kit": 0.0, "plain": 0.0}, {}
-    for _ in range(rounds):
-        for name, loop in (("kit", kit), ("plain", plain)):
+    loops = [("kit", kit), ("plain", plain)]
+    for r in range(rounds):  # kit, plain, plain, kit, ...: a drift of the machine's speed favours neither
+        for name, loop in loops if r % 2 == 0 else loops[::-1]:
             model.load_state_dict(initial)
             optimizer, scheduler = recipe_optimizer(model, len(warm) + len(timed_batches))
             state = (optimizer, scheduler, recipe_amp(device)[1])
             if warm:
                 loop(warm, *state)
-            seconds = timed(lambda: losses.__setitem__(name, loop(timed_batches, *state)), device)
+            run = partial(loop, timed_batches, *state)
+            seconds = timed(lambda run=run, name=name: losses.__setitem__(name, run()), device)
             best[name] = max(best[name], len(timed_batches) * s["batch_size"] / seconds)
     return {"kit_loop_images_per_s": best["kit"], "plain_loop_images_per_s": best["plain"],
             "kit_vs_plain": best["kit"] / best["plain"], "kit_loop_mean_loss": losses["kit"],
@@ -398,12 +404,16 @@ def summary(figures: Figures) -> None:
           f"{s['batch_size']}, {s['steps']} timed steps, {f['wall_s']:.0f} s in all ==")  # fmt: skip
     for label, row in zip(SUMMARY_LABELS, rows, strict=True):
         print(f"{label + ':':30s} {row}")
+    if f["device"] == "cpu":
+        print("(a CPU run: it checks the script; the figures and targets are meant for a GPU)")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
     device = runtime.resolve_device(args.device)
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
     figures = Figures(args.out)
     figures.update(header(device))
     s = settings(args, device)
@@ -430,7 +440,9 @@ def main(argv: list[str] | None = None) -> None:
     figures["train_fp32_images_per_s"] = train_figure(s, device, batches, "off", False)
     print(f"train fp32, NCHW:                 {figures['train_fp32_images_per_s']:8.1f} images/s")
     figures["train_amp_cl_images_per_s"] = train_figure(s, device, batches, RECIPE["amp"], RECIPE["channels_last"])
-    print(f"train {figures['amp_dtype']} autocast + channels_last: {figures['train_amp_cl_images_per_s']:8.1f} images/s")
+    print(
+        f"train {figures['amp_dtype']} autocast + channels_last: {figures['train_amp_cl_images_per_s']:8.1f} images/s"
+    )
     mark = part("train", mark)
     b = kit_vs_plain(s, device, batches)
     model = b.pop("model")
