@@ -122,6 +122,8 @@ def settings(args: argparse.Namespace, device: torch.device) -> dict:
     )  # fmt: skip
     if s["steps"] < 1 or s["batch_size"] < 1 or s["warmup"] < 0 or s["workers"] < 0 or s["threads"] < 1:
         raise SystemExit(f"steps, batch size and threads must be >= 1, warm-up and workers >= 0: {s}")
+    if s["images"] < s["batch_size"]:
+        raise SystemExit(f"--images {s['images']} < --batch-size {s['batch_size']}: not one full batch")
     torch.set_num_threads(s["threads"])
     return s
 
@@ -386,7 +388,7 @@ def met(ratio: float, target: float) -> str:
 def summary(figures: Figures) -> None:
     f = figures
     fp32, fast, compiled = f["train_fp32_images_per_s"], f["train_amp_cl_images_per_s"], f["train_compile_images_per_s"]
-    compile_line = (f"{compiled:8.1f} images/s ({compiled / fp32:.2f}x fp32, {compiled / fast:.2f}x eager)"
+    compile_line = (f"{compiled:8.1f} images/s ({compiled / fp32:.2f}x fp32, {compiled / fast:.2f}x uncompiled)"
                     if compiled else f"skipped: {f['compile_skipped']}")  # fmt: skip
     rows = [
         f"{fp32:8.1f} images/s",
