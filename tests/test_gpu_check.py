@@ -56,6 +56,7 @@ def test_quick_run_writes_every_figure(tmp_path):
     )
     # the same model, initial weights, batches, loss and optimiser: both loops did the same arithmetic (fp32 on CPU)
     assert figures["kit_loop_mean_loss"] == pytest.approx(figures["plain_loop_mean_loss"], rel=1e-5)
+    assert len(figures["kit_loop_rounds"]) == len(figures["plain_loop_rounds"]) == 2
     assert isinstance(figures["kit_vs_plain_met"], bool) and isinstance(figures["loader_vs_train_met"], bool)
     assert figures["compile_backend"] == "eager" and figures["compile_skipped"] is None
     summary = proc.stdout[proc.stdout.index("== summary") :].splitlines()[1:]
