@@ -33,6 +33,7 @@ __all__ = [
     "write_json",
     "read_json",
     "save_npy",
+    "read_torch",
     "write_csv",
     "run_info",
     "json_default",
@@ -148,6 +149,28 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_torch(path: str | os.PathLike, what: str = "torch file") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with the file named when it cannot be read.
+
+    A truncated or corrupt file (disk full, an interrupted copy: an atomic write cannot leave one) makes torch raise
+    one of several types without the path ("failed finding central directory", EOFError, OSError, pickle errors).
+
+    Args:
+        path: a ``torch.save`` file; what: how the message calls it ("model checkpoint").
+    Raises:
+        FileNotFoundError: no such file (named). ValueError: the file is not readable (named, with torch's error).
+    """
+    import torch  # here: kitlib.io is imported by modules that never need torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip/pickle/OS errors come in many types
+        raise ValueError(f"{path}: not a readable {what}, truncated or corrupt ({type(e).__name__}: {e})") from e
 
 
 def write_csv(path: str | os.PathLike, df, **to_csv_kwargs) -> Path:
