@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kitlib.io import project_path, read_json, run_info, write_json
+from kitlib.io import project_path, read_json, remove_stale_temp, run_info, write_json
 from kitlib.params import Parameter, ParameterError, canonical_type, check_value, read_declaration
 
 __all__ = ["StageConfig"]
@@ -250,8 +250,12 @@ class StageConfig:
                 ``extra``.
         Returns:
             The path written.
+
+        Saving is where a stage starts: the temporary files that killed writes left in the config's folder (and one
+        level below) are removed first (``kitlib.io.remove_stale_temp``: the kit's names of dead processes only).
         """
         path = path if path is not None else self.config_path
+        remove_stale_temp(Path(path).parent)
         body = {"stage": self.stage, "params": self.to_dict(), "types": self.types, **extra, "run": run_info()}
         return write_json(path, body)
 

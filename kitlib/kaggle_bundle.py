@@ -32,7 +32,16 @@ from pathlib import Path
 import yaml
 
 from kitlib._private import listing
-from kitlib.io import project_path, project_root, read_json, replace_dir, run_info, write_json
+from kitlib.io import (
+    project_path,
+    project_root,
+    read_json,
+    remove_stale_temp,
+    replace_dir,
+    run_info,
+    temp_dir,
+    write_json,
+)
 from kitlib.kaggle import _SLUG_PART, MANIFEST, model_handle
 from kitlib.kaggle_weights import HALF_CHECK_IMAGES, WEIGHTS, _sha256, store_artifacts
 from kitlib.presets import PRESETS, Preset, preset_fields
@@ -507,8 +516,9 @@ def bundle(
                               variation or _slugify(name))  # fmt: skip
     model_out = _check_out(out.parent / f"{out.name}-model", MANIFEST) if handle else out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    store = Path(tempfile.mkdtemp(prefix=f".{model_out.name}.", dir=out.parent)) if handle else tmp
+    remove_stale_temp(out.parent, depth=0)  # a killed bundle's half-written folders
+    tmp = temp_dir(out)
+    store = temp_dir(model_out) if handle else tmp
     try:
         wheels = [_build_kitlib_wheel(_checkout(repo), tmp / "wheels")]
         for wheel in _fetch_wheels(pins, Path(wheel_cache) if wheel_cache else _default_cache()):
