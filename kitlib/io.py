@@ -44,6 +44,8 @@ __all__ = [
     "read_torch",
     "write_csv",
     "run_info",
+    "public_run_info",
+    "root_relative",
     "json_default",
     "project_root",
     "project_path",
@@ -294,6 +296,30 @@ def run_info() -> dict[str, Any]:
         "versions": versions,
         "git_commit": _git_commit(Path(__file__).resolve().parent),
     }
+
+
+def public_run_info(info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``run_info`` (default: this run's) without the host's details, for what a bundle publishes: ``platform``
+    keeps the system's name only ("Linux"; ``platform.platform()`` holds the kernel release and build)."""
+    info = dict(run_info() if info is None else info)
+    if isinstance(info.get("platform"), str):
+        info["platform"] = info["platform"].split("-")[0]
+    return {k: info[k] for k in ("python", "platform", "versions", "git_commit") if k in info}
+
+
+def root_relative(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """``path`` relative to ``root`` (default ``project_root()``) when it is an absolute path under it, else as given:
+    how a saved config records a folder, so that ``project_path`` resolves it in another checkout (a Kaggle kernel,
+    a colleague's clone). "" stays ""."""
+    text = str(path)
+    p = Path(text).expanduser() if text else Path()
+    if not text or not p.is_absolute():
+        return text
+    base = Path(root).expanduser().resolve() if root is not None else project_root()
+    for candidate in (p, p.resolve()):
+        if candidate.is_relative_to(base):
+            return candidate.relative_to(base).as_posix() or "."
+    return text
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
