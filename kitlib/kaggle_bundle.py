@@ -447,14 +447,16 @@ def _public(value: Any, root: Path) -> Any:
     return value
 
 
-def _public_configs(sources: Sequence[tuple[str, Path]], root: Path, folder: Path) -> list[tuple[str, Path]]:
-    """``sources`` with each ``config.json`` replaced by its public copy (``_public``) written under ``folder``."""
-    out = []
-    for rel, src in sources:
-        if rel.endswith("/config.json"):
-            src = write_json(folder / rel, _public(read_json(src), root))
-        out.append((rel, src))
-    return out
+def _store_public(
+    sources: Sequence[tuple[str, Path]], root: Path, store: Path, files: dict, links: dict, weights: str, images: int
+) -> dict:
+    """``store_artifacts`` of ``sources`` with each ``config.json`` replaced by its public copy (``_public``; the
+    local file is left as it is); returns its sizes and check, their paths made public too."""
+    with tempfile.TemporaryDirectory(prefix="kitlib-public-") as folder:
+        public = [(rel, write_json(Path(folder) / rel, _public(read_json(src), root)) if rel.endswith("/config.json")
+                   else src) for rel, src in sources]  # fmt: skip
+        sizes = store_artifacts(public, store, files, links, weights, check_in=root, check_images=images)
+    return _public(sizes, root)
 
 
 def _listed(files: Mapping[str, tuple[Path, str]]) -> list[dict]:
@@ -562,10 +564,7 @@ def bundle(
         files = {f"wheels/{w.name}": (w, _sha256(w)) for w in wheels}
         links: dict[str, str] = {}
         art, art_links = (files, links) if not handle else ({}, {})  # the artifacts' files: the dataset's or model's
-        with tempfile.TemporaryDirectory(prefix="kitlib-public-") as public:  # configs without local paths or host
-            sizes = store_artifacts(_public_configs(sources, root, Path(public)), store, art, art_links, weights,
-                                    check_in=root, check_images=check_images)  # fmt: skip
-        sizes = _public(sizes, root)
+        sizes = _store_public(sources, root, store, art, art_links, weights, check_images)
         preset_param = preset.name
         if preset.name not in PRESETS:  # a user's preset file: the resolved fields travel as artifacts/preset.yaml
             preset_param = PRESET_FILE
