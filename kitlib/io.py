@@ -111,19 +111,26 @@ def remove_stale_temp(folder: str | os.PathLike, depth: int = 1) -> list[Path]:
     while todo and level <= depth:
         below = []
         for current in todo:
-            for entry in os.scandir(current):
+            try:
+                entries = list(os.scandir(current))
+            except OSError:  # an unreadable folder: not ours to clean (best effort, never a stage's failure)
+                continue
+            for entry in entries:
                 match = _TEMP_NAME.match(entry.name)
-                if match and (int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1)))):
-                    path = Path(entry.path)
-                    if entry.is_dir(follow_symlinks=False):
-                        size += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        size += entry.stat(follow_symlinks=False).st_size
-                        path.unlink(missing_ok=True)
-                    removed.append(path)
-                elif entry.is_dir(follow_symlinks=False) and not match:
-                    below.append(entry.path)
+                try:
+                    if match and (int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1)))):
+                        path = Path(entry.path)
+                        if entry.is_dir(follow_symlinks=False):
+                            size += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+                            shutil.rmtree(path)
+                        else:
+                            size += entry.stat(follow_symlinks=False).st_size
+                            path.unlink()
+                        removed.append(path)
+                    elif entry.is_dir(follow_symlinks=False) and not match:
+                        below.append(entry.path)
+                except OSError as e:  # read-only, or gone meanwhile
+                    log.info("could not remove %s: %s", entry.path, e)
         todo, level = below, level + 1
     if removed:
         shown = ", ".join(str(p.relative_to(folder)) for p in removed[:5]) + (" ..." if len(removed) > 5 else "")

@@ -439,7 +439,7 @@ def _public(value: Any, root: Path) -> Any:
         for base, prefix in ((root, "artifacts/"), (project_root(), "")):
             rel = root_relative(value, base)
             if rel != value:
-                return (prefix + rel).removesuffix("/.") if rel != "." else (prefix.rstrip("/") or ".")
+                return prefix + rel if rel != "." else (prefix.rstrip("/") or ".")
         return Path(value).name
     locals_ = {str(root): "artifacts", str(project_root()): ".", str(Path.home()): "~"}
     for local in sorted(locals_, key=len, reverse=True):
