@@ -396,7 +396,8 @@ def assert_no_local_details(bundle_dir: Path, run_dir: Path) -> int:
             text, shown = path.read_text(encoding="utf-8"), patterns
         for name, pattern in shown.items():
             m = pattern.search(text)
-            assert m is None, f"{path.relative_to(bundle_dir)} shows the {name}: ...{text[max(m.start() - 60, 0):m.end() + 20]!r}"
+            seen = "" if m is None else text[max(m.start() - 60, 0) : m.end() + 20]
+            assert m is None, f"{path.relative_to(bundle_dir)} shows the {name}: ...{seen!r}"
         scanned += 1
     return scanned
 
