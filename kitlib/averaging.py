@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from kitlib.io import atomic_path
+from kitlib.io import atomic_path, read_torch
 from kitlib.runtime import to_device, unwrap
 
 __all__ = ["WeightAverage", "recompute_bn"]
@@ -138,7 +138,7 @@ class WeightAverage:
             return target
         if not self.kept:
             raise ValueError("top-k averaging kept no epoch (every monitored score was NaN)")
-        states = [torch.load(self._snapshot(e), map_location="cpu", weights_only=True) for _, e in self.kept]
+        states = [read_torch(self._snapshot(e), "weight snapshot") for _, e in self.kept]
         mean = {}
         for key, value in states[0].items():
             if value.is_floating_point():

@@ -27,7 +27,7 @@ import pandas as pd
 
 from kitlib import formats, images
 from kitlib._private import progress
-from kitlib.io import read_json, replace_dir, write_csv, write_json
+from kitlib.io import pid_alive, read_json, remove_stale_temp, replace_dir, write_csv, write_json
 from kitlib.presets import Preset
 
 __all__ = [
@@ -400,24 +400,15 @@ def _current_cache(cache_dir: Path) -> ImageCache | None:
 
 
 def _remove_dead_builds(cache_dir: Path) -> None:
-    """Remove ``.<name>.building-<pid>`` / ``.<name>.old-<pid>`` folders left by processes that no longer run."""
-    for leftover in cache_dir.parent.glob(f".{glob.escape(cache_dir.name)}.*-*"):
+    """Remove ``.<name>.building-<pid>`` folders left by processes that no longer run (this one's too: a leftover of
+    an earlier, failed call), and the kit's other temporary names there (``kitlib.io.remove_stale_temp``: the
+    ``replace_dir`` leftovers)."""
+    for leftover in cache_dir.parent.glob(f".{glob.escape(cache_dir.name)}.building-*"):
         pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
             log.info("removing leftover of an interrupted cache build: %s", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftover from an earlier, failed call
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    remove_stale_temp(cache_dir.parent, depth=0)
 
 
 def _write_cache(

@@ -5,12 +5,18 @@ score, both atomic (``kitlib.models.save_model`` writes to a temporary name and 
 continue exactly where it stopped: optimizer, scheduler, GradScaler and EMA states, the ``TrainingState`` (epoch, best
 score and epoch, epochs without improvement, history) and the random generators' states; ``run_id`` says which
 configuration wrote it, and a run of another configuration refuses it rather than mixing it in.
+
+The state before the last epoch is kept beside it as ``last.prev.pt`` (``previous_path``): an atomic write cannot
+leave half a ``last.pt``, but a full disk, an interrupted copy or a sync of the folder can. ``resume`` then warns,
+naming the file, and continues from the previous state (that epoch is trained again, to the same result), or says
+which file to delete.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from kitlib.io import read_torch
 from kitlib.models import save_model
 from kitlib.runtime import unwrap
 
-__all__ = ["CHECKPOINT_KIND", "TrainingState", "resume", "save_best", "save_last"]
+__all__ = ["CHECKPOINT_KIND", "TrainingState", "previous_path", "resume", "save_best", "save_last"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +100,12 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def previous_path(path: str | Path) -> Path:
+    """Where ``save_last`` keeps the state before ``path``'s: ``fold<k>/last.prev.pt`` beside ``fold<k>/last.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
 def save_last(
     path: str | Path,
     model: nn.Module,
@@ -108,7 +121,9 @@ def save_last(
     monitor: str = "",
     extra: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write ``last.pt``: the model (``save_model`` format) with the state of everything that continues the run.
+    """Write ``last.pt``: the model (``save_model`` format) with the state of everything that continues the run; the
+    one it replaces becomes ``last.prev.pt`` (``previous_path``; twice the disk of one state, so that a ``last.pt``
+    damaged later, by a full disk or a copy, is not the only one).
 
     Args:
         path: ``fold<k>/last.pt``.
@@ -129,6 +144,9 @@ def save_last(
         "best_score": state.best_score, "best_epoch": state.best_epoch, "stale": state.stale,
         "history": state.history, "rng": _rng_state(), "monitor": monitor,
     }  # fmt: skip
+    path = Path(path)
+    if path.is_file():  # a kill before save_model ends leaves last.prev.pt only: resume reads it
+        os.replace(path, previous_path(path))
     save_model(path, unwrap(model), model_config, extra=entries)
 
 
@@ -160,19 +178,23 @@ def resume(
 ) -> TrainingState | None:
     """Load ``last.pt`` into the model and the training objects, and restore the random generators.
 
+    An unreadable ``last.pt`` (truncated, corrupt) is replaced by a readable ``last.prev.pt`` with a warning naming
+    both, and the run continues from the epoch before.
+
     Args:
-        path: ``fold<k>/last.pt``; nothing happens when it does not exist.
+        path: ``fold<k>/last.pt``; nothing happens when neither it nor ``last.prev.pt`` exists.
         run_id: this run's configuration; a checkpoint of another one is refused.
         model, optimizer, scheduler, scaler, ema, average: receive their saved states (None: skipped).
     Returns:
         The ``TrainingState`` after the checkpoint's epoch, or None when there is no ``last.pt``.
     Raises:
-        ValueError: not a kitlib training checkpoint, or one written by another configuration (both ids named).
+        ValueError: not a kitlib training checkpoint, or one written by another configuration (both ids named); an
+            unreadable ``last.pt`` without a readable previous state (the file named, and what to delete).
     """
     path = Path(path)
-    if not path.is_file():
+    saved = _read_last(path)
+    if saved is None:
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=True)
     if saved.get("checkpoint") != CHECKPOINT_KIND:
         raise ValueError(f"{path}: not a kitlib training checkpoint (no checkpoint={CHECKPOINT_KIND!r})")
     if saved.get("run_id") != run_id:
@@ -192,3 +214,31 @@ def resume(
         stale=int(saved["stale"]), history=[dict(row) for row in saved["history"]],
         finished=bool(saved.get("finished")),
     )  # fmt: skip
+
+
+def _read_last(path: Path) -> dict[str, Any] | None:
+    """``path``'s checkpoint; when it is unreadable or missing, ``last.prev.pt``'s, moved onto ``path`` (so the next
+    ``save_last`` keeps a readable previous state); None when there is neither."""
+    previous = previous_path(path)
+    error = None
+    if path.is_file():
+        try:
+            return read_torch(path, "training checkpoint")
+        except ValueError as e:
+            error = e
+    if not previous.is_file():
+        if error is None:
+            return None
+        raise ValueError(f"{error}; no {previous.name} to fall back on: delete it to start the fold from scratch")
+    try:
+        saved = read_torch(previous, "training checkpoint")
+    except ValueError as e:
+        if error is None:  # last.pt was never written: the previous state alone is damaged
+            raise ValueError(f"{e}; delete it to start the fold from scratch") from e
+        raise ValueError(f"{error}; {previous} is unreadable too: delete both to start the fold from scratch") from e
+    if error is not None:
+        log.warning("%s; resuming from %s (after epoch %d) instead", error, previous, int(saved.get("epoch", -1)))
+    else:
+        log.info("%s missing (killed while writing it): resuming from %s", path, previous)
+    os.replace(previous, path)
+    return saved

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kitlib.io import project_path, read_json, run_info, write_json
+from kitlib.io import project_path, read_json, remove_stale_temp, root_relative, run_info, write_json
 from kitlib.params import Parameter, ParameterError, canonical_type, check_value, read_declaration
 
 __all__ = ["StageConfig"]
@@ -85,6 +85,9 @@ class StageConfig:
 
     stage: ClassVar[str] = ""
     notebook: ClassVar[str] = ""
+    #: Path parameters that ``save`` writes relative to the project root when they lie under it (``project_path``
+    #: resolves them again); only parameters outside a run's fingerprint, so a reloaded config keeps its run id.
+    RELATIVE_PATHS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, values: Mapping[str, Any], types: Mapping[str, str], extra: Mapping[str, Any] | None = None):
         """Check ``values`` against ``types`` (name -> annotation text) and resolve; see ``from_params``.
@@ -250,9 +253,17 @@ class StageConfig:
                 ``extra``.
         Returns:
             The path written.
+
+        Saving is where a stage starts: the temporary files that killed writes left in the config's folder (and one
+        level below) are removed first (``kitlib.io.remove_stale_temp``: the kit's names of dead processes only).
         """
         path = path if path is not None else self.config_path
-        body = {"stage": self.stage, "params": self.to_dict(), "types": self.types, **extra, "run": run_info()}
+        remove_stale_temp(Path(path).parent)
+        params = self.to_dict()
+        for name in self.RELATIVE_PATHS:  # under the project root: relative, so the file reads the same elsewhere
+            if isinstance(params.get(name), str):
+                params[name] = root_relative(params[name])
+        body = {"stage": self.stage, "params": params, "types": self.types, **extra, "run": run_info()}
         return write_json(path, body)
 
     # -- subclass hooks

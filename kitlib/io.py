@@ -2,7 +2,9 @@
 
 Every artifact the kit writes goes through these helpers: the bytes land under a temporary name in the
 same folder and are moved into place with ``os.replace``, so a killed run leaves either the old file or
-the new one, never half a file.
+the new one, never half a file. A kill does leave the temporary file: its name, ``.<name>.kit-tmp-<pid>-<random>``
+(+ the suffix), is the kit's own and carries the writer's process id, so ``remove_stale_temp`` (each stage's
+``StageConfig.save``) removes those whose process is gone and nothing else.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -26,19 +29,27 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "TEMP_MARK",
     "atomic_path",
+    "temp_dir",
+    "temp_prefix",
+    "remove_stale_temp",
+    "pid_alive",
     "atomic_write_bytes",
     "atomic_write_text",
     "replace_dir",
     "write_json",
     "read_json",
     "save_npy",
+    "read_torch",
     "write_csv",
     "FileKey",
     "file_key",
     "read_file_cache",
     "write_file_cache",
     "run_info",
+    "public_run_info",
+    "root_relative",
     "json_default",
     "project_root",
     "project_path",
@@ -52,16 +63,97 @@ _VERSIONED_PACKAGES = (
 )  # fmt: skip
 
 
+#: What marks a temporary name as the kit's: ``.<name>.kit-tmp-<pid>-<random><suffix>`` (``temp_prefix``).
+TEMP_MARK = ".kit-tmp-"
+_TEMP_NAME = re.compile(rf"^\..+{re.escape(TEMP_MARK)}(\d+)-[^/]*$")
+
+
+def temp_prefix(path: str | os.PathLike, pid: int | None = None) -> str:
+    """The start of a temporary name beside ``path``: ``.<name>.kit-tmp-<pid>-`` (``pid`` default this process's);
+    ``tempfile.mkstemp`` / ``mkdtemp`` add the random part. ``remove_stale_temp`` recognises such names."""
+    return f".{Path(path).name}{TEMP_MARK}{os.getpid() if pid is None else int(pid)}-"
+
+
+def temp_dir(dest: str | os.PathLike) -> Path:
+    """A new empty folder beside ``dest`` to build it in (then ``replace_dir``), named ``temp_prefix(dest)...``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(dest), dir=dest.parent))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (``os.kill(pid, 0)``; another user's process counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def remove_stale_temp(folder: str | os.PathLike, depth: int = 1) -> list[Path]:
+    """Remove the kit's temporary files and folders that interrupted writes left in ``folder`` and its subfolders
+    down to ``depth`` levels; one warning line lists them.
+
+    Only names the kit makes (``.<name>.kit-tmp-<pid>-...``, ``temp_prefix``) are candidates, and only those whose
+    writer ``pid`` no longer runs on this host (``pid_alive``; this process's own count as running: a write may be
+    under way in another thread). A pid that a new process has taken keeps its file until a later sweep. Processes
+    on other hosts writing into the same folder are not seen: one artifacts folder is written from one host (the
+    kit's DDP runs on one).
+
+    Args:
+        folder: an artifact folder (a stage's); absent: nothing to do.
+        depth: subfolder levels searched below ``folder`` (1: ``fold<k>/`` of an experiment, ``topk/`` of a fold).
+    Returns:
+        The paths removed.
+    """
+    folder, removed, size = Path(folder), [], 0
+    level, todo = 0, [folder] if folder.is_dir() else []
+    while todo and level <= depth:
+        below = []
+        for current in todo:
+            try:
+                entries = list(os.scandir(current))
+            except OSError:  # an unreadable folder: not ours to clean (best effort, never a stage's failure)
+                continue
+            for entry in entries:
+                match = _TEMP_NAME.match(entry.name)
+                try:
+                    if match and (int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1)))):
+                        path = Path(entry.path)
+                        if entry.is_dir(follow_symlinks=False):
+                            size += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+                            shutil.rmtree(path)
+                        else:
+                            size += entry.stat(follow_symlinks=False).st_size
+                            path.unlink()
+                        removed.append(path)
+                    elif entry.is_dir(follow_symlinks=False) and not match:
+                        below.append(entry.path)
+                except OSError as e:  # read-only, or gone meanwhile
+                    log.info("could not remove %s: %s", entry.path, e)
+        todo, level = below, level + 1
+    if removed:
+        shown = ", ".join(str(p.relative_to(folder)) for p in removed[:5]) + (" ..." if len(removed) > 5 else "")
+        log.warning("removed %d temporary file(s) of interrupted writes in %s (%.1f MB): %s", len(removed), folder,
+                    size / 1e6, shown)  # fmt: skip
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it onto ``path`` atomically.
 
     Use it for writers that want a file name (``torch.save``, ``np.save``, ``fig.savefig``). On an
-    exception the temporary file is removed and ``path`` is untouched. Parent folders are created.
+    exception the temporary file is removed and ``path`` is untouched; a kill leaves it, named
+    ``.<name>.kit-tmp-<pid>-<random><suffix>`` for ``remove_stale_temp``. Parent folders are created.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts get the usual permissions
@@ -89,7 +181,7 @@ def replace_dir(tmp_dir: str | os.PathLike, dest: str | os.PathLike) -> None:
     os.chmod(tmp_dir, 0o777 & ~_umask())
     old = None
     if dest.exists():
-        old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        old = dest.parent / f"{temp_prefix(dest)}old"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(dest, old)
     os.replace(tmp_dir, dest)
@@ -152,6 +244,28 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_torch(path: str | os.PathLike, what: str = "torch file") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with the file named when it cannot be read.
+
+    A truncated or corrupt file (disk full, an interrupted copy: an atomic write cannot leave one) makes torch raise
+    one of several types without the path ("failed finding central directory", EOFError, OSError, pickle errors).
+
+    Args:
+        path: a ``torch.save`` file; what: how the message calls it ("model checkpoint").
+    Raises:
+        FileNotFoundError: no such file (named). ValueError: the file is not readable (named, with torch's error).
+    """
+    import torch  # here: kitlib.io is imported by modules that never need torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip/pickle/OS errors come in many types
+        raise ValueError(f"{path}: not a readable {what}, truncated or corrupt ({type(e).__name__}: {e})") from e
 
 
 def write_csv(path: str | os.PathLike, df, **to_csv_kwargs) -> Path:
@@ -251,6 +365,30 @@ def run_info() -> dict[str, Any]:
         "versions": versions,
         "git_commit": _git_commit(Path(__file__).resolve().parent),
     }
+
+
+def public_run_info(info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``run_info`` (default: this run's) without the host's details, for what a bundle publishes: ``platform``
+    keeps the system's name only ("Linux"; ``platform.platform()`` holds the kernel release and build)."""
+    info = dict(run_info() if info is None else info)
+    if isinstance(info.get("platform"), str):
+        info["platform"] = info["platform"].split("-")[0]
+    return {k: info[k] for k in ("python", "platform", "versions", "git_commit") if k in info}
+
+
+def root_relative(path: str | os.PathLike, root: str | os.PathLike | None = None) -> str:
+    """``path`` relative to ``root`` (default ``project_root()``) when it is an absolute path under it, else as given:
+    how a saved config records a folder, so that ``project_path`` resolves it in another checkout (a Kaggle kernel,
+    a colleague's clone). "" stays ""."""
+    text = str(path)
+    p = Path(text).expanduser() if text else Path()
+    if not text or not p.is_absolute():
+        return text
+    base = Path(root).expanduser().resolve() if root is not None else project_root()
+    for candidate in (p, p.resolve()):
+        if candidate.is_relative_to(base):
+            return candidate.relative_to(base).as_posix() or "."
+    return text
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:

@@ -28,11 +28,22 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from kitlib._private import listing
-from kitlib.io import project_path, project_root, read_json, replace_dir, run_info, write_json
+from kitlib.io import (
+    project_path,
+    project_root,
+    public_run_info,
+    read_json,
+    remove_stale_temp,
+    replace_dir,
+    root_relative,
+    temp_dir,
+    write_json,
+)
 from kitlib.kaggle import _SLUG_PART, MANIFEST, model_handle
 from kitlib.kaggle_weights import HALF_CHECK_IMAGES, WEIGHTS, _sha256, store_artifacts
 from kitlib.presets import PRESETS, Preset, preset_fields
@@ -412,6 +423,42 @@ def _artifact_sources(
     return sources, preset, gate
 
 
+def _public(value: Any, root: Path) -> Any:
+    """A JSON value as a public dataset may show it: an absolute path under the artifacts ``root`` becomes
+    ``artifacts/...`` (the bundle's layout), one under the project root relative to it, any other its last name
+    only; the artifacts root, project root and home folder inside longer text are replaced alike; ``run`` entries
+    lose the host's details (``public_run_info``)."""
+    if isinstance(value, dict):
+        return {k: public_run_info(v) if k == "run" and isinstance(v, dict) else _public(v, root)
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, list):
+        return [_public(v, root) for v in value]
+    if not isinstance(value, str) or not value:
+        return value
+    if "\n" not in value and Path(value).is_absolute():
+        for base, prefix in ((root, "artifacts/"), (project_root(), "")):
+            rel = root_relative(value, base)
+            if rel != value:
+                return prefix + rel if rel != "." else (prefix.rstrip("/") or ".")
+        return Path(value).name
+    locals_ = {str(root): "artifacts", str(project_root()): ".", str(Path.home()): "~"}
+    for local in sorted(locals_, key=len, reverse=True):
+        value = value.replace(local, locals_[local])
+    return value
+
+
+def _store_public(
+    sources: Sequence[tuple[str, Path]], root: Path, store: Path, files: dict, links: dict, weights: str, images: int
+) -> dict:
+    """``store_artifacts`` of ``sources`` with each ``config.json`` replaced by its public copy (``_public``; the
+    local file is left as it is); returns its sizes and check, their paths made public too."""
+    with tempfile.TemporaryDirectory(prefix="kitlib-public-") as folder:
+        public = [(rel, write_json(Path(folder) / rel, _public(read_json(src), root)) if rel.endswith("/config.json")
+                   else src) for rel, src in sources]  # fmt: skip
+        sizes = store_artifacts(public, store, files, links, weights, check_in=root, check_images=images)
+    return _public(sizes, root)
+
+
 def _listed(files: Mapping[str, tuple[Path, str]]) -> list[dict]:
     """The manifest's ``files`` entries: path, bytes, sha256."""
     return [{"path": rel, "bytes": p.stat().st_size, "sha256": h} for rel, (p, h) in files.items()]
@@ -507,8 +554,9 @@ def bundle(
                               variation or _slugify(name))  # fmt: skip
     model_out = _check_out(out.parent / f"{out.name}-model", MANIFEST) if handle else out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    store = Path(tempfile.mkdtemp(prefix=f".{model_out.name}.", dir=out.parent)) if handle else tmp
+    remove_stale_temp(out.parent, depth=0)  # a killed bundle's half-written folders
+    tmp = temp_dir(out)
+    store = temp_dir(model_out) if handle else tmp
     try:
         wheels = [_build_kitlib_wheel(_checkout(repo), tmp / "wheels")]
         for wheel in _fetch_wheels(pins, Path(wheel_cache) if wheel_cache else _default_cache()):
@@ -516,7 +564,7 @@ def bundle(
         files = {f"wheels/{w.name}": (w, _sha256(w)) for w in wheels}
         links: dict[str, str] = {}
         art, art_links = (files, links) if not handle else ({}, {})  # the artifacts' files: the dataset's or model's
-        sizes = store_artifacts(sources, store, art, art_links, weights, check_in=root, check_images=check_images)
+        sizes = _store_public(sources, root, store, art, art_links, weights, check_images)
         preset_param = preset.name
         if preset.name not in PRESETS:  # a user's preset file: the resolved fields travel as artifacts/preset.yaml
             preset_param = PRESET_FILE
@@ -531,12 +579,12 @@ def bundle(
                      "links": art_links}  # fmt: skip
             write_json(store / MANIFEST, {"kind": "kitlib-model", "model": handle, "dataset_id": meta["id"],
                                           "files": model["files"], "links": art_links, "weights": sizes,
-                                          "run": run_info()})  # fmt: skip
+                                          "run": public_run_info()})  # fmt: skip
         write_json(tmp / DATASET_METADATA, meta)
         write_json(tmp / MANIFEST, {
             "kind": "kitlib-bundle", "dataset_id": meta["id"], "preset": preset_param, "exp": exp, "ensemble": ensemble,
             "gate_exp": gate, "wheels": [w.name for w in wheels], "packages": pins, "files": _listed(files),
-            "links": links, "channel": channel, "model": model, "weights": sizes, "run": run_info(),
+            "links": links, "channel": channel, "model": model, "weights": sizes, "run": public_run_info(),
         })  # fmt: skip
         if handle:
             _replace_dir(store, model_out, MANIFEST)

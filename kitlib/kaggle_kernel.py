@@ -17,14 +17,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kitlib import kaggle_install_cell
-from kitlib.io import project_path, read_json, write_json
+from kitlib.io import project_path, read_json, temp_dir, write_json
 from kitlib.kaggle import input_patterns
 from kitlib.kaggle_bundle import (
     Bundle,
@@ -320,7 +319,7 @@ def kernel(
                                                "exp": info.exp, "ensemble": info.ensemble, "preset": info.preset,
                                                "parameters": values}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir(out)
     try:
         write_json(tmp / code_file, nb)
         write_json(tmp / KERNEL_METADATA, meta)

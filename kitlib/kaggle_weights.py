@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from kitlib.io import atomic_write_bytes
+from kitlib.io import atomic_write_bytes, read_torch
 from kitlib.models import _build_from_config, load_model
 
 __all__ = [
@@ -80,10 +80,7 @@ def half_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
         ValueError: ``src`` is not a readable kitlib model checkpoint (the message names it).
     """
     src = Path(src)
-    try:
-        checkpoint = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip/pickle errors come in many types
-        raise ValueError(f"{src}: not a readable model checkpoint ({type(e).__name__}: {e})") from e
+    checkpoint = read_torch(src, "model checkpoint")
     if not isinstance(checkpoint, dict) or not {"model_config", "state_dict"} <= set(checkpoint):
         raise ValueError(f"{src}: not a kitlib model checkpoint (needs 'model_config' and 'state_dict')")
     params = _parameter_names(checkpoint["model_config"])

@@ -35,7 +35,7 @@ from torch import nn
 from kitlib._private import listing
 from kitlib.coteach import CoTeachingModel, merge_param_groups
 from kitlib.hrnet_ocr import HRNetOCR
-from kitlib.io import atomic_path
+from kitlib.io import atomic_path, read_torch
 from kitlib.pretrained import (
     _as_weights_path,
     _library_classifier_weights,
@@ -476,10 +476,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     elif not path.is_file():
         raise FileNotFoundError(f"{path}: no such model checkpoint")
     else:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # zip/pickle errors come in many types
-            raise ValueError(f"{path}: not a readable model checkpoint ({type(e).__name__}: {e})") from e
+        checkpoint = read_torch(path, "model checkpoint")  # a truncated file: ValueError naming it
         if not isinstance(checkpoint, dict) or not {"model_config", "state_dict"} <= set(checkpoint):
             found = sorted(map(str, checkpoint))[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
             raise ValueError(

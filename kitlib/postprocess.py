@@ -564,7 +564,8 @@ def default_postprocess(preset: Preset) -> PostProcess | None:
 
 
 def load_postprocess(folder: str | os.PathLike, preset: Preset) -> PostProcess | None:
-    """``folder/postprocess.json`` (from ``20_oof`` or ``30_ensemble``) when it exists, else ``default_postprocess``.
+    """``folder/postprocess.json`` (from ``20_oof`` or ``30_ensemble``) when it exists, else ``default_postprocess``
+    with a warning naming the missing file (one per call).
     Classification presets are decoded by argmax (None), whatever the file says; multiclass too, unless the file holds
     argmax settings with a ``crf`` (``kitlib.search.search_crf``).
 
@@ -579,7 +580,11 @@ def load_postprocess(folder: str | os.PathLike, preset: Preset) -> PostProcess |
         if not params.argmax:
             raise ValueError(f"{path}: per-class thresholds for the multiclass preset {preset.name!r} (argmax + crf)")
         return params
-    if default is None or not path.is_file():
+    if default is None:
+        return default
+    if not path.is_file():
+        log.warning("%s not found (20_oof / 30_ensemble write it): using the defaults, threshold 0.5 and min_area 0 "
+                    "for every class", path)  # fmt: skip
         return default
     params = PostProcess.from_json(path)
     if params.num_classes != default.num_classes:

@@ -32,7 +32,7 @@ import torch
 from kitlib._private import chunk_rows, listing, row_slices
 from kitlib.ensemble import blend
 from kitlib.folds import load_folds
-from kitlib.io import atomic_path, project_path, write_csv
+from kitlib.io import atomic_path, project_path, temp_prefix, write_csv
 from kitlib.runtime import all_reduce, barrier, dist_info
 
 __all__ = [
@@ -82,8 +82,10 @@ def write_predictions(
     path = Path(path)
     position = {image_id: i for i, image_id in enumerate(image_ids)}
     info = dist_info()
-    tmp = path.with_name(f".{path.name}.partial.npy")
-    cls_tmp = None if cls_path is None else Path(cls_path).with_name(f".{Path(cls_path).name}.partial.npy")
+    # one temporary name for every rank, with rank 0's pid: a kill leaves it to kitlib.io.remove_stale_temp
+    owner = int(all_reduce(torch.tensor([os.getpid() if info.is_main else 0], dtype=torch.int64))[0])
+    tmp = path.with_name(f"{temp_prefix(path, owner)}partial.npy")
+    cls_tmp = None if cls_path is None else Path(cls_path).with_name(f"{temp_prefix(cls_path, owner)}partial.npy")
     first = next(batches, None)
     if first is None:
         raise ValueError(f"{path}: no batches to write")
@@ -95,6 +97,21 @@ def write_predictions(
         if has_cls:
             np.lib.format.open_memmap(cls_tmp, mode="w+", dtype=np.float32, shape=(len(image_ids), first[2].shape[1]))
     barrier()
+    try:
+        _fill_predictions(path, tmp, cls_tmp, cls_path, has_cls, first, batches, image_ids, position, np_dtype)
+    except BaseException:
+        if info.is_main:
+            for leftover in (tmp, cls_tmp):
+                if leftover is not None:
+                    leftover.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fill_predictions(path, tmp, cls_tmp, cls_path, has_cls, first, batches, image_ids, position, np_dtype) -> None:
+    """``write_predictions``' rows into the memory-mapped ``tmp`` (and ``cls_tmp``), renamed onto the paths at the
+    end by rank 0 once every rank has written its rows."""
+    info = dist_info()
     out = np.load(tmp, mmap_mode="r+")
     cls_out = np.load(cls_tmp, mmap_mode="r+") if has_cls else None
     filled = np.zeros(len(image_ids), dtype=np.int64)
@@ -120,7 +137,6 @@ def write_predictions(
         if has_cls:
             os.replace(cls_tmp, cls_path)
     barrier()
-    return path
 
 
 def record_predictions(

@@ -34,7 +34,7 @@ from typing import Any
 
 from kitlib.coco import with_label_classes
 from kitlib.config import StageConfig
-from kitlib.io import project_path
+from kitlib.io import project_path, root_relative
 from kitlib.params import ParameterError
 from kitlib.presets import (
     Preset,
@@ -67,6 +67,8 @@ PRESET_FILE_KEY = "preset_file"
 class _ExperimentStage(StageConfig):
     """A stage that reads or writes ``<artifacts_root>/<exp>/`` of a competition (``preset``)."""
 
+    RELATIVE_PATHS = ("data_dir", "artifacts_root")
+
     def _resolve(self) -> None:
         self._set_resolved(preset=self._resolve_preset())
 
@@ -82,7 +84,7 @@ class _ExperimentStage(StageConfig):
             return get_preset(name)
         saved = self._extra.get(PRESET_FILE_KEY)
         if isinstance(saved, dict) and saved.get("param") == name:
-            path = Path(str(saved.get("path", name)))
+            path = project_path(str(saved.get("path", name)))  # saved relative to the project root when under it
             if path.is_file() and preset_file_digest(path) != saved.get("sha256"):
                 log.warning("%s changed since this config was saved; the preset saved with the config is used", path)
             return preset_from_fields(saved.get("fields"), f"{path} (as saved in the {self.stage} config)")
@@ -90,12 +92,14 @@ class _ExperimentStage(StageConfig):
 
     def save(self, path: str | os.PathLike | None = None, **extra: Any) -> Path:
         """``StageConfig.save``, with the resolved preset of a preset file (``preset_file``: the parameter, the file's
-        absolute path and SHA-256, and the ``Preset`` fields) so that ``load`` needs no YAML file."""
+        path (relative to the project root when under it), its SHA-256 and the ``Preset`` fields) so that ``load``
+        needs no YAML file."""
         name = self._values["preset"]
         if is_preset_file(name):
             file = project_path(name)
             digest = preset_file_digest(file) if file.is_file() else None
-            record = {"param": name, "path": str(file), "sha256": digest, "fields": preset_fields(self.preset)}
+            record = {"param": name, "path": root_relative(file), "sha256": digest,
+                      "fields": preset_fields(self.preset)}  # fmt: skip
             extra.setdefault(PRESET_FILE_KEY, record)
         return super().save(path, **extra)
 

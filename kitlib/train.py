@@ -43,7 +43,7 @@ from kitlib.distill import attach_teacher, distill_loss, load_teacher
 from kitlib.experiment import fold_split, load_table
 from kitlib.formats import class_presence
 from kitlib.hrnet_ocr import AuxSegLoss, HRNetOCR
-from kitlib.io import read_json, write_csv, write_json
+from kitlib.io import read_json, read_torch, write_csv, write_json
 from kitlib.label_noise import review_digest, review_training_rows
 from kitlib.losses import RECIPES, SEGMENTATION_LOSSES, create_loss, create_recipe
 from kitlib.models import create_classifier, create_model
@@ -160,7 +160,7 @@ def init_model(cfg: TrainConfig, model: torch.nn.Module, valid_df: pd.DataFrame)
             f"init_from {cfg.init_from!r}: its fold {cfg.fold} trained on {len(leaked)} of this fold's "
             f"held-out images ({leaked[:5]}): the OOF would leak; use experiments with the same folds.csv"
         )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_torch(path, "model checkpoint")
     state, own = checkpoint["state_dict"], model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
@@ -380,7 +380,7 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
 def _write_oof(cfg: TrainConfig, model, valid_loader, valid_df: pd.DataFrame, device, info) -> dict | None:
     """Predict the held-out rows with ``best.pt`` at the scoring resolution, write the OOF files and score them
     (rank 0 returns the scores, the other ranks None)."""
-    best = torch.load(cfg.fold_dir / "best.pt", map_location="cpu", weights_only=True)
+    best = read_torch(cfg.fold_dir / "best.pt", "model checkpoint")
     unwrap(model).load_state_dict(best["state_dict"])
     task = cfg.model_preset
     out_size = scoring_size(task, valid_df) if task.is_segmentation else None

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from kitlib.formats import (
     load_masks,
     target_columns,
 )
-from kitlib.io import project_path, read_json, replace_dir, write_json
+from kitlib.io import project_path, read_json, replace_dir, temp_dir, write_json
 from kitlib.presets import IGNORE_INDEX, Preset
 from kitlib.pseudo import pseudo_labels, pseudo_masks
 from kitlib.runtime import barrier, dist_info
@@ -327,8 +326,7 @@ def _written(folder: Path, ids: list[str], make, desc: str) -> Path:
     done = folder / _DONE
     if done.is_file() and read_json(done).get("ids") == ids:
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = temp_dir(folder)
     ignored = total = 0
     try:
         for i in progress(range(len(ids)), desc=desc, unit="img"):

@@ -18,10 +18,11 @@
 # from `30_ensemble`), predicts the test images batch by batch (each model at its own input size, averaged at the
 # competition's scoring resolution, with optional TTA; a classification ensemble whose stacker `30_ensemble` chose
 # applies its meta-model, `stacking.json`, to the experiments' fold means instead), applies the post-processing of
-# `postprocess.json` (from `20_oof` / `30_ensemble`; threshold 0.5 when there is none; its `gate_exp` classifier's
-# folds run beside the models when the search chose one; a DenseCRF chosen by `20_oof -p crf true` refines each test
-# image's probabilities with the image first), and writes `runs/<exp>/submission.csv`, validated against
-# the competition's sample submission (ids, order, RLE ends) before it is written.
+# `postprocess.json` (from `20_oof` / `30_ensemble`; threshold 0.5, with a warning, when there is none; its
+# `gate_exp` classifier's folds run beside the models when the search chose one; a DenseCRF chosen by
+# `20_oof -p crf true` refines each test image's probabilities with the image first), and writes
+# `runs/<exp>/submission.csv`, validated against the competition's sample submission (ids, order, RLE ends) before it
+# is written.
 #
 # Headless: `jupytext --to ipynb --output - notebooks/40_submit.py | papermill - out.ipynb -p exp demo`
 # (`./run_all.sh` runs it last).

@@ -117,3 +117,28 @@ def test_a_config_of_an_older_kit_loads_with_the_new_parameters_defaults(tmp_pat
     old = TrainConfig.load(tmp_path / "old.json")
     assert (old.optimizer, old.swa_epochs, old.tta_weight, old.recipe) == ("adamw", 0, None, "")
     assert old.run_id() == cfg.run_id()
+
+
+def test_saved_paths_are_relative_to_the_project_root_and_old_absolute_ones_still_load(tmp_path, monkeypatch):
+    """Issue 15 item 10: data_dir and artifacts_root were saved as absolute paths (a home folder in every config).
+    Under the project root they are saved relative to it and resolve in another checkout; older configs with
+    absolute paths, and paths outside the root, load as they are; a training run keeps its run id."""
+    from kitlib.stages import OofConfig, TrainConfig
+
+    data, root = tmp_path / "data" / "demo", tmp_path / "artifacts"
+    oof = OofConfig.from_notebook(preset="demo", exp="e", data_dir=str(data), artifacts_root=str(root))
+    train = TrainConfig.from_notebook(preset="demo", exp="e", data_dir=str(data), artifacts_root=str(root))
+    monkeypatch.setenv("KIT_ROOT", str(tmp_path))
+    saved = read_json(oof.save())
+    assert saved["params"]["data_dir"] == "data/demo" and saved["params"]["artifacts_root"] == "artifacts"
+    loaded = OofConfig.load(root / "e" / "oof_config.json")
+    assert loaded.data_path == data and loaded.exp_dir == root / "e"
+    path = train.save(tmp_path / "config.json", run_id=train.run_id())
+    assert read_json(path)["params"]["data_dir"] == "data/demo"
+    assert TrainConfig.load(path).run_id() == train.run_id() == read_json(path)["run_id"]
+    monkeypatch.setenv("KIT_ROOT", str(tmp_path / "clone"))  # the same files in another checkout
+    assert OofConfig.load(root / "e" / "oof_config.json").data_path == tmp_path / "clone" / "data" / "demo"
+    old = {**saved, "params": {**saved["params"], "data_dir": str(data), "artifacts_root": str(root)}}
+    write_json(tmp_path / "old.json", old)  # as the kit wrote it before
+    assert OofConfig.load(tmp_path / "old.json").data_path == data
+    assert read_json(oof.save(tmp_path / "o.json"))["params"]["data_dir"] == str(data)  # not under this root

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -266,6 +267,43 @@ def test_fit_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(a, b), name
     again_model, again = _fit(tmp_path / "resumed", epochs=4)  # finished: nothing to do
     assert len(again.history) == 4 and again.resumed_from == 4
+
+
+def _truncate(path, share=1 / 3):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * share)])
+
+
+def test_a_truncated_last_pt_resumes_from_the_previous_epoch(tmp_path, caplog):
+    """Issue 15 item 9: a truncated last.pt (disk full, an interrupted copy) raised torch's "failed finding central
+    directory" without the file's name. The previous epoch's state is kept beside it and the run resumes from there
+    to the same weights."""
+    full_model, full = _fit(tmp_path / "full", epochs=4)
+    _fit(tmp_path / "cut", epochs=4, stop_after_epoch=1)
+    _truncate(tmp_path / "cut" / "last.pt")
+    with caplog.at_level("WARNING", logger="kitlib.checkpoint"):
+        model, resumed = _fit(tmp_path / "cut", epochs=4)
+    assert resumed.resumed_from == 1  # epoch 1's state was lost: epoch 0's resumed, epoch 1 trained again
+    assert str(tmp_path / "cut" / "last.pt") in caplog.text and "last.prev.pt" in caplog.text
+    pd.testing.assert_frame_equal(
+        resumed.history.drop(columns="time_s"), full.history.drop(columns="time_s"), check_exact=True
+    )
+    for (name, a), b in zip(full_model.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_truncated_last_pt_without_a_previous_state_names_the_file(tmp_path):
+    _fit(tmp_path, epochs=2, stop_after_epoch=0)
+    _truncate(tmp_path / "last.pt")
+    (tmp_path / "last.prev.pt").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "last.pt")) + ".*delete it to start the fold"):
+        _fit(tmp_path, epochs=2)
+    (tmp_path / "last.pt").unlink()  # as the message says; then a previous state that is truncated as well
+    _fit(tmp_path, epochs=3, stop_after_epoch=1)
+    _truncate(tmp_path / "last.pt")
+    _truncate(tmp_path / "last.prev.pt", 0.5)
+    with pytest.raises(ValueError, match=r"last.pt.*last.prev.pt is unreadable too.*delete"):
+        _fit(tmp_path, epochs=3)
 
 
 def test_fit_refuses_a_checkpoint_of_another_run(tmp_path):

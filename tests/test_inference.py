@@ -158,3 +158,12 @@ def test_masks_preset_is_scored_at_each_images_own_size(tmp_path):
 def test_decode_one_image(preset, probs, expected):
     out = decode(probs.astype(np.float32)[None], PRESETS[preset])[0]
     np.testing.assert_array_equal(out, np.array(expected))
+
+
+def test_a_truncated_best_pt_is_named(tmp_path):
+    """Issue 15 item 9: a damaged best.pt fails naming the file (inference, and 10_train's OOF through read_torch)."""
+    fold_dir = fake_fold(tmp_path / "a", 0, "demo")
+    data = (fold_dir / "best.pt").read_bytes()
+    (fold_dir / "best.pt").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match=rf"{fold_dir / 'best.pt'}: not a readable model checkpoint, truncated"):
+        inference.load_members(tmp_path, "a")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -367,6 +368,59 @@ def test_bundle_failures_leave_nothing_behind(tmp_path, demo_run, monkeypatch):
         kaggle_bundle.bundle("e", **{**common, "out_dir": tmp_path / "mine"})
 
 
+def _local_details(run_dir: Path) -> dict[str, re.Pattern]:
+    """What a public bundle must not show: the home folder, the run's folder, the user and the host (whole words:
+    a user "root" is not "artifacts_root"), the kernel's release string."""
+    import getpass
+    import platform
+    import socket
+
+    words = {"user": getpass.getuser(), "hostname": socket.gethostname(), "node": platform.node()}
+    found = {name: re.compile(rf"(?<![\w-]){re.escape(word)}(?![\w-])") for name, word in words.items() if word}
+    for name, path in (("home", HOME), ("run folder", str(run_dir)), ("kernel", platform.release())):
+        found[name] = re.compile(re.escape(path))
+    return found
+
+
+def assert_no_local_details(bundle_dir: Path, run_dir: Path) -> int:
+    """Every text file of the bundle (JSON, YAML, notebooks, CSV) and the pickled strings of each checkpoint scanned
+    for ``_local_details``; returns the number of files scanned."""
+    patterns, scanned = _local_details(run_dir), 0
+    for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
+        if path.suffix == ".whl":
+            continue  # kitlib's own source and the packages' wheels, as published on PyPI
+        if path.suffix == ".pt":
+            text = path.read_bytes().decode("latin-1")
+            shown = {k: v for k, v in patterns.items() if k in ("home", "run folder")}  # short words match bytes
+        else:
+            text, shown = path.read_text(encoding="utf-8"), patterns
+        for name, pattern in shown.items():
+            m = pattern.search(text)
+            seen = "" if m is None else text[max(m.start() - 60, 0) : m.end() + 20]
+            assert m is None, f"{path.relative_to(bundle_dir)} shows the {name}: ...{seen!r}"
+        scanned += 1
+    return scanned
+
+
+def test_a_bundle_shows_no_local_paths_user_or_host(tmp_path, demo_run, monkeypatch):
+    """Issue 15 item 10: every fold's config.json carried data_dir, artifacts_root and the host's platform string
+    into the public dataset. The bundle's copies are rewritten (the local configs keep theirs) and still load."""
+    from kitlib.stages import TrainConfig
+
+    monkeypatch.setattr(kaggle_bundle, "_build_kitlib_wheel", _fake_kitlib_wheel)
+    local = read_json(demo_run.root / "e" / "fold0" / "config.json")
+    assert local["params"]["data_dir"] == str(demo_run.data)  # outside the project: absolute here
+    b = kaggle_bundle.bundle("e", artifacts_root=demo_run.root, out_dir=tmp_path / "out", user="tester", packages=())
+    assert assert_no_local_details(b.path, demo_run.root.parent) >= 7
+    public = read_json(b.path / "artifacts" / "e" / "fold0" / "config.json")
+    assert public["params"]["artifacts_root"] == "artifacts" and public["params"]["data_dir"] == demo_run.data.name
+    assert public["run"]["versions"] == local["run"]["versions"] and public["params"]["epochs"] == 1
+    assert set(public) == set(local)
+    loaded = TrainConfig.load(b.path / "artifacts" / "e" / "fold0" / "config.json")  # as the kernel reads it
+    assert loaded.fold == 0 and loaded.preset.name == "demo"
+    assert read_json(demo_run.root / "e" / "fold0" / "config.json") == local  # the local one is untouched
+
+
 # ------------------------------------------------------------------------------------------------ kernel
 
 
@@ -704,3 +758,4 @@ def test_a_users_preset_file_travels_in_the_bundle(tmp_path, demo_run, monkeypat
     cell = kaggle_kernel._paths_cell(b.dataset_id, "some-competition", b.preset)
     assert "preset = str(Path(artifacts_root) / 'preset.yaml')" in cell
     assert "preset =" not in kaggle_kernel._paths_cell(b.dataset_id, "c", "demo")
+    assert_no_local_details(b.path, tmp_path)  # the preset file's path is not shown either

@@ -490,3 +490,25 @@ def test_bad_input_is_named():
         search_triplet(probs, masks, [np.nan], [0], [0.5])
     with pytest.raises(ValueError, match="one value per class"):
         apply_threshold_min_area(probs[0], [0.5, 0.5, 0.5])
+
+
+def test_missing_postprocess_json_warns_naming_the_path_and_the_defaults(tmp_path, caplog):
+    """Issue 15 item 11: 40_submit fell back to threshold 0.5 silently when postprocess.json was missing."""
+    from kitlib.postprocess import load_postprocess
+    from kitlib.presets import PRESETS
+
+    with caplog.at_level(logging.WARNING, logger="kitlib.postprocess"):
+        params = load_postprocess(tmp_path / "e", PRESETS["demo"])
+    assert params.threshold == [0.5] * 4 and params.min_area == [0] * 4
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert str(tmp_path / "e" / "postprocess.json") in warnings[0].getMessage()
+    assert "threshold 0.5" in warnings[0].getMessage() and "min_area 0" in warnings[0].getMessage()
+    caplog.clear()
+    PostProcess(threshold=[0.4] * 4, min_area=[0] * 4).to_json(tmp_path / "e" / "postprocess.json")
+    with caplog.at_level(logging.WARNING, logger="kitlib.postprocess"):
+        assert load_postprocess(tmp_path / "e", PRESETS["demo"]).threshold == [0.4] * 4
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="kitlib.postprocess"):  # argmax presets need no file: no warning
+        assert load_postprocess(tmp_path / "none", PRESETS["cassava"]) is None
+    assert not caplog.records
