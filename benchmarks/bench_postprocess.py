@@ -103,10 +103,9 @@ def compare(args: argparse.Namespace) -> None:
           f"{t_fast:.3f} s (ratio {t_ref / t_fast:.0f}x); identical tables ({len(ref)} rows)")  # fmt: skip
 
 
-def _write_clouds_size(folder: str, seed: int) -> None:
-    """Child process: write probs.u8 and masks.u8 (CLOUDS_SHAPE) with plain file writes, 64 images at a time."""
+def _write_clouds_size(folder: str, seed: int, n: int) -> None:
+    """Child process: write probs.u8 and masks.u8 (n images of CLOUDS_SHAPE[1:]) with file writes, 64 at a time."""
     rng = np.random.default_rng(seed)
-    n = CLOUDS_SHAPE[0]
     with open(Path(folder) / "probs.u8", "wb") as fp, open(Path(folder) / "masks.u8", "wb") as fm:
         for start in range(0, n, 64):
             probs, masks = fragmented_oof(rng, min(64, n - start))
@@ -119,18 +118,19 @@ def peak_rss_mb() -> float:
 
 
 def clouds_size(args: argparse.Namespace) -> None:
+    shape = (args.clouds_images or CLOUDS_SHAPE[0],) + CLOUDS_SHAPE[1:]
     folder = tempfile.mkdtemp(prefix="bench_postprocess_", dir=args.tmp)
     try:
-        print(f"writing a {CLOUDS_SHAPE} uint8 probs memmap and masks memmap under {folder} ...", flush=True)
+        print(f"writing a {shape} uint8 probs memmap and masks memmap under {folder} ...", flush=True)
         t0 = time.perf_counter()
-        child = multiprocessing.get_context("spawn").Process(target=_write_clouds_size, args=(folder, 1))
+        child = multiprocessing.get_context("spawn").Process(target=_write_clouds_size, args=(folder, 1, shape[0]))
         child.start()
         child.join()
         if child.exitcode != 0:
             raise RuntimeError(f"generation failed (exit code {child.exitcode})")
         print(f"  written in {time.perf_counter() - t0:.0f} s; peak RSS of this process so far {peak_rss_mb():.0f} MB")
-        probs = np.memmap(Path(folder) / "probs.u8", dtype=np.uint8, mode="r", shape=CLOUDS_SHAPE)
-        masks = np.memmap(Path(folder) / "masks.u8", dtype=np.uint8, mode="r", shape=CLOUDS_SHAPE)
+        probs = np.memmap(Path(folder) / "probs.u8", dtype=np.uint8, mode="r", shape=shape)
+        masks = np.memmap(Path(folder) / "masks.u8", dtype=np.uint8, mode="r", shape=shape)
         df, t = timed(lambda: search_thresholds(probs, masks, THRESHOLDS, MIN_AREAS, num_workers=args.workers))
         best = df.loc[df.groupby("class_index")["dice"].idxmax()]
         print(f"search_thresholds on the memmaps ({probs.nbytes / 2**30:.1f} GiB each), {len(THRESHOLDS)} x "
@@ -140,7 +140,7 @@ def clouds_size(args: argparse.Namespace) -> None:
         df, t = timed(lambda: search_triplet(probs, masks, *grid, num_workers=args.workers))
         print(f"search_triplet on the memmaps, {' x '.join(str(len(g)) for g in grid)}: {t:.0f} s, "
               f"peak RSS {peak_rss_mb():.0f} MB")  # fmt: skip
-        _, t = timed(lambda: top_k_class_probs(probs, scale_top_k(CLOUDS_SHAPE[2:])))
+        _, t = timed(lambda: top_k_class_probs(probs, scale_top_k(shape[2:])))
         print(f"top_k_class_probs on the memmap, k = 17500: {t:.0f} s, peak RSS {peak_rss_mb():.0f} MB")
     finally:
         if args.keep:
@@ -155,6 +155,9 @@ def main() -> int:
     parser.add_argument("--dtype", choices=["uint8", "float32"], default="uint8")
     parser.add_argument("--workers", type=int, default=None, help="threads for kitlib (default: usable CPUs)")
     parser.add_argument("--clouds-size", action="store_true", help="time a 5546 x 4 x 350 x 525 memmap search")
+    parser.add_argument(
+        "--clouds-images", type=int, default=None, help="with --clouds-size: the first N images only (iteration)"
+    )
     parser.add_argument("--tmp", default=None, help="folder for the Clouds-size memmaps (default: the system's)")
     parser.add_argument("--keep", action="store_true", help="keep the Clouds-size memmaps")
     args = parser.parse_args()
