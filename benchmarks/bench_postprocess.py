@@ -102,7 +102,9 @@ def compare(args: argparse.Namespace) -> None:
     ref, t_ref = timed(lambda: search_thresholds_reference(probs, masks, THRESHOLDS, MIN_AREAS))
     fast, t_fast = timed(lambda: search_thresholds(probs, masks, THRESHOLDS, MIN_AREAS, num_workers=args.workers))
     one, t_one = timed(lambda: search_thresholds(probs, masks, THRESHOLDS, MIN_AREAS, num_workers=1))
-    old, t_old = timed(lambda: search_thresholds_per_threshold(probs, masks, THRESHOLDS, MIN_AREAS, num_workers=args.workers))
+    old, t_old = timed(
+        lambda: search_thresholds_per_threshold(probs, masks, THRESHOLDS, MIN_AREAS, num_workers=args.workers)
+    )
     assert fast.equals(ref) and one.equals(ref) and old.equals(ref), "search_thresholds differs from the reference"
     print(f"search_thresholds, {grid}: reference {t_ref:.2f} s, kitlib {t_fast:.2f} s "
           f"(ratio {t_ref / t_fast:.1f}x, target >= 20x), one thread {t_one:.2f} s ({t_ref / t_one:.1f}x); "
