@@ -286,7 +286,7 @@ def _sweep_one(q: np.ndarray, truth: np.ndarray, n_levels: int, min_areas: np.nd
         return kept_area, kept_inter
     q = np.ascontiguousarray(q[y : y + h, x : x + w])
     qf = q.reshape(-1)
-    tf = np.ascontiguousarray(truth[y : y + h, x : x + w]).reshape(-1)
+    tf = np.ascontiguousarray(truth[y : y + h, x : x + w]).reshape(-1) if cv2.countNonZero(truth) else None
     above = np.flatnonzero(qf)
     q_above = qf.take(above)
     order = above.take(np.argsort(q_above, kind="stable"))  # pixels above the lowest cut by level, ascending
@@ -301,8 +301,11 @@ def _sweep_one(q: np.ndarray, truth: np.ndarray, n_levels: int, min_areas: np.nd
             at_new, parent = lf.take(new), lf.take(rep)
             # sums of integer-valued float64 weights: exact below 2**53 pixels
             area = np.bincount(at_new, minlength=n)[1:] + np.bincount(parent, area, n)[1:].astype(np.int64)
-            on_truth = np.bincount(at_new[tf.take(new) != 0], minlength=n)[1:]
-            inter = on_truth + np.bincount(parent, inter, n)[1:].astype(np.int64)
+            if tf is None:  # an empty truth: no intersection
+                inter = np.zeros(n - 1, dtype=np.int64)
+            else:
+                on_truth = np.bincount(at_new[tf.take(new) != 0], minlength=n)[1:]
+                inter = on_truth + np.bincount(parent, inter, n)[1:].astype(np.int64)
             next_rep = np.empty(n, dtype=np.intp)
             next_rep[at_new] = new
             next_rep[parent] = rep
