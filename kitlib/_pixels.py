@@ -1,6 +1,7 @@
 """Pixel-level helpers shared by post-processing (``kitlib.postprocess``) and its searches (``kitlib.search``,
-``kitlib.gate``): the exact threshold comparison, input checks, connected components and histograms, and reading large
-arrays a chunk of rows at a time with their memmap pages released. Internal: not part of the public API.
+``kitlib.gate``): the exact threshold comparison, input checks, connected components and histograms, the one-sweep
+component tree of the threshold x min_area search (``component_sweep``), and reading large arrays a chunk of rows at a
+time with their memmap pages released. Internal: not part of the public API.
 
 Threshold semantics: see ``kitlib.postprocess``'s module docstring (``cutoff``).
 """
