@@ -288,7 +288,7 @@ def _sweep_one(q: np.ndarray, truth: np.ndarray, n_levels: int, min_areas: np.nd
     q = np.ascontiguousarray(q[y : y + h, x : x + w])
     qf = q.reshape(-1)
     tf = np.ascontiguousarray(truth[y : y + h, x : x + w]).reshape(-1) if cv2.countNonZero(truth) else None
-    above = np.flatnonzero(qf)
+    above = np.flatnonzero(qf > 0)  # on a bool array: ~5x faster than on the uint8 levels
     q_above = qf.take(above)
     order = above.take(np.argsort(q_above, kind="stable"))  # pixels above the lowest cut by level, ascending
     starts = np.concatenate(([0], np.cumsum(np.bincount(q_above, minlength=n_levels + 1))))
