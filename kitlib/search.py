@@ -3,11 +3,13 @@
 - ``search_thresholds``: mean Dice per class for every (threshold, min_area), as the Kaggle-kernel grid search over
   ``post_process(probability, threshold, min_size)`` (Severstal UNet starter kernel, reused in the Understanding Clouds
   kernels: ``cv2.threshold``, ``cv2.connectedComponents`` (8-connectivity), keep components with more than ``min_size``
-  pixels). Same numbers as that naive loop (``tests/postprocess_reference.py``), much faster: per image, class and
-  threshold one ``cv2.connectedComponents`` and two label histograms (component areas, truth pixels per component)
-  give the kept area and intersection for every min_area at once; thresholds above an image's maximum prob cost
-  nothing; images are processed by a thread pool (OpenCV releases the GIL) a chunk at a time, so a 4 GB memmap is
-  streamed, not loaded (``benchmarks/bench_postprocess.py``).
+  pixels). Same numbers as that naive loop (``tests/postprocess_reference.py``), much faster: per image and class one
+  sweep over the thresholds from the highest down (``kitlib._pixels.component_sweep``: a threshold's components are
+  unions of the next higher one's, so each level is labelled once and its component areas and truth pixels are
+  summed from the level above plus the pixels between the two cuts) gives the kept area and intersection for every
+  (threshold, min_area) at once; thresholds above an image's maximum prob cost nothing; images are processed by a
+  thread pool (OpenCV releases the GIL) a chunk at a time, so a 4 GB memmap is streamed, not loaded
+  (``benchmarks/bench_postprocess.py``).
 - ``search_triplet``: the triplet scheme of the SIIM-ACR Pneumothorax 1st place (``kitlib.postprocess.triplet_masks``).
   The search needs no components: per image and class, counts of pixels (all, and on the truth) above each threshold
   give every triplet's Dice.
@@ -34,21 +36,21 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 
 from kitlib._pixels import (
-    binarize_2d,
     binary_masks,
     check_areas,
     check_float_range,
     check_pair,
     check_thresholds,
     chunk_iter,
-    components,
+    component_sweep,
     cutoff,
     hist256,
-    label_counts,
+    level_map,
     map_pool,
     mean_over_images,
     n_workers,
@@ -89,10 +91,14 @@ def _per_image(
     p: np.ndarray, m: np.ndarray, fn, num_workers: int | None, chunk_size: int | None, desc: str
 ) -> Iterator[tuple[slice, list, np.ndarray]]:
     """Stream probs and masks a chunk of images at a time (memmap pages released), check them, and map ``fn(probs,
-    masks)`` of one image over the chunk on a thread pool (OpenCV releases the GIL): yields ``(rows, results, the
-    chunk's masks as uint8 {0, 1})``, with a progress bar over the images."""
+    masks)`` of one image over the chunk on a thread pool (OpenCV releases the GIL; its own threads are set to 1 while
+    the pool runs, then restored): yields ``(rows, results, the chunk's masks as uint8 {0, 1})``, with a progress bar
+    over the images."""
     workers = n_workers(num_workers)
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    cv_threads = cv2.getNumThreads()
+    if pool is not None:  # the pool uses the cores: OpenCV's own threads on top oversubscribe them (~15% slower)
+        cv2.setNumThreads(1)
     try:
         with progress(total=len(p), desc=desc, unit="img", disable=len(p) < 200) as bar:
             for sl, (pc, mc) in chunk_iter([p, m], chunk_rows(p.shape, p.dtype.itemsize, chunk_size)):
@@ -103,40 +109,17 @@ def _per_image(
     finally:
         if pool is not None:
             pool.shutdown()
+            cv2.setNumThreads(cv_threads)
 
 
-def _kept_counts(n: int, labels: np.ndarray, truth_at: np.ndarray | None, min_areas: np.ndarray):
-    """Kept predicted area and intersection for every min_area (sorted ascending) from one labelling."""
-    areas = label_counts(labels, n)[1:]
-    order = np.argsort(areas, kind="stable")
-    sorted_areas = areas[order]
-    dropped = np.searchsorted(sorted_areas, min_areas, side="right")  # components with area <= min_area
-    cum_area = np.concatenate(([0], np.cumsum(sorted_areas)))
-    kept_area = cum_area[-1] - cum_area[dropped]
-    if truth_at is None:
-        return kept_area, np.zeros_like(kept_area)
-    inter = label_counts(labels.reshape(-1).take(truth_at), n)[1:]
-    cum_inter = np.concatenate(([0], np.cumsum(inter[order])))
-    return kept_area, cum_inter[-1] - cum_inter[dropped]
+def _threshold_image(p: np.ndarray, t: np.ndarray, levels: np.ndarray, lut, cols: np.ndarray, min_areas: np.ndarray):
+    """One image (C, H, W): kept area and intersection (C, T, A) int64 and the true areas (C,).
 
-
-def _threshold_image(p: np.ndarray, t: np.ndarray, cuts: list, min_areas: np.ndarray):
-    """One image (C, H, W): kept area and intersection (C, T, A) int64 and the true areas (C,)."""
-    c, n_t, n_a = p.shape[0], len(cuts), min_areas.size
-    kept_area = np.zeros((c, n_t, n_a), dtype=np.int64)
-    kept_inter = np.zeros((c, n_t, n_a), dtype=np.int64)
-    true_area = np.zeros(c, dtype=np.int64)
-    for k in range(c):
-        pk, tk = p[k], t[k]
-        truth_at = np.flatnonzero(tk)
-        true_area[k] = truth_at.size
-        top = pk.max()
-        for j, cut in enumerate(cuts):
-            if not top > cut:  # nothing above this threshold: empty prediction for every min_area
-                continue
-            n, labels = components(binarize_2d(pk, cut))
-            kept_area[k, j], kept_inter[k, j] = _kept_counts(n, labels, truth_at if truth_at.size else None, min_areas)
-    return kept_area, kept_inter, true_area
+    ``levels``: the distinct cuts, ascending; ``cols``: the level of each threshold; ``lut``: uint8 probs' level table.
+    """
+    kept_area, kept_inter = component_sweep(level_map(p, levels, lut), t, levels.size, min_areas)
+    true_area = np.count_nonzero(t.reshape(len(t), -1), axis=1).astype(np.int64)
+    return kept_area[:, cols], kept_inter[:, cols], true_area
 
 
 def search_thresholds(
@@ -181,10 +164,15 @@ def search_thresholds(
     ts = check_thresholds(thresholds, "thresholds")
     areas = check_areas(min_areas, "min_areas")
     sorted_areas, where = np.unique(areas, return_inverse=True)
-    cuts = [cutoff(t, p.dtype) for t in ts]
+    cut_type = np.int64 if p.dtype == np.uint8 else p.dtype  # uint8 cuts are ints -1..255
+    levels, cols = np.unique(np.asarray([cutoff(t, p.dtype) for t in ts], dtype=cut_type), return_inverse=True)
+    lut = None
+    if p.dtype == np.uint8:  # level of each value 0..255: the number of cuts below it
+        lut = np.searchsorted(levels, np.arange(256), side="left")
+        lut = lut.astype(np.uint8 if lut.max() < 256 else np.uint16)
     n, c = p.shape[:2]
     dice = np.empty((c, len(ts), sorted_areas.size, n), dtype=np.float64)
-    per_image = partial(_threshold_image, cuts=cuts, min_areas=sorted_areas)
+    per_image = partial(_threshold_image, levels=levels, lut=lut, cols=cols.reshape(-1), min_areas=sorted_areas)
     for sl, results, _ in _per_image(p, m, per_image, num_workers, chunk_size, "threshold search"):
         kept_area = np.stack([r[0] for r in results])  # (n, C, T, A)
         kept_inter = np.stack([r[1] for r in results])

@@ -13,15 +13,32 @@ score is ``np.mean`` of its pairs in image order (NaN when every pair is skipped
 
 from __future__ import annotations
 
+from functools import partial
+
 import cv2
 import numpy as np
 import pandas as pd
+
+from kitlib._pixels import (
+    binarize_2d,
+    check_areas,
+    check_pair,
+    check_thresholds,
+    components,
+    cutoff,
+    label_counts,
+    mean_over_images,
+    pair_dice,
+)
+from kitlib.search import _per_image
 
 __all__ = [
     "as_float",
     "remove_small_components_reference",
     "dice_reference",
     "search_thresholds_reference",
+    "search_thresholds_per_threshold",
+    "threshold_image_per_threshold",
     "triplet_mask_reference",
     "search_triplet_reference",
     "top_k_class_probs_reference",
@@ -72,6 +89,64 @@ def search_thresholds_reference(probs, masks, thresholds, min_areas, empty_score
                         scores.append(d)
                 rows.append((k, float(t), int(a), _mean(scores)))
     return pd.DataFrame(rows, columns=["class_index", "threshold", "min_area", "dice"])
+
+
+def _kept_counts_one_labelling(n: int, labels: np.ndarray, truth_at: np.ndarray | None, min_areas: np.ndarray):
+    areas = label_counts(labels, n)[1:]
+    order = np.argsort(areas, kind="stable")
+    sorted_areas = areas[order]
+    dropped = np.searchsorted(sorted_areas, min_areas, side="right")  # components with area <= min_area
+    cum_area = np.concatenate(([0], np.cumsum(sorted_areas)))
+    kept_area = cum_area[-1] - cum_area[dropped]
+    if truth_at is None:
+        return kept_area, np.zeros_like(kept_area)
+    inter = label_counts(labels.reshape(-1).take(truth_at), n)[1:]
+    cum_inter = np.concatenate(([0], np.cumsum(inter[order])))
+    return kept_area, cum_inter[-1] - cum_inter[dropped]
+
+
+def threshold_image_per_threshold(p: np.ndarray, t: np.ndarray, cuts: list, min_areas: np.ndarray):
+    """kitlib's per-image step before the one-sweep component tree: one labelling and two label histograms per
+    (class, threshold). (C, H, W) probs and truth -> kept area and intersection (C, T, A) int64, true areas (C,)."""
+    c, n_t, n_a = p.shape[0], len(cuts), min_areas.size
+    kept_area = np.zeros((c, n_t, n_a), dtype=np.int64)
+    kept_inter = np.zeros((c, n_t, n_a), dtype=np.int64)
+    true_area = np.zeros(c, dtype=np.int64)
+    for k in range(c):
+        pk, tk = p[k], t[k]
+        truth_at = np.flatnonzero(tk)
+        true_area[k] = truth_at.size
+        top = pk.max()
+        for j, cut in enumerate(cuts):
+            if not top > cut:  # nothing above this threshold: empty prediction for every min_area
+                continue
+            n, labels = components(binarize_2d(pk, cut))
+            kept = _kept_counts_one_labelling(n, labels, truth_at if truth_at.size else None, min_areas)
+            kept_area[k, j], kept_inter[k, j] = kept
+    return kept_area, kept_inter, true_area
+
+
+def search_thresholds_per_threshold(
+    probs, masks, thresholds, min_areas, empty_score=1.0, num_workers=None, chunk_size=None
+) -> pd.DataFrame:
+    """``kitlib.search.search_thresholds`` as it was before the one-sweep component tree (same streaming, threads and
+    Dice; one connected-components pass per image, class and threshold): the old table and the old time."""
+    p, m = check_pair(probs, masks)
+    ts = check_thresholds(thresholds, "thresholds")
+    areas = check_areas(min_areas, "min_areas")
+    sorted_areas, where = np.unique(areas, return_inverse=True)
+    cuts = [cutoff(t, p.dtype) for t in ts]
+    n, c = p.shape[:2]
+    dice = np.empty((c, len(ts), sorted_areas.size, n), dtype=np.float64)
+    per_image = partial(threshold_image_per_threshold, cuts=cuts, min_areas=sorted_areas)
+    for sl, results, _ in _per_image(p, m, per_image, num_workers, chunk_size, "threshold search (per threshold)"):
+        kept_area, kept_inter = np.stack([r[0] for r in results]), np.stack([r[1] for r in results])
+        true_area = np.stack([r[2] for r in results])[:, :, None, None]
+        dice[..., sl] = pair_dice(kept_inter, kept_area, true_area, empty_score).transpose(1, 2, 3, 0)
+    means = mean_over_images(dice[:, :, where])
+    ci, ti, ai = np.meshgrid(np.arange(c), np.arange(len(ts)), np.arange(areas.size), indexing="ij")
+    columns = {"class_index": ci.reshape(-1), "threshold": np.asarray(ts, dtype=np.float64)[ti.reshape(-1)]}
+    return pd.DataFrame({**columns, "min_area": areas[ai.reshape(-1)], "dice": means.reshape(-1)})
 
 
 def triplet_mask_reference(prob: np.ndarray, top: float, min_contour_area: int, bottom: float) -> np.ndarray:

@@ -28,6 +28,7 @@ from kitlib.postprocess import (
 from kitlib.search import best_per_class, search_thresholds, search_triplet
 from tests.postprocess_reference import (
     remove_small_components_reference,
+    search_thresholds_per_threshold,
     search_thresholds_reference,
     search_triplet_reference,
     top_k_class_probs_reference,
@@ -196,6 +197,80 @@ def test_search_thresholds_order_chunks_workers_and_torch():
     pd.testing.assert_frame_equal(as_torch, ref)
     bool_masks = search_thresholds(probs, masks.astype(bool), [0.6, 0.3], areas)
     pd.testing.assert_frame_equal(bool_masks, ref)
+
+
+def adversarial(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (7, 2, 24, 30) probs and masks that stress the one-sweep component tree: blobs that join only at lower
+    thresholds (through one diagonal pixel, or a bridge of pixels exactly at a cut), a ring that closes, single pixels,
+    a checkerboard (8-connected: one component; the most labels 4-connectivity would give), an all-zero map, a map of
+    one value, maps whose maximum is a cut exactly, and random fragmented noise."""
+    rng = np.random.default_rng(seed)
+    p = np.zeros((7, 2, 24, 30), np.uint8)
+    m = np.zeros((7, 2, 24, 30), np.uint8)
+    p[0, 0, 2:6, 2:6] = 200  # two blocks joined at 153 (0.6 = 153 / 255, exactly a cut: not above it) ...
+    p[0, 0, 2:6, 8:12] = 220
+    p[0, 0, 3, 6:8] = 153
+    p[0, 0, 10:14, 2:6], p[0, 0, 14, 6], p[0, 0, 15:19, 7:11] = 180, 90, 250  # ... and blocks joined diagonally at 90
+    p[0, 1, 5:15, 5] = p[0, 1, 5:15, 14] = p[0, 1, 5, 5:15] = 160  # a ring closed at 77 (0.3 is 76.5 / 255)
+    p[0, 1, 14, 5:15] = 77
+    p[1, 0, ::3, ::3] = rng.integers(0, 256, p[1, 0, ::3, ::3].shape)  # single pixels, all isolated
+    p[1, 1, np.add.outer(np.arange(24), np.arange(30)) % 2 == 0] = 255  # checkerboard
+    p[2, 1] = 51  # one value, exactly the cut of 0.2: empty above it, all above 0.1
+    p[3, 0] = np.where(rng.random((24, 30)) < 0.5, 153, 102)  # only cut values (0.6 and 0.4)
+    p[4:] = rng.integers(0, 256, p[4:].shape)  # noise: many components at every threshold
+    p[6] = cv2.GaussianBlur(p[6].reshape(-1, 30), (0, 0), 1.0).reshape(p[6].shape)
+    m[0, 0, 2:12, 2:8] = m[0, 1, 4:16, 4:16] = m[1, 1, :12] = m[3, 0, ::2] = 1
+    m[4:] = rng.random(m[4:].shape) < 0.4
+    m[5, 1] = 0
+    return p, m
+
+
+ADVERSARIAL_THRESHOLDS = [0.6, 0.3, 0.2, 0.4, 0.1, -0.5, 1.0, 0.9999, 0.5, 0.6, 0.35, 0.0]  # unsorted, repeated cut
+ADVERSARIAL_AREAS = [0, 1, 2, 3, 5, 9, 16, 40, 100, 2]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32", "float16", "float64"])
+def test_one_sweep_search_equals_reference_on_adversarial_maps(dtype):
+    p, m = adversarial()
+    probs = p if dtype == "uint8" else (p.astype(np.float64) / 255.0).astype(dtype)
+    fast = search_thresholds(probs, m, ADVERSARIAL_THRESHOLDS, ADVERSARIAL_AREAS, num_workers=1, chunk_size=3)
+    ref = search_thresholds_reference(probs, m, ADVERSARIAL_THRESHOLDS, ADVERSARIAL_AREAS)
+    pd.testing.assert_frame_equal(fast, ref, check_exact=True)
+    old = search_thresholds_per_threshold(probs, m, ADVERSARIAL_THRESHOLDS, ADVERSARIAL_AREAS, empty_score=None)
+    pd.testing.assert_frame_equal(search_thresholds(probs, m, ADVERSARIAL_THRESHOLDS, ADVERSARIAL_AREAS, None), old)
+
+
+def test_one_sweep_search_by_hand_joins_below_a_cut():
+    p, m = adversarial()
+    df = search_thresholds(p[:1, :1], m[:1, :1], [0.7, 0.6, 0.3], [16, 20]).set_index(["threshold", "min_area"])
+    # 0.7 and 0.6: four blocks of 16 (the bridge at 153 is not above 0.6); 0.3: two blocks of 16 + 2 (the bridge)
+    # and 16 + 1 + 16 (the diagonal pixel), 34 and 33 pixels, both > 20
+    assert df.loc[(0.6, 16), "dice"] == 0.0 and df.loc[(0.6, 16), "dice"] == df.loc[(0.7, 20), "dice"]
+    truth = int(m[0, 0].sum())
+    on_truth = int(m[0, 0][p[0, 0] > 76].sum())
+    assert df.loc[(0.3, 20), "dice"] == 2.0 * on_truth / (67 + truth)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_sweep_search_equals_the_per_threshold_search(seed):
+    # the table of the implementation it replaced (one labelling per image, class and threshold), on fragmented maps
+    # at many thresholds: more distinct levels than uint8 cuts hold for float32 (int32 levels), all 256 uint8 values
+    probs, masks = fragmented(seed, n=4)
+    fine = np.linspace(-0.01, 1.0, 300).tolist()
+    for p, thresholds in ((probs, fine), (to_uint8(probs), fine), (to_uint8(probs), [0.3, 0.5, 0.7])):
+        got = search_thresholds(p, masks, thresholds, MIN_AREAS, num_workers=2, chunk_size=1)
+        pd.testing.assert_frame_equal(got, search_thresholds_per_threshold(p, masks, thresholds, MIN_AREAS))
+
+
+def test_one_sweep_search_all_empty_and_single_pixels():
+    zeros = np.zeros((3, 2, 5, 7), np.uint8)
+    df = search_thresholds(zeros, zeros, [0.0, 0.5], [0, 1], empty_score=None)
+    assert df["dice"].isna().all()
+    dots = zeros.copy()
+    dots[:, :, ::2, ::2] = 255  # isolated single pixels, on the truth
+    df = search_thresholds(dots, dots // 255, [0.5], [0, 1])
+    assert df["dice"].tolist() == [1.0, 0.0] * 2  # area 1 kept by min_area 0, removed by min_area 1
+    pd.testing.assert_frame_equal(df, search_thresholds_reference(dots, dots // 255, [0.5], [0, 1]))
 
 
 @pytest.mark.parametrize("mode", ["r", "r+", "c"])
