@@ -200,12 +200,7 @@ def verify_images(
         RuntimeError: as ``verify_image``.
     """
     _check_pil_flag()
-    keys = []
-    for p in paths:
-        try:
-            keys.append(file_key(p))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image file not found: {p}") from None
+    keys = [file_key(p, "image file") for p in paths]
     known = read_file_cache(cache_path, _CACHE_VALUES)
     todo = sorted({k for k in keys if k not in known})
     bad: dict[str, str] = {}

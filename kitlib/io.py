@@ -279,18 +279,18 @@ FileKey = tuple[str, int, int]
 _FILE_KEY_COLUMNS = ["path", "size", "mtime_ns"]
 
 
-def file_key(path: str | os.PathLike) -> FileKey:
+def file_key(path: str | os.PathLike, what: str = "file") -> FileKey:
     """The key of a file's row in a per-file cache (``read_file_cache``): a changed file (its size or mtime) has a new
-    key, so what was cached for it is not used.
+    key, so what was cached for it is not used. ``what`` names the file in the error ("image file").
 
     Raises:
-        FileNotFoundError: no such file (the message names it).
+        FileNotFoundError: no such file (the message names it: "<what> not found: <path>").
     """
     resolved = Path(path).resolve()
     try:
         st = resolved.stat()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+        raise FileNotFoundError(f"{what} not found: {path}") from None
     return str(resolved), int(st.st_size), int(st.st_mtime_ns)
 
 

@@ -86,12 +86,7 @@ def image_hashes(paths: Sequence[str | os.PathLike], cache_path: str | os.PathLi
     Raises:
         FileNotFoundError: a missing image (named). OSError: an unreadable image (named).
     """
-    keys = []
-    for p in paths:
-        try:
-            keys.append(file_key(p))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{Path(p).resolve()}: image not found") from None
+    keys = [file_key(p, "image file") for p in paths]
     known = {k: v[0] for k, v in read_file_cache(cache_path, {"phash": str}).items()}
     todo = sorted({k for k in keys if k not in known})
     for key in progress(todo, desc="perceptual hashes", total=len(todo)) if todo else ():
