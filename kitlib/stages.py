@@ -183,6 +183,7 @@ class TrainConfig(_ExperimentStage):
     )
     RUN_ID_IGNORES = (
         "num_workers",
+        "num_threads",  # the same training; the float sums' order (last bits) follows the thread count, as the device
         "device",
         "tta",
         "tta_weight",

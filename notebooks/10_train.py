@@ -123,6 +123,8 @@ pseudo_threshold: float = 0.9  # classification: keep test images whose max prob
 pseudo_soft: bool = False  # classification: the test probabilities are the soft targets (else the argmax label)
 seed: int = 42
 num_workers: Optional[int] = None  # DataLoader processes
+num_threads: int = 0  # torch's CPU threads; 0: torch's default (one per core). On a CPU shared with other jobs 1 can
+# be 2-3x faster (benchmarks/bench_walltime.py --threads); results differ in the last bits between thread counts
 cache: Optional[bool] = None  # read images from an on-disk cache at the training resolution
 device: str = "auto"  # auto, cpu, cuda
 compile: bool = False  # torch.compile the model for training and the OOF predictions (same weights: not in run_id)
