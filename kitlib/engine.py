@@ -409,7 +409,8 @@ def fit(
             (epochs without improvement before stopping; 0: never), ``seed``, ``swa_epochs`` / ``average_top_k``
             (weight averaging at the end, ``kitlib.averaging``: the averaged weights become ``best.pt``, the best
             epoch's ``best_epoch.pt``), and the batch mix of classification runs (``mix``, ``mix_prob``,
-            ``mix_alpha``; ``mix_epochs``: the first epochs mix, the rest train unmixed; validation is never mixed).
+            ``mix_alpha``; ``mix_epochs``: the first epochs mix, the rest train unmixed; validation is never mixed),
+            ``valid_last`` (only the last N epochs validated, valid_* NaN before; 0, patience, plateau: every epoch).
         out_dir: the fold's artifact folder.
         model_config: ``create_model`` / ``create_classifier`` keywords, saved with the weights.
         device: the training device.
@@ -524,11 +525,14 @@ def _run_epoch(run: _Run, epoch: int, epochs: int) -> dict[str, float]:
             ema=run.ema, channels_last=cfg.channels_last, epoch=epoch, desc=f"epoch {epoch + 1}/{epochs}",
             mix=run.mix if epoch < cfg.mix_epochs else None, timer=run.timer,
         )  # fmt: skip
+    valid = {}
     with run.timer.phase("validation"):
-        valid = evaluate(run.eval_model, run.valid_loader, run.loss_fn, cfg.model_preset, run.device, run.amp_dtype,
-                         cfg.channels_last)  # fmt: skip
+        if epoch >= epochs - (cfg.valid_last or epochs) or cfg.patience or steps_per_epoch_only(run.scheduler):
+            valid = evaluate(run.eval_model, run.valid_loader, run.loss_fn, cfg.model_preset, run.device,
+                             run.amp_dtype, cfg.channels_last)  # fmt: skip
     row = {"epoch": epoch, **{f"train_{k}": v for k, v in _mean_over_ranks(train).items()}}
     row.update({f"valid_{k}": v for k, v in valid.items()}, **lrs, time_s=round(time.perf_counter() - started, 3))
+    row.setdefault(cfg.monitor_column, math.nan)  # an epoch not validated (valid_last) is never the best
     return row
 
 

@@ -112,6 +112,7 @@ DEFAULT_RECIPE: dict[str, Any] = dict(
     oversample_factor=1.0,
     monitor="",
     patience=0,
+    valid_last=0,
     num_workers=0,
     cache=True,
     oof_dtype="uint8",
@@ -316,6 +317,7 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
         weight_decay=1e-4,
         loss="clouds_1st",
         augment="flips",
+        valid_last=4,
         recipe_source="The demo: the Understanding Clouds 1st-place loss and head on a slim Unet from scratch.",
     ),
     "demo_classify": dict(
