@@ -1,6 +1,8 @@
 """Benchmark: where one demo fold's wall time goes when run_all.sh runs it, and the share of training and prediction.
 
-Run: ``python benchmarks/bench_walltime.py [--num-threads N] [--threads] [--keep DIR]``
+Run: ``python benchmarks/bench_walltime.py [--num-threads N] [--threads] [--keep DIR]``, or
+``--chain runs/demo artifacts/demo`` after a ``./run_all.sh``: every notebook's wall time and training + prediction
+share (papermill's durations and the folds' ``timings.json``).
 
 Writes the demo competition (``kitlib.demo.make_demo``) into a temporary folder, runs ``00_eda`` there, then
 ``notebooks/10_train.py`` fold 0 exactly as run_all.sh does (``scripts/run_notebook.py``: papermill, a fresh kernel)
@@ -134,13 +136,38 @@ def _thread_sweep(data_dir: Path, artifacts: Path, rounds: int = 2) -> None:
     set_threads(cores)
 
 
+def _chain(runs: Path, artifacts: Path) -> None:
+    """Every executed notebook of a finished run_all.sh (``runs/<exp>/*.ipynb``): papermill's wall time (the kernel's
+    start included), its training and prediction seconds (a fold's ``timings.json``; 40_submit's ``predict_test``
+    cell, an upper bound: it also writes the submission's RLE) and the chain's share."""
+    print(f"{'notebook':<20} {'wall s':>8} {'compute s':>10} {'share':>7}")
+    total = compute = 0.0
+    for path in sorted(runs.glob("[0-9][0-9]_*.ipynb")):
+        notebook = json.loads(path.read_text())
+        wall, seconds = float(notebook["metadata"]["papermill"]["duration"]), 0.0
+        if path.stem.startswith("10_train_fold"):
+            timings = artifacts / f"fold{path.stem.removeprefix('10_train_fold')}" / "timings.json"
+            seconds = json.loads(timings.read_text())["compute_s"] if timings.is_file() else 0.0
+        elif path.stem.startswith("40_submit"):
+            seconds = sum(float(c["metadata"]["papermill"]["duration"] or 0.0) for c in notebook["cells"]
+                          if c["cell_type"] == "code" and "predict_test(" in "".join(c["source"]))  # fmt: skip
+        total, compute = total + wall, compute + seconds
+        print(f"{path.stem:<20} {wall:8.1f} {seconds:10.1f} {100 * seconds / wall:6.1f}%")
+    share = 100 * compute / max(total, 1e-9)
+    print(f"{'all notebooks':<20} {total:8.1f} {compute:10.1f} {share:6.1f}%  (target >= 80%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-threads", type=int, default=0, help="10_train's num_threads (0: torch's default)")
     parser.add_argument("--threads", action="store_true", help="also time an epoch by torch threads x workers")
     parser.add_argument("--keep", default="", help="run in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--chain", nargs=2, metavar=("RUNS", "ARTIFACTS"), default=None,
+                        help="instead: the shares of a finished run_all.sh, e.g. runs/demo artifacts/demo")  # fmt: skip
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    if args.chain:
+        return _chain(Path(args.chain[0]), Path(args.chain[1]))
     from kitlib.demo import make_demo
 
     with tempfile.TemporaryDirectory(prefix="bench_walltime_") as tmp:

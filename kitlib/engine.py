@@ -383,7 +383,7 @@ def fit(
     on_epoch: Callable[[list[dict[str, float]]], None] | None = None,
     timer: PhaseTimer | None = None,
 ) -> FitResult:
-    """Train for ``cfg.n_epochs``, validating every epoch, with atomic ``last.pt`` / ``best.pt`` and ``history.csv``.
+    """Train for ``cfg.n_epochs``, validating every epoch (or the last valid_last), with atomic checkpoints, history.
 
     Files in ``out_dir`` (rank 0 writes them; ``kitlib.checkpoint``):
 
