@@ -1,6 +1,7 @@
 """Benchmark: where one demo fold's wall time goes when run_all.sh runs it, and the share of training and prediction.
 
-Run: ``python benchmarks/bench_walltime.py [--num-threads N] [--threads] [--keep DIR]``, or
+Run: ``python benchmarks/bench_walltime.py [--before] [--num-threads N] [--threads] [--keep DIR]`` (``--before``:
+first the same fold validated every epoch, ``valid_last 0``, as before that parameter), or
 ``--chain runs/demo artifacts/demo`` after a ``./run_all.sh``: every notebook's wall time and training + prediction
 share (papermill's durations and the folds' ``timings.json``).
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,7 +87,7 @@ def _table(wall: float, cells: list[tuple[str, float]], timings: dict, imports: 
     rows = [("kernel start, papermill, jupytext (outside the cells)", wall - sum(s for _, s in cells))]
     train_cell = max(range(len(cells)), key=lambda i: cells[i][1])
     for i, (source, seconds) in enumerate(cells):
-        if seconds < 0.005:
+        if seconds < 0.05:
             continue
         if i != train_cell:
             config_cell = "TrainConfig" in source or source.startswith("import json")
@@ -161,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-threads", type=int, default=0, help="10_train's num_threads (0: torch's default)")
     parser.add_argument("--threads", action="store_true", help="also time an epoch by torch threads x workers")
+    parser.add_argument("--before", action="store_true", help="first the same fold with valid_last 0 (every epoch)")
     parser.add_argument("--keep", default="", help="run in this folder and keep it (default: a temporary one)")
     parser.add_argument("--chain", nargs=2, metavar=("RUNS", "ARTIFACTS"), default=None,
                         help="instead: the shares of a finished run_all.sh, e.g. runs/demo artifacts/demo")  # fmt: skip
@@ -180,11 +183,18 @@ def main() -> None:
         eda_wall, _ = _run_notebook("00_eda", work, **common)
         print(f"00_eda: {eda_wall:.2f} s wall")
         imports = _import_seconds()
-        wall, cells = _run_notebook("10_train", work, **common, fold=0, num_threads=args.num_threads)
-        timings = json.loads((artifacts / "bench" / "fold0" / "timings.json").read_text())
-        scores = json.loads((artifacts / "bench" / "fold0" / "scores.json").read_text())
-        print(f"10_train fold 0: {wall:.2f} s wall, held-out dice {scores['dice']:.4f}\n")
-        _table(wall, cells, timings, imports)
+        runs = [("bench", {})]
+        if args.before:  # the same fold as before valid_last: validation every epoch
+            shutil.copytree(artifacts / "bench", artifacts / "bench_before")
+            runs.insert(0, ("bench_before", {"valid_last": 0}))
+        for exp, extra in runs:
+            wall, cells = _run_notebook("10_train", work, **{**common, "exp": exp}, fold=0,
+                                        num_threads=args.num_threads, **extra)  # fmt: skip
+            timings = json.loads((artifacts / exp / "fold0" / "timings.json").read_text())
+            scores = json.loads((artifacts / exp / "fold0" / "scores.json").read_text())
+            print(f"\n10_train fold 0 {extra or '(the recipe)'}: {wall:.2f} s wall, held-out dice {scores['dice']:.4f} "
+                  f"(load {_load()})")  # fmt: skip
+            _table(wall, cells, timings, imports)
         if args.threads:
             _thread_sweep(data_dir, artifacts)
         print(f"load average after: {_load()}")

@@ -318,7 +318,11 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
         loss="clouds_1st",
         augment="flips",
         valid_last=4,
-        recipe_source="The demo: the Understanding Clouds 1st-place loss and head on a slim Unet from scratch.",
+        recipe_source="The demo: the Understanding Clouds 1st-place loss and head on a slim Unet from scratch, "
+        "validated over the last 4 of its 8 epochs (its best epochs are late ones, 8, 8, 6, 8, 8 over the 5 folds: the "
+        "same best.pt as validating every epoch). Measured on 2 shared CPU cores, 2026-12-08: a fold 30-40 s through "
+        "10_train (18-19 s of it training steps; load 1.5-2.5), the whole ./run_all.sh 453 s (load 2.5-3.5; two folds "
+        "slowed to 137 s and 168 s by other jobs on the cores).",
     ),
     "demo_classify": dict(
         model_name="resnet18",
