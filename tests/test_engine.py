@@ -263,7 +263,7 @@ def test_valid_last_validates_the_last_epochs_only_and_picks_best_among_them(tmp
     assert result.best_epoch in (2, 3) and result.best_score == history["valid_dice"].max()
     assert torch.load(tmp_path / "last2" / "best.pt", weights_only=True)["epoch"] == result.best_epoch
     assert {"train_steps", "train_data", "validation", "checkpoints"} <= set(timer.seconds)
-    _, every = _fit(tmp_path / "every", epochs=4)  # valid_last 0 (the masks recipe): every epoch, same training
+    _, every = _fit(tmp_path / "every", epochs=4)  # the recipe's valid_last (10) > epochs: every epoch, same training
     assert not every.history["valid_dice"].isna().any()
     pd.testing.assert_series_equal(every.history["train_loss"], history["train_loss"])
     _, stopping = _fit(tmp_path / "patience", epochs=4, cfg_overrides={"valid_last": 2, "patience": 10})
