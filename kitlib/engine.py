@@ -532,7 +532,8 @@ def _run_epoch(run: _Run, epoch: int, epochs: int) -> dict[str, float]:
                              run.amp_dtype, cfg.channels_last)  # fmt: skip
     row = {"epoch": epoch, **{f"train_{k}": v for k, v in _mean_over_ranks(train).items()}}
     row.update({f"valid_{k}": v for k, v in valid.items()}, **lrs, time_s=round(time.perf_counter() - started, 3))
-    row.setdefault(cfg.monitor_column, math.nan)  # an epoch not validated (valid_last) is never the best
+    if not valid and cfg.monitor_column.startswith("valid_"):  # not validated (valid_last): never the best epoch
+        row[cfg.monitor_column] = math.nan
     return row
 
 
