@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from kitlib import checkpoint
-from kitlib._private import progress
+from kitlib._private import PhaseTimer, progress
 from kitlib.averaging import WeightAverage, recompute_bn
 from kitlib.coteach import CoTeachingLoss
 from kitlib.distill import DistillationLoss
@@ -160,6 +160,7 @@ def train_one_epoch(
     epoch: int = 0,
     desc: str = "train",
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    timer: PhaseTimer | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader`` with optimiser steps every ``accumulate`` batches.
 
@@ -184,6 +185,7 @@ def train_one_epoch(
         mix: ``(images, labels) -> (images, targets)`` before the forward pass (a ``kitlib.mixes.BatchMix``: mixed
             images and soft targets; ``mix(images, labels, teacher)`` when the batch has a teacher); None: batches as
             they come.
+        timer: the waits for each batch (loading, augmenting) are added to its "train_data" phase.
     Returns:
         ``{"loss": mean over batches, "<term>": mean of each loss term, "grad_norm": mean pre-clip norm (when
         clipping)}`` of this process.
@@ -203,7 +205,7 @@ def train_one_epoch(
     n_batches = len(loader)
     optimizer.zero_grad(set_to_none=True)
     bar = progress(loader, desc=desc, leave=False, delay=5, dynamic_ncols=True)
-    for i, batch in enumerate(bar):
+    for i, batch in enumerate(bar if timer is None else timer.iterate(bar, "train_data")):
         images, target = to_device(batch, device, channels_last, key)
         images, target, teacher = _teacher_and_mix(batch, device, images, target, mix)
         step_now = (i + 1) % accumulate == 0 or i + 1 == n_batches
@@ -379,8 +381,9 @@ def fit(
     stop_after_epoch: int | None = None,
     resume: bool = True,
     on_epoch: Callable[[list[dict[str, float]]], None] | None = None,
+    timer: PhaseTimer | None = None,
 ) -> FitResult:
-    """Train for ``cfg.n_epochs``, validating every epoch, with atomic ``last.pt`` / ``best.pt`` and ``history.csv``.
+    """Train for ``cfg.n_epochs``, validating every epoch (or the last valid_last), with atomic checkpoints, history.
 
     Files in ``out_dir`` (rank 0 writes them; ``kitlib.checkpoint``):
 
@@ -406,7 +409,8 @@ def fit(
             (epochs without improvement before stopping; 0: never), ``seed``, ``swa_epochs`` / ``average_top_k``
             (weight averaging at the end, ``kitlib.averaging``: the averaged weights become ``best.pt``, the best
             epoch's ``best_epoch.pt``), and the batch mix of classification runs (``mix``, ``mix_prob``,
-            ``mix_alpha``; ``mix_epochs``: the first epochs mix, the rest train unmixed; validation is never mixed).
+            ``mix_alpha``; ``mix_epochs``: the first epochs mix, the rest train unmixed; validation is never mixed),
+            ``valid_last`` (only the last N epochs validated, valid_* NaN before; 0, patience, plateau: every epoch).
         out_dir: the fold's artifact folder.
         model_config: ``create_model`` / ``create_classifier`` keywords, saved with the weights.
         device: the training device.
@@ -418,6 +422,8 @@ def fit(
         resume: continue from ``last.pt`` when there is one.
         on_epoch: called on rank 0 after each epoch's ``history.csv`` is written, with the history so far (its rows;
             after a resume the restored ones first): ``kitlib.tracking.Tracker.log_history``.
+        timer: receives the phases "train_steps" (forward, backward, optimiser), "train_data", "validation" and
+            "checkpoints" (``last.pt``, ``best.pt``, ``history.csv``).
     Returns:
         ``FitResult``.
     Raises:
@@ -437,6 +443,7 @@ def fit(
         mix=_batch_mix(cfg) if cfg.mix_epochs else None,
         average=WeightAverage(model, out_dir, epochs, min(cfg.swa_epochs, epochs), min(cfg.average_top_k, epochs),
                               minimise),  # a smoke run averages what it has
+        timer=timer or PhaseTimer(),
     )  # fmt: skip
     out_dir, info = Path(out_dir), dist_info()
     paths = {"last": out_dir / "last.pt", "best": out_dir / "best.pt", "history": out_dir / "history.csv"}
@@ -455,13 +462,14 @@ def fit(
         stop = bool(cfg.patience) and state.stale >= cfg.patience
         state.finished = stop or epoch + 1 == epochs
         if info.is_main:
-            if improved:
-                checkpoint.save_best(paths["best"], run.eval_model, model_config, epoch, state.best_score, monitor,
-                                     run_id, saved["extra"])  # fmt: skip
-            checkpoint.save_last(paths["last"], model, model_config, state, optimizer=optimizer, scheduler=scheduler,
-                                 scaler=run.scaler, ema=run.ema, average=run.average, run_id=run_id, monitor=monitor,
-                                 extra=saved["extra"])  # fmt: skip
-            write_csv(paths["history"], pd.DataFrame(state.history), index=False)
+            with run.timer.phase("checkpoints"):
+                if improved:
+                    checkpoint.save_best(paths["best"], run.eval_model, model_config, epoch, state.best_score,
+                                         monitor, run_id, saved["extra"])  # fmt: skip
+                checkpoint.save_last(paths["last"], model, model_config, state, optimizer=optimizer,
+                                     scheduler=scheduler, scaler=run.scaler, ema=run.ema, average=run.average,
+                                     run_id=run_id, monitor=monitor, extra=saved["extra"])  # fmt: skip
+                write_csv(paths["history"], pd.DataFrame(state.history), index=False)
             _epoch_line(row, monitor, improved)
             if on_epoch is not None:
                 on_epoch(state.history)
@@ -495,6 +503,7 @@ class _Run:
     ema: Any
     mix: Any
     average: WeightAverage
+    timer: PhaseTimer
 
     @property
     def eval_model(self) -> nn.Module:
@@ -509,16 +518,22 @@ def _run_epoch(run: _Run, epoch: int, epochs: int) -> dict[str, float]:
     groups = run.optimizer.param_groups
     lrs = {f"lr_{g.get('name', str(i))}": g["lr"] for i, g in enumerate(groups)}
     per_step = None if steps_per_epoch_only(run.scheduler) else run.scheduler
-    train = train_one_epoch(
-        run.model, run.train_loader, run.loss_fn, run.optimizer, cfg.model_preset, run.device, scheduler=per_step,
-        scaler=run.scaler, amp_dtype=run.amp_dtype, accumulate=cfg.accumulate, clip_grad_norm=cfg.clip_grad_norm,
-        ema=run.ema, channels_last=cfg.channels_last, epoch=epoch, desc=f"epoch {epoch + 1}/{epochs}",
-        mix=run.mix if epoch < cfg.mix_epochs else None,
-    )  # fmt: skip
-    valid = evaluate(run.eval_model, run.valid_loader, run.loss_fn, cfg.model_preset, run.device, run.amp_dtype,
-                     cfg.channels_last)  # fmt: skip
+    with run.timer.phase("train_steps"):
+        train = train_one_epoch(
+            run.model, run.train_loader, run.loss_fn, run.optimizer, cfg.model_preset, run.device, scheduler=per_step,
+            scaler=run.scaler, amp_dtype=run.amp_dtype, accumulate=cfg.accumulate, clip_grad_norm=cfg.clip_grad_norm,
+            ema=run.ema, channels_last=cfg.channels_last, epoch=epoch, desc=f"epoch {epoch + 1}/{epochs}",
+            mix=run.mix if epoch < cfg.mix_epochs else None, timer=run.timer,
+        )  # fmt: skip
+    valid = {}
+    with run.timer.phase("validation"):
+        if epoch >= epochs - (cfg.valid_last or epochs) or cfg.patience or steps_per_epoch_only(run.scheduler):
+            valid = evaluate(run.eval_model, run.valid_loader, run.loss_fn, cfg.model_preset, run.device,
+                             run.amp_dtype, cfg.channels_last)  # fmt: skip
     row = {"epoch": epoch, **{f"train_{k}": v for k, v in _mean_over_ranks(train).items()}}
     row.update({f"valid_{k}": v for k, v in valid.items()}, **lrs, time_s=round(time.perf_counter() - started, 3))
+    if not valid and cfg.monitor_column.startswith("valid_"):  # not validated (valid_last): never the best epoch
+        row[cfg.monitor_column] = math.nan
     return row
 
 

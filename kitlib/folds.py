@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-from sklearn.model_selection import KFold, StratifiedKFold
 
 from kitlib._private import listing
 from kitlib.formats import class_presence
@@ -102,6 +100,8 @@ def _group_targets(y: np.ndarray, codes: np.ndarray, n_groups: int, majority: bo
 
 def _single_label_folds(y: np.ndarray, n_folds: int, seed: int, names: list[str]) -> np.ndarray:
     """StratifiedKFold test-fold index per row; KFold when no value has n_folds members."""
+    from sklearn.model_selection import KFold, StratifiedKFold  # here, not at the top: sklearn takes 0.7 s to import
+
     values, counts = np.unique(y, return_counts=True)
     if counts.max() < n_folds:
         log.warning(
@@ -125,6 +125,8 @@ def _single_label_folds(y: np.ndarray, n_folds: int, seed: int, names: list[str]
 
 def _multilabel_folds(y: np.ndarray, n_folds: int, seed: int, names: list[str]) -> np.ndarray:
     """MultilabelStratifiedKFold test-fold index per row, then balanced by ``_rebalance``."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # imports sklearn: only when folds are made
+
     counts = y.sum(axis=0)
     rare = [f"{names[c]}: {int(n)}" for c, n in enumerate(counts) if n < n_folds]
     if rare:

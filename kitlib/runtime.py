@@ -43,6 +43,7 @@ __all__ = [
     "seed_everything",
     "seed_transform",
     "seed_worker",
+    "set_threads",
     "to_device",
     "unwrap",
 ]
@@ -141,6 +142,25 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {str(device)!r} asked for, but torch sees no CUDA device")
     return dev
+
+
+def set_threads(num_threads: int) -> int:
+    """Set torch's intra-op threads (``torch.set_num_threads``) and return how many it uses.
+
+    Args:
+        num_threads: >= 1: that many; 0: leave torch's default (one per physical core, or ``OMP_NUM_THREADS``).
+            On a CPU that other processes share, fewer threads than cores is faster: OpenMP threads that wait for a
+            busy core at every barrier (``benchmarks/bench_walltime.py --threads``: 1 thread 2-3x faster than 2 on 2
+            shared cores). Results differ between thread counts in the last bits (the order of float sums), never
+            between two runs with the same count.
+    Raises:
+        ValueError: num_threads < 0.
+    """
+    if num_threads < 0:
+        raise ValueError(f"num_threads must be >= 0 (0: torch's default), got {num_threads}")
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    return torch.get_num_threads()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -187,6 +187,7 @@ class TrainConfig(_ExperimentStage):
     )
     RUN_ID_IGNORES = (
         "num_workers",
+        "num_threads",  # the same training; the float sums' order (last bits) follows the thread count, as the device
         "device",
         "tta",
         "tta_weight",
@@ -269,6 +270,8 @@ class TrainConfig(_ExperimentStage):
         if min(v["swa_epochs"], v["average_top_k"]) < 0 or (v["swa_epochs"] and v["average_top_k"]):
             raise ValueError(f"{self.stage}: average either the last swa_epochs or the average_top_k best epochs, "
                              f"got {v['swa_epochs']} and {v['average_top_k']}")  # fmt: skip
+        if v["valid_last"] < 0:
+            raise ValueError(f"{self.stage}: valid_last must be >= 0 (0: validate every epoch), got {v['valid_last']}")
         if not 0.0 < v.get("restart_gamma", 1.0) <= 1.0:
             raise ValueError(f"{self.stage}: restart_gamma must be in (0, 1], got {v['restart_gamma']}")
         if v["scheduler"] == "cosine_warmup_restarts" and v["warmup_epochs"] >= v["restart_epochs"]:

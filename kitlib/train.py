@@ -15,6 +15,8 @@
 - ``oof_ids.csv``: the image_id of each row;
 - ``scores.json``: the held-out scores at the scoring resolution (probability 0.5, no post-processing;
   ``kitlib.scoring.score_oof``, the function 20_oof's CV comes from);
+- ``timings.json``: where this process's wall time went, seconds per phase (``COMPUTE_PHASES`` are the training and
+  prediction steps; ``fold_timings``);
 - ``done.json``: written last; its presence means the fold is complete.
 """
 
@@ -36,6 +38,7 @@ import pandas as pd
 import torch
 
 from kitlib import engine
+from kitlib._private import PhaseTimer
 from kitlib.cache import build_cache
 from kitlib.coteach import CoTeachingLoss, CoTeachingModel
 from kitlib.data import build_transforms, config_normalization, make_dataset
@@ -56,6 +59,7 @@ from kitlib.runtime import (
     make_loader,
     resolve_amp,
     seed_everything,
+    set_threads,
     unwrap,
 )
 from kitlib.scoring import score_oof
@@ -66,11 +70,28 @@ from kitlib.train_rows import add_train_rows, sources_stamp
 from kitlib.train_rows import cache_dir as train_cache_dir
 
 __all__ = [
-    "build_loss", "build_model", "fold_run_id", "fold_tables", "init_model", "launch_distributed", "sample_weights",
-    "train_fold",
+    "COMPUTE_PHASES", "build_loss", "build_model", "fold_run_id", "fold_tables", "fold_timings", "init_model",
+    "launch_distributed", "sample_weights", "train_fold",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
+
+#: The phases of ``timings.json`` that are training and prediction steps (forward, backward and optimiser steps; the
+#: held-out images' forward passes); the others (tables, cache, model building, validation, checkpoints, OOF files and
+#: scores) are what a fold spends around them.
+COMPUTE_PHASES = ("train_steps", "oof_predict")
+
+
+def fold_timings(timer: PhaseTimer) -> dict[str, Any]:
+    """``timings.json`` of a fold from its ``PhaseTimer``: ``{"phases": {name: seconds}, "total_s", "compute_s",
+    "compute_share"}``, ``compute_s`` the sum of ``COMPUTE_PHASES`` and ``compute_share`` its fraction of ``total_s``
+    (0..1). The phases are exclusive and add up to ``total_s``, the seconds since the timer was made; "other" is what
+    no phase holds (the config, tables, building the model and optimiser, the tracker)."""
+    phases = timer.as_dict(other=True)
+    total = sum(phases.values())
+    compute = sum(phases.get(name, 0.0) for name in COMPUTE_PHASES)
+    return {"phases": phases, "total_s": round(total, 3), "compute_s": round(compute, 3),
+            "compute_share": round(compute / total, 4) if total else 0.0}  # fmt: skip
 
 
 def fold_tables(cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -319,7 +340,9 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
             (``kitlib.distill.load_teacher``).
         NonFiniteLossError: the loss became NaN/inf.
     """
+    timer = PhaseTimer()
     info, device = init_distributed(cfg.device)
+    threads = set_threads(cfg.num_threads)
     fold_dir, run_id = cfg.fold_dir, fold_run_id(cfg)
     done_path = fold_dir / "done.json"
     if done_path.is_file() and read_json(done_path).get("run_id") == run_id:
@@ -332,7 +355,8 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
 
     full_df, train_df, valid_df = fold_tables(cfg)
     full_df, train_df = add_train_rows(cfg, full_df, train_df)  # extra_data, pseudo_from: training rows only
-    train_loader, valid_loader = _loaders(cfg, full_df, train_df, valid_df, info)
+    with timer.phase("cache_and_loaders"):
+        train_loader, valid_loader = _loaders(cfg, full_df, train_df, valid_df, info)
     seed_everything(cfg.seed)
     model, model_config = build_model(cfg)
     init_model(cfg, model, valid_df)
@@ -354,12 +378,12 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         restart_mult=cfg.restart_mult, restart_gamma=cfg.restart_gamma, plateau_mode="min" if cfg.minimise else "max",
         plateau_factor=cfg.plateau_factor, plateau_patience=cfg.plateau_patience,
     )  # fmt: skip
-    with fold_tracker(cfg, run_id, enabled=info.is_main) as tracker:  # tracker None: a no-op (kitlib.tracking)
+    with fold_tracker(cfg, run_id, enabled=info.is_main) as tracker, timer.phase("fit_other"):  # tracker None: no-op
         result = engine.fit(
             model, train_loader, valid_loader, distill_loss(cfg, build_loss(cfg, unwrap(model))), optimizer, cfg,
             fold_dir, model_config, device, scheduler=scheduler, run_id=run_id,
             extra={"fold": cfg.fold, "preset": cfg.preset.name, "exp": cfg.exp}, stop_after_epoch=stop_after_epoch,
-            on_epoch=tracker.log_history,
+            on_epoch=tracker.log_history, timer=timer,
         )  # fmt: skip
         tracker.log_history(result.history.to_dict("records"))  # what it lacks: a run killed after its last epoch
         out = {
@@ -368,18 +392,27 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         }  # fmt: skip
         if stop_after_epoch is not None and len(result.history) < cfg.n_epochs and not result.stopped_early:
             return out
-        out["scores"] = _write_oof(cfg, model, valid_loader, valid_df, device, info)
+        out["scores"] = _write_oof(cfg, model, valid_loader, valid_df, device, info, timer)
         tracker.log_summary({"oof": out["scores"] or {}, "best_epoch": result.best_epoch,
                              "best_score": result.best_score, "averaged": result.averaged or {}})  # fmt: skip
     if info.is_main:
+        write_json(cfg.fold_dir / "timings.json", {**fold_timings(timer), "num_threads": threads,
+                                                   "num_workers": cfg.num_workers})  # fmt: skip
         write_json(done_path, {**out, "run_id": run_id})
     barrier()
     return out
 
 
-def _write_oof(cfg: TrainConfig, model, valid_loader, valid_df: pd.DataFrame, device, info) -> dict | None:
+def _write_oof(cfg: TrainConfig, model, valid_loader, valid_df: pd.DataFrame, device, info, timer: PhaseTimer
+               ) -> dict | None:  # fmt: skip
     """Predict the held-out rows with ``best.pt`` at the scoring resolution, write the OOF files and score them
-    (rank 0 returns the scores, the other ranks None)."""
+    (rank 0 returns the scores, the other ranks None); the phases "oof_predict", "oof_write", "oof_score"."""
+    with timer.phase("oof_write"):
+        return _predict_oof(cfg, model, valid_loader, valid_df, device, info, timer)
+
+
+def _predict_oof(cfg: TrainConfig, model, valid_loader, valid_df: pd.DataFrame, device, info, timer: PhaseTimer
+                 ) -> dict | None:  # fmt: skip
     best = read_torch(cfg.fold_dir / "best.pt", "model checkpoint")
     unwrap(model).load_state_dict(best["state_dict"])
     task = cfg.model_preset
@@ -393,7 +426,7 @@ def _write_oof(cfg: TrainConfig, model, valid_loader, valid_df: pd.DataFrame, de
     oof_path = cfg.fold_dir / "oof_probs.npy"
     dtype = cfg.oof_dtype if task.is_segmentation else "float32" if task.task == "presence" else "float16"
     cls_path = cfg.fold_dir / "oof_cls_probs.npy" if cfg.aux_head and task.is_segmentation else None
-    write_predictions(oof_path, batches, ids, dtype=dtype, cls_path=cls_path)
+    write_predictions(oof_path, timer.iterate(batches, "oof_predict"), ids, dtype=dtype, cls_path=cls_path)
     if not info.is_main:
         barrier()
         return None
@@ -404,7 +437,8 @@ def _write_oof(cfg: TrainConfig, model, valid_loader, valid_df: pd.DataFrame, de
         targets = TargetMasks(valid_df, task, out_size)
     else:
         targets = valid_df["label"].to_numpy(np.int64)
-    scores = score_oof(np.load(oof_path, mmap_mode="r"), targets, task, chunk_size=1).summary
+    with timer.phase("oof_score"):
+        scores = score_oof(np.load(oof_path, mmap_mode="r"), targets, task, chunk_size=1).summary
     write_json(cfg.fold_dir / "scores.json", scores)
     barrier()
     return scores

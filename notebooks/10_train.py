@@ -110,6 +110,8 @@ coteach_predict: str = "mean"  # what validation, OOF and test predictions use: 
 # of the two networks' logits)
 monitor: Optional[str] = None  # history column that picks best.pt; "": valid_<metric>
 patience: Optional[int] = None  # early stopping after this many epochs without improvement; 0: off
+valid_last: Optional[int] = None  # validate only the last N epochs, best.pt the best of them (valid_* columns NaN
+# before); 0: every epoch, as patience and the plateau scheduler need. The demo: 4 of 8 (its early epochs never win)
 # Train-only rows (kitlib.train_rows): they join every fold's training set, never the held-out rows or the CV
 extra_data: str = ""  # a labelled folder (relative to the repo root) in extra_preset's format; "": none
 extra_label_file: str = ""  # its label file or folder inside extra_data; "": the preset's
@@ -123,6 +125,8 @@ pseudo_threshold: float = 0.9  # classification: keep test images whose max prob
 pseudo_soft: bool = False  # classification: the test probabilities are the soft targets (else the argmax label)
 seed: int = 42
 num_workers: Optional[int] = None  # DataLoader processes
+num_threads: int = 0  # torch's CPU threads; 0: torch's default (one per core). On a CPU shared with other jobs 1 can
+# be 2-3x faster (benchmarks/bench_walltime.py --threads); results differ in the last bits between thread counts
 cache: Optional[bool] = None  # read images from an on-disk cache at the training resolution
 device: str = "auto"  # auto, cpu, cuda
 compile: bool = False  # torch.compile the model for training and the OOF predictions (same weights: not in run_id)

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kitlib import checkpoint, engine, optim, predictions, runtime, scoring
+from kitlib._private import PhaseTimer
 from kitlib.losses import create_loss, create_recipe
 from kitlib.presets import PRESETS
 from kitlib.stages import TrainConfig
@@ -66,14 +67,14 @@ def _config(epochs: int, **overrides) -> TrainConfig:
     return TrainConfig.from_notebook(preset="masks", epochs=epochs, monitor="", seed=0, **overrides)
 
 
-def _fit(tmp_path, epochs=3, monitor="", **kwargs):
+def _fit(tmp_path, epochs=3, monitor="", cfg_overrides=None, **kwargs):
     torch.manual_seed(0)
     model = _TinySeg()
     train, valid = _loaders()
     optimizer = optim.make_optimizer(model, 1e-2, 5e-2, 0.0)
     scheduler = optim.make_scheduler(optimizer, "onecycle", epochs * len(train))
     loss = create_loss("combo", terms={"bce": 1.0, "dice": 1.0}, mode="binary")
-    cfg = _config(epochs).replace(monitor=monitor)
+    cfg = _config(epochs).replace(monitor=monitor, **(cfg_overrides or {}))
     return model, engine.fit(
         model, train, valid, loss, optimizer, cfg, tmp_path, {"arch": "toy"}, torch.device("cpu"),
         scheduler=scheduler, **kwargs,
@@ -252,6 +253,22 @@ def test_fit_writes_checkpoints_and_history(tmp_path):
     assert last["checkpoint"] == checkpoint.CHECKPOINT_KIND and last["epoch"] == 2 and last["finished"]
     assert {"optimizer", "scheduler", "rng", "history"} <= set(last)
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_valid_last_validates_the_last_epochs_only_and_picks_best_among_them(tmp_path):
+    timer = PhaseTimer()
+    _, result = _fit(tmp_path / "last2", epochs=4, cfg_overrides={"valid_last": 2}, timer=timer)
+    history = result.history
+    assert history["valid_dice"].isna().tolist() == [True, True, False, False]
+    assert history["valid_loss"].isna().tolist() == [True, True, False, False]
+    assert result.best_epoch in (2, 3) and result.best_score == history["valid_dice"].max()
+    assert torch.load(tmp_path / "last2" / "best.pt", weights_only=True)["epoch"] == result.best_epoch
+    assert {"train_steps", "train_data", "validation", "checkpoints"} <= set(timer.seconds)
+    _, every = _fit(tmp_path / "every", epochs=4)  # the recipe's valid_last (10) > epochs: every epoch, same training
+    assert not every.history["valid_dice"].isna().any()
+    pd.testing.assert_series_equal(every.history["train_loss"], history["train_loss"])
+    _, stopping = _fit(tmp_path / "patience", epochs=4, cfg_overrides={"valid_last": 2, "patience": 10})
+    assert not stopping.history["valid_dice"].isna().any()  # early stopping needs every epoch's score
 
 
 def test_fit_resumes_to_the_same_weights(tmp_path):

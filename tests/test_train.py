@@ -17,10 +17,12 @@ import pytest
 import torch
 
 from kitlib import predictions, recipes, train
+from kitlib._private import PhaseTimer
 from kitlib.demo import make_demo
 from kitlib.folds import make_folds, save_folds
 from kitlib.formats import load_competition
 from kitlib.presets import PRESETS
+from kitlib.runtime import set_threads
 from kitlib.scoring import score_oof
 from kitlib.stages import TrainConfig
 from kitlib.targets import TargetMasks, scoring_size
@@ -96,7 +98,7 @@ def test_train_config_takes_the_recipe_and_ignores_none():
 
 def test_run_id_changes_with_training_fields_only():
     a = train_config("demo")
-    assert a.run_id() == train_config("demo", num_workers=4, tta="d4").run_id()
+    assert a.run_id() == train_config("demo", num_workers=4, num_threads=1, tta="d4").run_id()
     assert a.run_id() != train_config("demo", epochs=9).run_id()
     assert a.run_id() != train_config("demo", fold=1).run_id()
 
@@ -154,6 +156,44 @@ def test_train_fold_writes_the_artifacts(demo_exp):
 
     model, ckpt = load_model(fold_dir / "best.pt")
     assert ckpt["fold"] == 0 and ckpt["epoch"] == out["best_epoch"]
+
+
+def test_phase_timer_is_exclusive(monkeypatch):
+    clock = iter([0.0, 1.0, 3.0, 6.0, 10.0, 11.0, 12.0, 20.0, 25.0, 30.0])  # perf_counter's readings, in call order
+    monkeypatch.setattr("kitlib._private.time.perf_counter", lambda: next(clock))
+    timer = PhaseTimer()  # 0
+    with timer.phase("outer"):  # 1
+        with timer.phase("inner"):  # 3 -> 6
+            pass
+        assert list(timer.iterate([7], "waits")) == [7]  # next() 10 -> 11, then StopIteration 12 -> 20
+    # outer ends at 25: 24 s less the 3 + 9 s of the phases inside it
+    assert timer.seconds == {"inner": 3.0, "waits": 9.0, "outer": 12.0}
+    assert timer.as_dict(other=True)["other"] == 30.0 - 24.0  # read at 30: no phase held 0 -> 1 and 25 -> 30
+
+
+def test_fold_timings_add_up_and_name_the_compute(demo_exp):
+    threads = torch.get_num_threads()
+    try:
+        cfg = _config(demo_exp, "timings", epochs=1, num_threads=1)
+        train.train_fold(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    timings = json.loads((cfg.fold_dir / "timings.json").read_text())
+    phases = timings["phases"]
+    assert set(train.COMPUTE_PHASES) | {"train_data", "validation", "checkpoints", "oof_write", "other"} <= set(phases)
+    assert timings["total_s"] == pytest.approx(sum(phases.values()), abs=0.01)
+    assert timings["compute_s"] == pytest.approx(sum(phases[p] for p in train.COMPUTE_PHASES), abs=0.01)
+    assert 0 < timings["compute_share"] < 1 and timings["num_threads"] == 1 and timings["num_workers"] == 0
+    with pytest.raises(ValueError, match="num_threads must be >= 0"):
+        set_threads(-1)
+
+
+def test_the_training_imports_leave_out_wandb_and_sklearn():
+    code = ("import sys; import kitlib.train, kitlib.plots, kitlib.predictions; "
+            "print(sorted({'wandb', 'sklearn'} & set(sys.modules))); import wandb")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # wandb itself stays importable
+    assert proc.stdout.split("\n")[-2] == "[]"
 
 
 def test_a_new_split_retrains_and_keeps_the_previous_run(demo_exp):
