@@ -92,14 +92,12 @@ class _ExperimentStage(StageConfig):
 
     def save(self, path: str | os.PathLike | None = None, **extra: Any) -> Path:
         """``StageConfig.save``, with the resolved preset of a preset file (``preset_file``: the parameter, the file's
-        path (relative to the project root when under it), its SHA-256 and the ``Preset`` fields) so that ``load``
-        needs no YAML file."""
+        path, relative to the project root when under it, its SHA-256, the ``Preset`` fields): load needs no YAML."""
         name = self._values["preset"]
         if is_preset_file(name):
             file = project_path(name)
-            digest = preset_file_digest(file) if file.is_file() else None
-            record = {"param": name, "path": root_relative(file), "sha256": digest,
-                      "fields": preset_fields(self.preset)}  # fmt: skip
+            sha = preset_file_digest(file) if file.is_file() else None
+            record = {"param": name, "path": root_relative(file), "sha256": sha, "fields": preset_fields(self.preset)}
             extra.setdefault(PRESET_FILE_KEY, record)
         return super().save(path, **extra)
 
