@@ -122,6 +122,24 @@ def test_run_all_rejects_bad_options(args, message):
     assert result.returncode == 2 and message in result.stderr
 
 
+def _start(*args: str) -> subprocess.Popen:
+    """run_all.sh started in a session of its own, output discarded (to be killed by ``_kill``)."""
+    return subprocess.Popen(["bash", str(REPO / "run_all.sh"), *args], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL run_all.sh's process group and every descendant (the kernel too), as a crash of the machine would."""
+    tree = _tree(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
 def _tree(pid: int) -> list[int]:
     """pid and its descendants (the papermill kernels start sessions of their own, outside the process group)."""
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
@@ -130,7 +148,8 @@ def _tree(pid: int) -> list[int]:
 
 def test_run_all_tiny_end_to_end_and_killed_mid_fold(tiny, exp, exp2):
     """An uninterrupted tiny run writes a valid submission and prints the submission path; a run SIGKILLed while
-    fold 1 trains (once its last.pt exists) resumes on the rerun to the same submission bytes."""
+    fold 1 trains (once its last.pt exists), then while 20_oof writes, then in 40_submit, resumes each time on the
+    rerun to the same submission bytes and cv.json, without the kit's temporary files."""
     from kitlib.submit import validate_submission
 
     data, params = tiny
@@ -156,20 +175,12 @@ def test_run_all_tiny_end_to_end_and_killed_mid_fold(tiny, exp, exp2):
     assert f"[run_all] submission: runs/{exp}/submission.csv" in reference.stdout
     assert validate_submission(submission, data / "sample_submission.csv", PRESETS["demo"])["images"] == 4
 
-    proc = subprocess.Popen(["bash", str(REPO / "run_all.sh"), "--exp", exp2, *args], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = _start("--exp", exp2, *args)
     fold1 = REPO / "artifacts" / exp2 / "fold1"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None and not (fold1 / "last.pt").exists():
         time.sleep(0.05)
-    tree = _tree(proc.pid)
-    os.killpg(proc.pid, signal.SIGKILL)
-    for pid in tree:  # the kernel too, as a crash of the machine would
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
+    _kill(proc)
     assert (fold1 / "last.pt").exists() and not (fold1 / "done.json").exists(), "killed too late (or too early)"
     assert not (REPO / "runs" / exp2 / ".done" / "10_train_fold1").exists()
 
@@ -178,6 +189,29 @@ def test_run_all_tiny_end_to_end_and_killed_mid_fold(tiny, exp, exp2):
     assert _line("10_train_fold0") + "done already, skipped" in rerun.stdout
     assert _line("10_train_fold1") + "done in" in rerun.stdout
     assert (REPO / "runs" / exp2 / "submission.csv").read_bytes() == submission.read_bytes()
+
+    # a kill in a later notebook resumes too: killed while 20_oof writes the gathered OOF (the kit's temporary files
+    # left behind, issue 15), then while 40_submit's kernel runs; the rerun redoes the notebooks from there
+    runs, artifacts = REPO / "runs" / exp2, REPO / "artifacts" / exp2
+    for stem, mark in (("20_oof", "kitlib.predictions: gathered"), ("40_submit", "Executing notebook with kernel")):
+        for later in ("20_oof", "30_ensemble", "40_submit")[("20_oof", "30_ensemble", "40_submit").index(stem) :]:
+            (runs / ".done" / later).unlink()
+        log = runs / "logs" / f"{stem}.log"
+        log.unlink()
+        proc = _start("--exp", exp2, *args)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None and not (log.exists() and mark in log.read_text()):
+            time.sleep(0.02)
+        time.sleep(0.0 if stem == "20_oof" else 2.0)  # 40_submit: inside the kernel's imports or its cells
+        _kill(proc)
+        assert not (runs / ".done" / stem).exists(), f"{stem}: killed too late"
+        rerun = _run("--exp", exp2, *args)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert _line(stem) + "done in" in rerun.stdout, rerun.stdout
+        assert (runs / "submission.csv").read_bytes() == submission.read_bytes(), stem
+        cv = (REPO / "artifacts" / exp / "cv.json").read_text().replace(exp, exp2)  # the same but for the name
+        assert (artifacts / "cv.json").read_text() == cv, stem
+        assert not [p for p in artifacts.rglob("*") if ".kit-tmp-" in p.name], stem  # swept at the stage's start
 
 
 def test_run_all_presence_classifier_gates_another_experiment(tiny, exp, exp2):
