@@ -11,7 +11,6 @@ datasets share it.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
@@ -27,7 +26,7 @@ import pandas as pd
 
 from kitlib import formats, images
 from kitlib._private import progress
-from kitlib.io import pid_alive, read_json, remove_stale_temp, replace_dir, write_csv, write_json
+from kitlib.io import read_json, remove_stale_temp, replace_dir, temp_dir, write_csv, write_json
 from kitlib.presets import Preset
 
 __all__ = [
@@ -379,10 +378,8 @@ def build_cache(
         elif not rebuild:
             log.warning("image cache %s is stale (other table or size): rebuilding", cache_dir)
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_builds(cache_dir)
-    tmp_dir = cache_dir.parent / f".{cache_dir.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir()
+    remove_stale_temp(cache_dir.parent, depth=0)  # builds (and replace_dir leftovers) of processes that are gone
+    tmp_dir = temp_dir(cache_dir)
     try:
         _write_cache(df, preset, tmp_dir, height, width, fingerprint, num_workers, desc=cache_dir.name)
         replace_dir(tmp_dir, cache_dir)
@@ -397,18 +394,6 @@ def _current_cache(cache_dir: Path) -> ImageCache | None:
         return ImageCache.open(cache_dir)
     except (FileNotFoundError, ValueError, KeyError):
         return None
-
-
-def _remove_dead_builds(cache_dir: Path) -> None:
-    """Remove ``.<name>.building-<pid>`` folders left by processes that no longer run (this one's too: a leftover of
-    an earlier, failed call), and the kit's other temporary names there (``kitlib.io.remove_stale_temp``: the
-    ``replace_dir`` leftovers)."""
-    for leftover in cache_dir.parent.glob(f".{glob.escape(cache_dir.name)}.building-*"):
-        pid = leftover.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
-            log.info("removing leftover of an interrupted cache build: %s", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)
-    remove_stale_temp(cache_dir.parent, depth=0)
 
 
 def _write_cache(

@@ -58,15 +58,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+#: Bytes at a JPEG's end searched for its end marker: padding after FF D9 (some cameras and editors) fits in it.
+JPEG_TAIL = 4096
+
+
 def _check_jpeg_end(path: str) -> None:
     """Raise ValueError (``verify_image``) for a JPEG that OpenCV decoded although it is truncated: a file that starts
-    with the JPEG marker FF D8 but does not end with FF D9 is decoded whole by Pillow, which raises where data is
-    missing (a JPEG with bytes after its end marker passes that decode)."""
+    with the JPEG marker FF D8 and has no end marker FF D9 in its last ``JPEG_TAIL`` bytes is decoded whole by Pillow,
+    which raises where data is missing. Entropy-coded data cannot hold FF D9 (an FF byte there is stuffed as FF 00),
+    so a file cut in its scan data never passes; one padded after its end marker passes without the second decode."""
     with open(path, "rb") as f:
         if f.read(2) != b"\xff\xd8":
             return
-        f.seek(-2, os.SEEK_END)
-        if f.read(2) == b"\xff\xd9":
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(2, size - JPEG_TAIL))
+        if b"\xff\xd9" in f.read():
             return
     verify_image(path)
 

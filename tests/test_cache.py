@@ -14,6 +14,7 @@ import torch
 from kitlib import images
 from kitlib.cache import ImageCache, build_cache, table_fingerprint
 from kitlib.data import SegmentationDataset, make_dataset
+from kitlib.io import temp_prefix
 from kitlib.presets import PRESETS, get_preset
 from kitlib.rle import rle_encode
 from tests.test_data import OUT_H, OUT_W, TASK_PRESETS, H, W, make_table, valid_transform
@@ -121,7 +122,7 @@ def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
 def test_leftover_of_a_dead_build_is_removed(tmp_path):
     df, _ = make_table(tmp_path, "demo", n=2)
     dead_pid = 4194303  # above the usual pid_max, so no live process
-    leftover = tmp_path / f".cache.building-{dead_pid}"
+    leftover = tmp_path / f"{temp_prefix(tmp_path / 'cache', pid=dead_pid)}abc123"  # as io.temp_dir names a build
     leftover.mkdir()
     (leftover / "images.npy").write_bytes(b"half")
     build_cache(df, PRESETS["demo"], tmp_path / "cache", OUT_H, OUT_W)

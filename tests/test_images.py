@@ -69,6 +69,22 @@ def test_read_image_refuses_a_truncated_jpeg(tmp_path):
     np.testing.assert_array_equal(read_image(path), full)
 
 
+def test_a_jpeg_padded_after_its_end_marker_is_read_without_a_second_decode(tmp_path, monkeypatch):
+    """Padding after FF D9 (some cameras and editors write it) is found in the file's tail: no Pillow decode on every
+    read of such a file, and it reads as the plain file does."""
+    path = tmp_path / "padded.jpg"
+    cv2.imwrite(str(path), _noise(480, 640))
+    full = read_image(path)
+    path.write_bytes(path.read_bytes() + b"\0" * 1000)
+    decodes = []
+    monkeypatch.setattr(images, "verify_image", lambda p, *a, **k: decodes.append(p))
+    np.testing.assert_array_equal(read_image(path), full)
+    assert decodes == []
+    _truncate(path)  # cut in the scan data: no end marker in the tail, the whole decode runs
+    read_image(path)
+    assert decodes == [str(path)]
+
+
 @pytest.mark.parametrize("ext", [".png", ".tif", ".bmp", ".gif"])
 def test_read_image_refuses_other_truncated_formats(tmp_path, ext):
     from PIL import Image
