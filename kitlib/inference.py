@@ -449,6 +449,22 @@ def _sample_or_ids(preset: Preset, data_dir: Path, test_df: pd.DataFrame) -> tup
     return sample, (None if sample is not None else test_df)
 
 
+def image_submission_rows(image_id: str, path, probs, cls_probs, preset: Preset, params) -> tuple[np.ndarray, list]:
+    """One test image's post-processing and submission rows, as ``make_submission`` writes them (and
+    ``kitlib.kaggle_estimate`` times them): the image read at the probabilities' size when ``params`` has a DenseCRF,
+    ``_decode_one``, then ``encode_rows``.
+
+    Args:
+        probs: (K, H, W) probabilities (or (K,) for a classifier); cls_probs: (K,) or None; params: the
+            ``load_postprocess`` result or None.
+    Returns:
+        (the decoded masks or labels, the rows of ``preset.submission_columns``).
+    """
+    image = None if params is None or params.crf is None else read_image_at(path, probs.shape[-2:])
+    masks = _decode_one(probs, preset, params, cls_probs, image)
+    return masks, encode_rows(image_id, masks, preset)
+
+
 def make_submission(
     batches: Iterable[Batch],
     test_df: pd.DataFrame,
@@ -484,11 +500,9 @@ def make_submission(
     paths = dict(zip(test_df["image_id"].astype(str), test_df["image_path"], strict=True))
     for ids, probs, cls_probs in batches:
         for i, image_id in enumerate(ids):
-            image = (
-                None if params is None or params.crf is None else read_image_at(paths[image_id], probs[i].shape[-2:])
-            )
-            masks = _decode_one(probs[i], preset, params, None if cls_probs is None else cls_probs[i], image)
-            rows += encode_rows(image_id, masks, preset)
+            cls_i = None if cls_probs is None else cls_probs[i]
+            masks, image_rows = image_submission_rows(image_id, paths[image_id], probs[i], cls_i, preset, params)
+            rows += image_rows
             if image_id in keep and preset.is_segmentation:
                 kept[image_id] = _hwk(masks, preset)
     columns = list(preset.submission_columns)

@@ -23,15 +23,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
-from kitlib import inference
 from kitlib.formats import load_competition
 from kitlib.io import read_json
 from kitlib.kaggle_kernel import KERNEL_METADATA, kernel_info
 from kitlib.postprocess import load_postprocess
 from kitlib.stages import SubmitConfig
-from kitlib.tta import tta_names
 
 __all__ = [
     "DEFAULT_GPU_FACTOR", "KAGGLE_SESSION_HOURS", "TEST_SETS", "Estimate", "TestSet", "add_estimate_args",
@@ -177,6 +173,11 @@ def estimate_runtime(
     if gpu_factor <= 0:
         raise ValueError(f"gpu_factor must be > 0, got {gpu_factor}")
     preset = cfg.preset
+    import torch  # here, not at import: the kaggle CLI's other commands need no torch
+
+    from kitlib import inference
+    from kitlib.tta import tta_names
+
     test_df = load_competition(preset, cfg.data_path, split="test")
     if test_df.empty:
         raise ValueError(f"{cfg.data_path}: no test images to time")
@@ -191,9 +192,11 @@ def estimate_runtime(
         batches = inference.predict_test(members, df, preset, batch_size=cfg.batch_size, tta=cfg.tta,
                                          tta_weight=cfg.tta_weight, gate_models=gate, desc="estimate")  # fmt: skip
         done = 0
+        paths = dict(zip(df["image_id"].astype(str), df["image_path"], strict=True))
         for ids, probs, cls_probs in batches:
-            for i in range(len(ids)):  # the decoding make_submission runs on each image (kitlib.inference)
-                inference._decode_one(probs[i], preset, postprocess, None if cls_probs is None else cls_probs[i])
+            for i, image_id in enumerate(ids):  # what make_submission does with each image: CRF, decoding, RLE rows
+                cls_i = None if cls_probs is None else cls_probs[i]
+                inference.image_submission_rows(image_id, paths[image_id], probs[i], cls_i, preset, postprocess)
             done += len(ids)
         return done
 

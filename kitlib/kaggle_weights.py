@@ -27,10 +27,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from kitlib.io import atomic_write_bytes, read_torch
-from kitlib.models import _build_from_config, load_model
 
 __all__ = [
     "HALF_CHECK_IMAGES",
@@ -51,12 +48,16 @@ WEIGHTS = ("fp16", "fp32")
 HALF_TOLERANCE = 2 / 255
 #: OOF images of one fold that ``check_half`` predicts with both weights.
 HALF_CHECK_IMAGES = 4
-_FP16_MAX = float(torch.finfo(torch.float16).max)
+_FP16_MAX = 65504.0  # torch.finfo(torch.float16).max (torch is imported where the weights are converted)
 
 
 def _parameter_names(model_config: dict) -> set[str]:
     """The state-dict keys that are parameters (not buffers) of the model ``model_config`` builds (on the meta
     device: no memory, no download; a constructor that reads tensor values is built on the CPU)."""
+    import torch
+
+    from kitlib.models import _build_from_config
+
     try:
         with torch.device("meta"):
             model = _build_from_config(model_config)
@@ -79,6 +80,8 @@ def half_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     Raises:
         ValueError: ``src`` is not a readable kitlib model checkpoint (the message names it).
     """
+    import torch
+
     src = Path(src)
     checkpoint = read_torch(src, "model checkpoint")
     if not isinstance(checkpoint, dict) or not {"model_config", "state_dict"} <= set(checkpoint):
@@ -215,8 +218,11 @@ def check_half(
         ValueError: max |p16 - p32| > ``tolerance``; the message gives both and says to bundle with ``--weights
             fp32``.
     """
+    import torch
+
     from kitlib.experiment import fold_split, load_experiment  # reads the competition table (pandas, formats)
     from kitlib.inference import load_fold_models, predict_test
+    from kitlib.models import load_model
 
     fold_dir = Path(fold_dir)
     fold = int(fold_dir.name.removeprefix("fold"))

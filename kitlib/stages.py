@@ -268,8 +268,9 @@ class TrainConfig(_ExperimentStage):
         if min(v["swa_epochs"], v["average_top_k"]) < 0 or (v["swa_epochs"] and v["average_top_k"]):
             raise ValueError(f"{self.stage}: average either the last swa_epochs or the average_top_k best epochs, "
                              f"got {v['swa_epochs']} and {v['average_top_k']}")  # fmt: skip
-        if v["valid_last"] < 0:
-            raise ValueError(f"{self.stage}: valid_last must be >= 0 (0: validate every epoch), got {v['valid_last']}")
+        if v["valid_last"] < 0 or (v["valid_last"] and v["average_top_k"] > v["valid_last"]):
+            raise ValueError(f"{self.stage}: valid_last must be >= 0 (0: every epoch) and >= average_top_k (epochs not "
+                             f"validated have no score), got {v['valid_last']} and {v['average_top_k']}")  # fmt: skip
         if not 0.0 < v.get("restart_gamma", 1.0) <= 1.0:
             raise ValueError(f"{self.stage}: restart_gamma must be in (0, 1], got {v['restart_gamma']}")
         if v["scheduler"] == "cosine_warmup_restarts" and v["warmup_epochs"] >= v["restart_epochs"]:

@@ -392,7 +392,8 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
         }  # fmt: skip
         if stop_after_epoch is not None and len(result.history) < cfg.n_epochs and not result.stopped_early:
             return out
-        out["scores"] = _write_oof(cfg, model, valid_loader, valid_df, device, info, timer)
+        with timer.phase("oof_write"):  # what oof_predict and oof_score inside leave
+            out["scores"] = _write_oof(cfg, model, valid_loader, valid_df, device, info, timer)
         tracker.log_summary({"oof": out["scores"] or {}, "best_epoch": result.best_epoch,
                              "best_score": result.best_score, "averaged": result.averaged or {}})  # fmt: skip
     if info.is_main:
@@ -406,13 +407,7 @@ def train_fold(cfg: TrainConfig, stop_after_epoch: int | None = None) -> dict[st
 def _write_oof(cfg: TrainConfig, model, valid_loader, valid_df: pd.DataFrame, device, info, timer: PhaseTimer
                ) -> dict | None:  # fmt: skip
     """Predict the held-out rows with ``best.pt`` at the scoring resolution, write the OOF files and score them
-    (rank 0 returns the scores, the other ranks None); the phases "oof_predict", "oof_write", "oof_score"."""
-    with timer.phase("oof_write"):
-        return _predict_oof(cfg, model, valid_loader, valid_df, device, info, timer)
-
-
-def _predict_oof(cfg: TrainConfig, model, valid_loader, valid_df: pd.DataFrame, device, info, timer: PhaseTimer
-                 ) -> dict | None:  # fmt: skip
+    (rank 0 returns the scores, the other ranks None); timed as "oof_predict", "oof_score", the caller's "oof_write"."""
     best = read_torch(cfg.fold_dir / "best.pt", "model checkpoint")
     unwrap(model).load_state_dict(best["state_dict"])
     task = cfg.model_preset

@@ -171,6 +171,9 @@ def test_fit_with_swa_writes_the_averaged_weights_as_best_and_resumes_to_them(tm
 def test_train_config_checks_the_averaging_and_optimizer_parameters():
     with pytest.raises(ValueError, match="average either the last swa_epochs or the average_top_k"):
         TrainConfig.from_notebook(swa_epochs=2, average_top_k=2)
+    with pytest.raises(ValueError, match=r">= average_top_k \(epochs not validated have no score\), got 2 and 3"):
+        TrainConfig.from_notebook(valid_last=2, average_top_k=3)  # the mean of the top 3 would hold only 2 epochs
+    assert TrainConfig.from_notebook(valid_last=3, average_top_k=3).average_top_k == 3
     with pytest.raises(ValueError, match="cannot average 9 epochs of a 8-epoch run"):
         TrainConfig.from_notebook(swa_epochs=9)
     with pytest.raises(ValueError, match="unknown optimizer 'adamww'"):
