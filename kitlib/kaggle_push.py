@@ -208,8 +208,8 @@ def _push_model(bundle_dir, kernel_dir, message: str, license_name: str, result:
         result.calls.append((["kagglehub", "model_upload", bundle.model["handle"]], f"version {version}"))
         if kernel_dir is not None:
             pin_kernel(kernel_dir, bundle.model["handle"], version)
-    if kernel_dir is not None and unpinned(kernel_dir):
-        raise KaggleError(f"{kernel_dir}: model sources without a version {unpinned(kernel_dir)}; push the bundle with "
+    if kernel_dir is not None and (bad := unpinned(kernel_dir)):
+        raise KaggleError(f"{kernel_dir}: model sources without a version {bad}; push the bundle with "
                           "it (uploads and pins) or write the kernel with --model-version N")  # fmt: skip
 
 

@@ -271,7 +271,7 @@ def read_cv(artifacts_root: str | os.PathLike, name: str) -> float | None:
     if not name or not path.is_file():
         return None
     cv = read_json(path)
-    value = cv.get("cv_postprocessed", cv.get("cv"))
+    value = cv["cv_postprocessed"] if cv.get("cv_postprocessed") is not None else cv.get("cv")  # null: no search
     return None if value is None else float(value)
 
 

@@ -87,19 +87,19 @@ def image_hashes(paths: Sequence[str | os.PathLike], cache_path: str | os.PathLi
         FileNotFoundError: a missing image (named). OSError: an unreadable image (named).
     """
     keys = [file_key(p, "image file") for p in paths]
-    known = {k: v[0] for k, v in read_file_cache(cache_path, {"phash": str}).items()}
+    known = read_file_cache(cache_path, {"phash": str})  # key -> (phash hex,)
     todo = sorted({k for k in keys if k not in known})
     for key in progress(todo, desc="perceptual hashes", total=len(todo)) if todo else ():
         try:
-            known[key] = f"{_phash(key[0]):016x}"
+            known[key] = (f"{_phash(key[0]):016x}",)
         except OSError as e:
             raise OSError(f"{key[0]}: cannot hash the image: {e}") from e
     log.info(
         "perceptual hashes: %d image(s), %d from the cache, %d hashed", len(keys), len(keys) - len(todo), len(todo)
     )
     if todo and cache_path is not None:
-        write_file_cache(cache_path, {k: (v,) for k, v in known.items()}, keys, ["phash"])
-    return np.array([int(known[k], 16) for k in keys], dtype=np.uint64)
+        write_file_cache(cache_path, known, keys, ["phash"])
+    return np.array([int(known[k][0], 16) for k in keys], dtype=np.uint64)
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
